@@ -1,0 +1,36 @@
+"""SFT of the policy on a task's reference solutions.
+
+Launch (CPU, minutes):
+  python -m pavjax.main --config=configs/sft.py:task=toy,size=test --workdir=runs/sft_toy
+Variants (comma-separated): task=toy|planted|arith|jsonl_math, size=<model size in
+pavjax.config_lib.MODEL_SIZES>. Override any field: --config.train.num_steps=500.
+"""
+
+from pavjax import config_lib
+from pavjax import tasks
+
+# Per task: a model length budget and SFT defaults that suit it.
+_TASK_DEFAULTS = {
+    "toy": dict(max_len=32, max_new_tokens=16, num_steps=300, batch_size=64, lr=3e-3),
+    "planted": dict(max_len=16, max_new_tokens=10, num_steps=50, batch_size=64, lr=1e-3),
+    "arith": dict(max_len=192, max_new_tokens=96, num_steps=3000, batch_size=64, lr=1e-3),
+    "jsonl_math": dict(max_len=512, max_new_tokens=256, num_steps=5000, batch_size=32, lr=3e-4),
+}
+
+
+def get_config(arg=None):
+  variant = config_lib.parse_arg(arg, {"task": "toy", "size": "tiny"})
+  task_name, size = variant["task"], variant["size"]
+  if task_name not in _TASK_DEFAULTS:
+    raise config_lib.ConfigError("task.name", f"no SFT defaults for {task_name!r}")
+  d = _TASK_DEFAULTS[task_name]
+  config = config_lib.base_config("sft", size)
+  config.task = tasks.default_task_config(task_name)
+  config.model.max_len = d["max_len"]
+  config.sample.max_new_tokens = d["max_new_tokens"]
+  config.train.num_steps = d["num_steps"]
+  config.train.batch_size = d["batch_size"]
+  config.optim.lr = d["lr"]
+  config.train.log_every = max(1, min(50, d["num_steps"] // 10))
+  config.checkpoint.every = max(1, d["num_steps"] // 4)
+  return config

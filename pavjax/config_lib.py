@@ -1,0 +1,231 @@
+"""Shared config pieces (model sizes, mesh, optimizer, train loop) and validation.
+
+Files in `configs/` compose these into one `get_config(arg)` per job. `arg` is a
+comma-separated list of `key=value` variants, e.g. `configs/sft.py:task=arith,size=tiny`.
+`validate` runs before anything compiles and names the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from pavjax import sharding as shd
+
+# name -> (embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim)
+MODEL_SIZES = {
+    "test": (64, 2, 4, 2, 16, 192),  # ~100k params: unit tests
+    "tiny": (128, 4, 4, 2, 32, 384),  # ~0.8M: CPU runs in minutes
+    "small": (256, 6, 8, 4, 32, 768),  # ~4.7M: one GPU, quick
+    "25m": (512, 8, 8, 4, 64, 1536),
+    "125m": (768, 12, 12, 4, 64, 3072),
+    "350m": (1024, 24, 16, 8, 64, 2816),
+    "1b": (2048, 20, 16, 8, 128, 5632),
+}
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message starts with the field's dotted name."""
+
+  def __init__(self, field: str, message: str | None = None):
+    if message is None:  # re-raised by config_flags with the message alone
+      super().__init__(field)
+      self.field = None
+    else:
+      super().__init__(f"config.{field}: {message}")
+      self.field = field
+
+
+def parse_arg(arg: str | None, defaults: dict[str, str]) -> dict[str, str]:
+  """Parses `key=value,key=value` variants over `defaults`; unknown keys fail."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    if "=" not in item:
+      raise ConfigError("<arg>", f"variant {item!r} is not key=value (known: {sorted(out)})")
+    key, value = item.split("=", 1)
+    if key not in out:
+      raise ConfigError("<arg>", f"unknown variant {key!r}; known: {sorted(out)}")
+    out[key] = value
+  return out
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+  """Transformer hyper-parameters for a named size."""
+  if size not in MODEL_SIZES:
+    raise ConfigError("model.size", f"unknown size {size!r}; known: {sorted(MODEL_SIZES)}")
+  d, layers, heads, kv_heads, head_dim, mlp = MODEL_SIZES[size]
+  cfg = ml_collections.ConfigDict()
+  cfg.size = size  # the preset these numbers came from (informational)
+  cfg.embed_dim = d  # residual width D
+  cfg.num_layers = layers  # transformer blocks (scanned)
+  cfg.num_heads = heads  # query heads N
+  cfg.num_kv_heads = kv_heads  # key/value heads K (grouped-query attention; N % K == 0)
+  cfg.head_dim = head_dim  # per-head width H (even, for RoPE)
+  cfg.mlp_dim = mlp  # SwiGLU hidden width F
+  cfg.max_len = 256  # longest sequence (prompt + response) the jobs will build
+  cfg.rope_base = 10_000.0  # RoPE wavelength base
+  cfg.tie_embeddings = True  # share the input embedding with the LM head
+  cfg.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+  cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
+  return cfg
+
+
+def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
+  """Fields every job shares. Jobs add their own sections."""
+  c = ml_collections.ConfigDict()
+  c.job = job  # runs pavjax/jobs/<job>.py
+  c.seed = 0  # seeds parameters, data order and sampling
+  c.init_from = ""  # checkpoint dir to take params from when the workdir has none
+  c.model = model_config(size)
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel axis (-1 = the devices left over)
+  c.mesh.fsdp = 1  # parameter + batch sharded axis
+  c.mesh.tensor = 1  # tensor-parallel axis (heads, mlp, vocab)
+  c.rules = shd.DEFAULT_RULES  # logical axis -> mesh axes, first free rule wins
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3  # peak learning rate (AdamW)
+  c.optim.warmup_steps = 50  # linear warm-up steps, then cosine decay
+  c.optim.end_lr_frac = 0.1  # final lr as a fraction of the peak
+  c.optim.weight_decay = 0.0  # decoupled weight decay
+  c.optim.b1 = 0.9  # Adam beta1
+  c.optim.b2 = 0.95  # Adam beta2
+  c.optim.grad_clip = 1.0  # global-norm clip (0 = off)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # global batch (sequences); divisible by mesh data*fsdp
+  c.train.num_steps = 1000  # optimizer steps
+  c.train.log_every = 50  # steps between metric fetches / writes
+  c.train.eval_every = 0  # steps between evaluations (0 = only at the end)
+  c.train.nonfinite = "stop"  # on NaN/Inf loss or grads: 'stop' (raise) or 'skip' the step
+  c.train.max_skips = 10  # with 'skip': stop after this many consecutive bad steps
+  c.train.halt_at_step = 0  # stop (checkpointed) after this step, as if preempted; 0 = off
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 200  # steps between checkpoints (0 = only at the end)
+  c.checkpoint.keep = 3  # checkpoints kept
+  c.checkpoint.async_save = True  # write in the background while training continues
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.method = "greedy"  # greedy | temperature | top_k | top_p
+  c.sample.temperature = 1.0  # softmax temperature (non-greedy methods)
+  c.sample.top_k = 0  # k for top_k
+  c.sample.top_p = 1.0  # p for top_p
+  c.sample.max_new_tokens = 64  # response budget in tokens
+  c.sample.batch_size = 64  # prompts per sampling call; divisible by mesh data*fsdp
+  c.sample.num_eval = 128  # validation problems sampled at each evaluation
+  return c
+
+
+def _check(cond: bool, field: str, message: str) -> None:
+  if not cond:
+    raise ConfigError(field, message)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             prompt_len: int | None = None) -> dict[str, int]:
+  """Checks values before any compile. Returns the resolved mesh shape.
+
+  Args:
+    config: the job config.
+    num_devices: devices the mesh must cover (jax.device_count()).
+    prompt_len: longest prompt of the task, when known; checked against max_len.
+  """
+  try:
+    mesh = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
+  except ValueError as e:
+    raise ConfigError("mesh", str(e)) from None
+  _check(set(config.mesh.keys()) <= set(shd.MESH_AXES), "mesh",
+         f"axes must be among {shd.MESH_AXES}, got {list(config.mesh.keys())}")
+  dp = math.prod(mesh[a] for a in shd.BATCH_AXES if a in mesh)
+  m = config.model
+  _check(m.num_layers >= 1, "model.num_layers", "must be >= 1")
+  _check(m.num_heads % m.num_kv_heads == 0, "model.num_heads",
+         f"{m.num_heads} heads are not a multiple of model.num_kv_heads={m.num_kv_heads}")
+  _check(m.head_dim % 2 == 0, "model.head_dim", f"{m.head_dim} must be even (RoPE)")
+  _check(m.dtype in ("float32", "bfloat16"), "model.dtype",
+         f"{m.dtype!r} is not float32 or bfloat16")
+  _check(m.max_len >= 2, "model.max_len", f"{m.max_len} is too short")
+  if prompt_len is not None:
+    _check(m.max_len > prompt_len, "model.max_len",
+           f"{m.max_len} is not longer than the task's longest prompt ({prompt_len} tokens)")
+  if "optim" in config:
+    _check(config.optim.lr > 0, "optim.lr", f"{config.optim.lr} must be > 0")
+    _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+  if "train" in config:
+    t = config.train
+    _check(t.batch_size > 0 and t.batch_size % dp == 0, "train.batch_size",
+           f"{t.batch_size} is not a positive multiple of the data-parallel size {dp} "
+           f"(mesh data*fsdp)")
+    _check(t.num_steps > 0, "train.num_steps", "must be > 0")
+    _check(t.log_every > 0, "train.log_every", "must be > 0")
+    _check(t.nonfinite in ("stop", "skip"), "train.nonfinite",
+           f"{t.nonfinite!r} is not 'stop' or 'skip'")
+  if "sample" in config:
+    s = config.sample
+    from pavjax.sampling import methods  # pylint: disable=g-import-not-at-top
+    _check(s.method in methods.METHODS, "sample.method",
+           f"{s.method!r} is not one of {methods.METHODS}")
+    _check(s.temperature > 0, "sample.temperature", "must be > 0")
+    _check(s.batch_size > 0 and s.batch_size % dp == 0, "sample.batch_size",
+           f"{s.batch_size} is not a positive multiple of the data-parallel size {dp}")
+    _check(s.max_new_tokens > 0, "sample.max_new_tokens", "must be > 0")
+    if s.method == "top_k":
+      _check(s.top_k > 0, "sample.top_k", "must be > 0 for method top_k")
+    if s.method == "top_p":
+      _check(0 < s.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+    if prompt_len is not None:
+      _check(m.max_len >= prompt_len + s.max_new_tokens, "model.max_len",
+             f"{m.max_len} < longest prompt ({prompt_len}) + sample.max_new_tokens "
+             f"({s.max_new_tokens})")
+  return mesh
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path.py[:arg]` the way `--config` does (for checking overrides)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_pavjax_config", path)
+  if module_spec is None or not os.path.exists(path):
+    raise ConfigError("<file>", f"config file {path!r} not found")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def check_override_paths(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+  """Names the first `--config.a.b=v` override whose field does not exist."""
+  for item in argv:
+    if not item.startswith("--config."):
+      continue
+    dotted = item[len("--config."):].split("=", 1)[0]
+    node = config
+    for depth, key in enumerate(dotted.split(".")):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        parent = ".".join(dotted.split(".")[:depth]) or "<root>"
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ConfigError(dotted, f"no such field (in {parent}; known: {known})")
+      node = node[key]
+
+
+def check_workdir(workdir: str) -> str:
+  """Rejects workdirs that climb out of their parent with `..`; returns the abs path."""
+  parts = os.path.normpath(workdir).split(os.sep)
+  if ".." in parts or ".." in workdir.split("/"):
+    raise ConfigError("workdir", f"{workdir!r} contains '..'; give a plain path")
+  return os.path.abspath(workdir)
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = "config.json"):
+  """Writes the resolved config into the workdir (the run's record of itself)."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+    f.write(to_json(config) + "\n")

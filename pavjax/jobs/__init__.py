@@ -1,0 +1,1 @@
+"""Jobs: one orchestration loop per module, each exposing `run(config, workdir)`."""

@@ -1,0 +1,135 @@
+"""Pieces every job shares: environment set-up and the guarded train loop.
+
+Each job owns its step function and data; this module owns the mechanics that
+must behave the same everywhere (mesh, metric fetching, the non-finite guard,
+checkpoint cadence, preemption-style halts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+
+from pavjax import checkpoint as ckpt_lib
+from pavjax import config_lib
+from pavjax import metrics
+from pavjax import sharding as shd
+from pavjax import tasks
+from pavjax.models import Transformer, TransformerConfig
+
+
+@dataclasses.dataclass
+class JobEnv:
+  config: ml_collections.ConfigDict
+  workdir: str
+  task: tasks.Task
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model_cfg: TransformerConfig
+  model: Transformer
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
+  """Validates the config against the task and devices, builds mesh and model."""
+  workdir = config_lib.check_workdir(workdir)
+  task = tasks.make_task(config.task, workdir)
+  config_lib.validate(config, jax.device_count(), prompt_len=task.max_prompt_len)
+  mesh = shd.make_mesh(dict(config.mesh))
+  rules = shd.rules_from_config(config.rules)
+  model_cfg = TransformerConfig.from_config(config.model, task.vocab_size)
+  logging.info("job %s: task %s, %d params, mesh %s", config.job, task.name,
+               model_cfg.num_params(), dict(mesh.shape))
+  return JobEnv(config, workdir, task, mesh, rules, model_cfg, Transformer(model_cfg))
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomically writes JSON (process 0 only): a reader never sees half a file."""
+  if not metrics.is_lead_process():
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=float)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def train_loop(state, step_fn: Callable, batch_fn: Callable[[int], Mapping[str, Any]], *,
+               train_cfg, checkpointer: ckpt_lib.Checkpointer, writer: metrics.MetricWriter,
+               eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
+               desc: str = "train"):
+  """Runs `step_fn(state, batch)` from the state's step to `train_cfg.num_steps`.
+
+  Metrics stay on device and are fetched every `log_every` steps (and before
+  every checkpoint) in one `device_get`. The non-finite guard runs on each fetch:
+  under 'stop' it raises before a checkpoint of bad values can be written; under
+  'skip' the step function has already left params untouched, and the run stops
+  after `max_skips` consecutive skipped steps.
+
+  Returns (state, last logged means).
+  """
+  start = int(jax.device_get(state.step))
+  total = train_cfg.num_steps
+  halt = train_cfg.halt_at_step
+  pending: list[Mapping[str, Any]] = []
+  consecutive_bad = 0
+  last: dict[str, float] = {}
+  t_last = time.time()
+  bar = metrics.progress(total, initial=start, desc=desc)
+
+  def flush(step: int):
+    nonlocal consecutive_bad, last, t_last
+    if not pending:
+      return
+    means, bad = metrics.reduce_metrics(pending)
+    first = step - len(pending) + 1
+    if bad and train_cfg.nonfinite == "stop":
+      raise metrics.NonFiniteError(
+          f"non-finite loss or gradients at step {first + bad[0]} (train.nonfinite='stop'); "
+          "no checkpoint was written after the last good one")
+    for i in range(len(pending)):
+      consecutive_bad = consecutive_bad + 1 if i in bad else 0
+      if consecutive_bad >= train_cfg.max_skips:
+        raise metrics.NonFiniteError(
+            f"{consecutive_bad} consecutive non-finite steps ending at step {first + i} "
+            f"(train.max_skips={train_cfg.max_skips})")
+    if bad:
+      host = jax.device_get(pending)
+      good = [m for i, m in enumerate(host) if i not in bad]
+      means = {k: float(sum(float(m[k]) for m in good) / max(len(good), 1)) for k in means}
+      means["train/skipped_steps"] = float(len(bad))
+    now = time.time()
+    means["perf/steps_per_sec"] = len(pending) / max(now - t_last, 1e-9)
+    t_last = now
+    writer.write(step, means)
+    last = means
+    pending.clear()
+    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(means.items())[:3]})
+
+  try:
+    for step in range(start + 1, total + 1):
+      state, step_metrics = step_fn(state, batch_fn(step - 1))
+      pending.append(step_metrics)
+      bar.update(1)
+      is_last = step == total or step == halt
+      if step % train_cfg.log_every == 0 or is_last or checkpointer.should_save(step):
+        flush(step)
+      if checkpointer.should_save(step) or is_last:
+        checkpointer.save(step, state)
+      if eval_fn is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
+        writer.write(step, eval_fn(state, step))
+      if step == halt:
+        logging.warning("halting after step %d (train.halt_at_step)", step)
+        break
+  finally:
+    # Good checkpoints still being written must land even when the loop raises.
+    bar.close()
+    checkpointer.wait()
+  return state, last

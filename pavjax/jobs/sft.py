@@ -1,0 +1,119 @@
+"""SFT: next-token prediction on a task's reference solutions.
+
+Writes to the workdir: checkpoints/, metrics.jsonl + tensorboard/, eval.jsonl,
+samples.md (a table of sampled solutions with rewards), loss.png, summary.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pavjax import checkpoint as ckpt_lib
+from pavjax import metrics
+from pavjax import sharding as shd
+from pavjax import tasks
+from pavjax import training
+from pavjax.jobs import common
+from pavjax.sampling import Sampler, TransformerLM, evaluate
+from pavjax.sampling import methods as sampling_methods
+
+
+def sft_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str):
+  """One AdamW step on the masked next-token loss of a [B, T] batch."""
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, batch["inputs"]).logits  # [B, T, V]
+    return training.token_cross_entropy(logits, batch["targets"], batch["mask"])
+
+  (loss, token_acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = training.apply_update(state, grads, tx, nonfinite=nonfinite, finite=finite)
+  return new_state, {"train/loss": loss, "train/token_accuracy": token_acc,
+                     "train/grad_norm": grad_norm}
+
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The examples of step `step`: a pure function of (seed, step), so resumes are exact."""
+  rng = np.random.default_rng([seed, step])
+  return rng.choice(num_examples, batch_size, replace=num_examples < batch_size)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains the policy by SFT; returns the summary it also writes to summary.json."""
+  env = common.setup(config, workdir)
+  task, mesh, rules, model = env.task, env.mesh, env.rules, env.model
+  t0 = time.time()
+  data = tasks.sft_arrays(task, task.split("train"), config.model.max_len)
+  logging.info("SFT on %d %s examples", len(data), task.name)
+
+  tx = training.make_optimizer(config.optim, config.train.num_steps)
+  dp = shd.data_parallel_size(mesh)
+  spec = training.train_state_spec(model, tx, config.seed, jnp.zeros((dp, 8), jnp.int32),
+                                   mesh, rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
+                                       every=config.checkpoint.every, keep=config.checkpoint.keep,
+                                       async_save=config.checkpoint.async_save)
+  state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
+  logging.info("SFT state from %s", origin)
+
+  batch_sh = shd.batch_sharding(mesh, 2)
+  step_fn = jax.jit(
+      functools.partial(sft_train_step, model=model, tx=tx, nonfinite=config.train.nonfinite),
+      in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, None),
+      donate_argnums=(0,))
+
+  def batch_fn(step):
+    idx = batch_indices(config.seed, step, len(data), config.train.batch_size)
+    return shd.shard_batch({"inputs": data.inputs[idx], "targets": data.targets[idx],
+                            "mask": data.mask[idx]}, mesh)
+
+  sampler = Sampler(TransformerLM(model), pad_id=task.pad_id)
+  method = sampling_methods.from_config(config.sample)
+  eval_problems = list(task.split("validation"))[:config.sample.num_eval]
+  eval_writer = metrics.MetricWriter(env.workdir, "eval")
+
+  def eval_fn(st, step):
+    with shd.activate(mesh, rules):
+      responses = evaluate.sample_responses(
+          task, sampler, st.params, eval_problems, rng=jax.random.PRNGKey(config.seed + 17),
+          mesh=mesh, method=method, max_new_tokens=config.sample.max_new_tokens,
+          batch_size=config.sample.batch_size)
+    summary = evaluate.summarize(responses)
+    eval_writer.write(step, {f"eval/{k}": v for k, v in summary.items()})
+    return responses, summary
+
+  writer = metrics.MetricWriter(env.workdir, "metrics")
+  with shd.activate(mesh, rules):
+    state, last = common.train_loop(
+        state, step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
+        writer=writer, eval_fn=lambda st, step: {f"eval/{k}": v for k, v in
+                                                 eval_fn(st, step)[1].items()},
+        desc="sft")
+  step = int(jax.device_get(state.step))
+  responses, summary = eval_fn(state, step)
+  checkpointer.close()
+  writer.close()
+  eval_writer.close()
+
+  if metrics.is_lead_process():
+    with open(os.path.join(env.workdir, "samples.md"), "w", encoding="utf-8") as f:
+      f.write(f"# SFT samples at step {step} ({config.sample.method} decoding)\n\n")
+      f.write(evaluate.sample_table(task, responses))
+    metrics.plot_curves(metrics.read_jsonl(writer.path), ["train/loss", "train/token_accuracy"],
+                        os.path.join(env.workdir, "loss.png"), title=f"SFT on {task.name}")
+  out = {"job": "sft", "task": task.name, "step": step, "origin": origin,
+         "params": env.model_cfg.num_params(), "seconds": time.time() - t0,
+         "final_train": last, "eval": summary,
+         "halted": step < config.train.num_steps}
+  common.write_json(os.path.join(env.workdir, "summary.json"), out)
+  logging.info("SFT done: %s", {k: out[k] for k in ("step", "eval")})
+  return out

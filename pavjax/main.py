@@ -1,0 +1,87 @@
+"""Entry point: `python -m pavjax.main --config=configs/<job>.py[:variants] --workdir=DIR`.
+
+Single fields are overridden with `--config.section.field=value`; the config is
+locked, so a misspelled field or a wrongly typed value fails at once. The job named
+by `config.job` runs as `pavjax.jobs.<job>.run(config, workdir)`.
+
+Multi-host: set PAVJAX_DISTRIBUTED=1 (launch_tpu.sh does) and every process calls
+`jax.distributed.initialize()` before touching devices.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Job config file (with :variants).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+DISTRIBUTED_ENV = "PAVJAX_DISTRIBUTED"
+
+
+def maybe_initialize_distributed() -> None:
+  """`jax.distributed.initialize()` only when the launcher asks for it."""
+  if os.environ.get(DISTRIBUTED_ENV, "") not in ("", "0"):
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+
+
+def run_job(config, workdir: str) -> dict:
+  """Validates, records the resolved config, and runs `config.job`."""
+  from pavjax import config_lib  # pylint: disable=g-import-not-at-top
+  workdir = config_lib.check_workdir(workdir)
+  try:
+    job = importlib.import_module(f"pavjax.jobs.{config.job}")
+  except ModuleNotFoundError as e:
+    raise config_lib.ConfigError("job", f"no job module pavjax/jobs/{config.job}.py") from e
+  import jax  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config, jax.device_count())
+  if jax.process_index() == 0:
+    config_lib.write_config(config, workdir)
+  return job.run(config, workdir)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with unknown override fields and bad variants named clearly."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError) as e:
+    from pavjax import config_lib  # pylint: disable=g-import-not-at-top
+    specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    spec = specs[-1] if specs else None
+    if spec is not None:
+      try:
+        config_lib.check_override_paths(config_lib.load_config_file(spec), argv)
+      except config_lib.ConfigError as named:
+        print(f"pavjax: bad config: {named}", file=sys.stderr)
+        sys.exit(2)
+    print(f"pavjax: bad flags: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  # Orbax and other libraries log through absl at INFO; keep their chatter out.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  maybe_initialize_distributed()
+  from pavjax import config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    run_job(FLAGS.config, FLAGS.workdir)  # FLAGS.config loads the file lazily
+  except config_lib.ConfigError as e:
+    print(f"pavjax: bad config: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

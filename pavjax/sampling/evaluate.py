@@ -1,0 +1,96 @@
+"""Sampling responses for task problems and scoring them on the host.
+
+Prompts are padded to a fixed number of rows per call (`batch_size`) and to a
+length bucket, so a whole evaluation compiles once.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from pavjax import metrics
+from pavjax import sharding as shd
+from pavjax.sampling.sampler import Sampler, left_pad
+from pavjax.tasks.base import Outcome, Problem, Task
+
+
+@dataclasses.dataclass
+class Response:
+  problem: Problem
+  tokens: list[int]  # generated tokens, stop token included, padding removed
+  logprobs: list[float]
+  finished: bool
+  outcome: Outcome
+
+
+def sample_responses(task: Task, sampler: Sampler, params, problems: Sequence[Problem], *,
+                     rng: jax.Array, mesh, method, max_new_tokens: int, batch_size: int,
+                     num_samples: int = 1, stop_tokens: Sequence[int] | None = None,
+                     progress: bool = False) -> list[list[Response]]:
+  """`num_samples` scored responses per problem (outer list follows `problems`)."""
+  stop = tuple(stop_tokens) if stop_tokens is not None else (task.eos_id,)
+  prompts = [task.encode_prompt(p) for p in problems]
+  width = left_pad(prompts, task.pad_id)[0].shape[1] if prompts else 1
+  rows_per_call = max(batch_size // num_samples, 1)
+  dp = shd.data_parallel_size(mesh)
+  rows_per_call = -(-rows_per_call // dp) * dp  # device-divisible prompt count
+  out: list[list[Response]] = []
+  starts = range(0, len(problems), rows_per_call)
+  bar = metrics.progress(len(starts), desc="sampling") if progress else None
+  for call, start in enumerate(starts):
+    chunk = prompts[start:start + rows_per_call]
+    padded = chunk + [chunk[0]] * (rows_per_call - len(chunk))  # fixed rows: one compile
+    tokens, lengths = left_pad(padded, task.pad_id, buckets=(width,))
+    sh = shd.batch_sharding(mesh, 2)
+    tokens = jax.device_put(tokens, sh)
+    lengths = jax.device_put(lengths, shd.batch_sharding(mesh, 1))
+    res = sampler.generate(params, tokens, lengths, jax.random.fold_in(rng, call),
+                           max_new_tokens=max_new_tokens, method=method, stop_tokens=stop,
+                           num_samples=num_samples)
+    res = jax.device_get(res)
+    for i in range(len(chunk)):
+      problem = problems[start + i]
+      group = []
+      for j in range(num_samples):
+        r = i * num_samples + j
+        n = int(res.lengths[r])
+        toks = [int(t) for t in res.tokens[r, :n]]
+        group.append(Response(problem, toks, [float(x) for x in res.logprobs[r, :n]],
+                              bool(res.finished[r]), task.is_correct(toks, problem)))
+      out.append(group)
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return out
+
+
+def summarize(responses: Sequence[Sequence[Response]]) -> dict[str, float]:
+  """Mean reward (accuracy over all samples), pass@n, and reason counts."""
+  flat = [r for group in responses for r in group]
+  if not flat:
+    return {"accuracy": 0.0}
+  reasons = collections.Counter(r.outcome.reason for r in flat)
+  summary = {
+      "accuracy": float(np.mean([r.outcome.reward for r in flat])),
+      "pass_at_n": float(np.mean([max(r.outcome.reward for r in g) for g in responses])),
+      "mean_length": float(np.mean([len(r.tokens) for r in flat])),
+  }
+  summary.update({f"reason/{k}": float(v) for k, v in sorted(reasons.items())})
+  return summary
+
+
+def sample_table(task: Task, responses: Sequence[Sequence[Response]], limit: int = 16) -> str:
+  """A markdown table of prompts, sampled responses and their rewards."""
+  esc = lambda s: s.replace("|", "\\|").replace("\n", "⏎ ")
+  lines = ["| problem | prompt | response | reward | reason |", "|---|---|---|---|---|"]
+  for group in list(responses)[:limit]:
+    for r in group:
+      lines.append(f"| {r.problem.uid} | {esc(task.decode(task.encode_prompt(r.problem)))} | "
+                   f"{esc(task.decode(r.tokens))} | {r.outcome.reward:g} | {r.outcome.reason} |")
+  return "\n".join(lines) + "\n"

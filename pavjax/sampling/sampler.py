@@ -1,0 +1,218 @@
+"""KV-cache sampling: prefill, prefix forking, and a `lax.while_loop` decode.
+
+The sampler talks to the model through one seam, a `CachedLM`:
+
+  lm(params, tokens [B, T], cache) -> (logits [B, T, V], cache)
+  lm.init_cache(batch, size, start) -> cache
+
+so tests can drive it with a hand-made logit table and jobs with the transformer.
+
+Layout: prompts are left-padded to a bucket length P, so every row writes at the
+same cache slot each step; the cache holds P + max_new_tokens slots. Shapes depend
+only on (batch, P, max_new_tokens), so prompts of different lengths in the same
+bucket share one compilation.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Protocol, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pavjax.models import KVCache, Transformer
+
+Array = jax.Array
+
+DEFAULT_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class CachedLM(Protocol):
+  """What the sampler needs from a model."""
+
+  def init_cache(self, batch: int, size: int, start: Array) -> KVCache:
+    ...
+
+  def __call__(self, params: Any, tokens: Array, cache: KVCache) -> tuple[Array, KVCache]:
+    ...
+
+
+class TransformerLM:
+  """`CachedLM` over `pavjax.models.Transformer`."""
+
+  def __init__(self, model: Transformer):
+    self.model = model
+
+  def init_cache(self, batch, size, start):
+    cfg = self.model.cfg
+    return KVCache.create(num_layers=cfg.num_layers, batch=batch, size=size,
+                          num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                          start=start, dtype=cfg.compute_dtype)
+
+  def __call__(self, params, tokens, cache):
+    out = self.model.apply({"params": params}, tokens, cache=cache)
+    return out.logits, out.cache
+
+
+@flax.struct.dataclass
+class SamplingState:
+  """Loop state of `decode`; donated between calls so buffers update in place."""
+
+  step: Array  # [] int32, tokens generated so far
+  tokens: Array  # [B, N] int32 generated tokens (pad after a row stops)
+  logprobs: Array  # [B, N] float32 log pi(token) at temperature 1 (0 after a row stops)
+  lengths: Array  # [B] int32 generated tokens per row, the stop token included
+  done: Array  # [B] bool
+  finished: Array  # [B] bool, True iff the row emitted a stop token
+  next_logits: Array  # [B, V] float32 logits for the next token
+  row_keys: Array  # [B] PRNG keys, one per row
+  cache: KVCache
+
+
+class SampleOutput(NamedTuple):
+  tokens: Array  # [B, N] int32
+  logprobs: Array  # [B, N] float32
+  lengths: Array  # [B] int32
+  finished: Array  # [B] bool; False means the row ran out of max_new_tokens
+
+
+def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+  """Smallest bucket that holds n tokens."""
+  for b in buckets:
+    if b >= n:
+      return b
+  raise ValueError(f"prompt of {n} tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
+             buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+  """Host-side: left-pads prompts to a bucket. Returns (tokens [B, P], lengths [B])."""
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  if lengths.min(initial=1) < 1:
+    raise ValueError("every prompt needs at least one token")
+  width = bucket_length(int(lengths.max()), buckets)
+  out = np.full((len(prompts), width), pad_id, np.int32)
+  for i, p in enumerate(prompts):
+    out[i, width - len(p):] = p
+  return out, lengths
+
+
+def prefill(lm: CachedLM, params, prompts: Array, lengths: Array, *, cache_size: int):
+  """Runs the left-padded prompts [B, P] through the model once.
+
+  Returns the cache (P slots written) and the logits of each row's last prompt token.
+  """
+  b, p = prompts.shape
+  cache = lm.init_cache(b, cache_size, p - lengths)
+  logits, cache = lm(params, prompts, cache)
+  return cache, logits[:, -1, :].astype(jnp.float32)
+
+
+def init_state(cache: KVCache, next_logits: Array, row_keys: Array, max_new_tokens: int,
+               pad_id: int = 0) -> SamplingState:
+  b = next_logits.shape[0]
+  return SamplingState(
+      step=jnp.zeros((), jnp.int32),
+      tokens=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+      logprobs=jnp.zeros((b, max_new_tokens), jnp.float32),
+      lengths=jnp.zeros((b,), jnp.int32),
+      done=jnp.zeros((b,), bool),
+      finished=jnp.zeros((b,), bool),
+      next_logits=next_logits,
+      row_keys=row_keys,
+      cache=cache)
+
+
+def decode(lm: CachedLM, params, state: SamplingState, *, method, stop_tokens: tuple[int, ...],
+           pad_id: int = 0) -> SamplingState:
+  """Samples until every row stopped, the token buffer is full, or the cache is full."""
+  max_new = state.tokens.shape[1]
+  stop = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
+
+  def cond(s: SamplingState):
+    return (s.step < max_new) & ~jnp.all(s.done) & (s.cache.index < s.cache.size)
+
+  def body(s: SamplingState):
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.row_keys, s.step)
+    tok = method(s.next_logits, keys)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits, axis=-1), tok[:, None], 1)[:, 0]
+    live = ~s.done
+    tok = jnp.where(live, tok, pad_id)
+    is_stop = live & jnp.isin(tok, stop)
+    logits, cache = lm(params, tok[:, None], s.cache)
+    return s.replace(
+        step=s.step + 1,
+        tokens=jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (0, s.step)),
+        logprobs=jax.lax.dynamic_update_slice(
+            s.logprobs, jnp.where(live, logp, 0.0)[:, None], (0, s.step)),
+        lengths=s.lengths + live.astype(jnp.int32),
+        done=s.done | is_stop,
+        finished=s.finished | is_stop,
+        next_logits=logits[:, -1, :].astype(jnp.float32),
+        cache=cache)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def row_keys_for(rng: Array, num_rows: int) -> Array:
+  """One key per output row; row r's key depends only on (rng, r)."""
+  return jax.vmap(functools.partial(jax.random.fold_in, rng))(jnp.arange(num_rows))
+
+
+class Sampler:
+  """Jitted sampling around a `CachedLM`; compiles once per shape bucket.
+
+  `generate` fuses prefill, forking and decode in one program. `prefill` and
+  `decode` are also exposed (jitted, decode donating its state) for step-wise
+  search, which keeps a cache alive across calls.
+  """
+
+  def __init__(self, lm: CachedLM, *, pad_id: int = 0):
+    self.lm = lm
+    self.pad_id = pad_id
+    self.num_traces = 0  # python-side trace counter, for recompile tests
+    self._generate = jax.jit(
+        self._generate_impl,
+        static_argnames=("num_samples", "max_new_tokens", "method", "stop_tokens"))
+    self.prefill = jax.jit(functools.partial(prefill, lm), static_argnames=("cache_size",))
+    self.decode = jax.jit(functools.partial(decode, lm, pad_id=pad_id),
+                          static_argnames=("method", "stop_tokens"), donate_argnames=("state",))
+
+  def _generate_impl(self, params, prompts, lengths, rng, *, num_samples, max_new_tokens,
+                     method, stop_tokens):
+    self.num_traces += 1
+    cache, logits = prefill(self.lm, params, prompts, lengths,
+                            cache_size=prompts.shape[1] + max_new_tokens)
+    if num_samples > 1:  # prefix forking: one prefill, n continuations per prompt
+      cache = cache.repeat(num_samples)
+      logits = jnp.repeat(logits, num_samples, axis=0)
+    keys = row_keys_for(rng, logits.shape[0])
+    state = init_state(cache, logits, keys, max_new_tokens, self.pad_id)
+    state = decode(self.lm, params, state, method=method, stop_tokens=stop_tokens,
+                   pad_id=self.pad_id)
+    return SampleOutput(state.tokens, state.logprobs, state.lengths, state.finished)
+
+  def generate(self, params, prompts: Array, lengths: Array, rng: Array, *,
+               max_new_tokens: int, method, stop_tokens: Sequence[int] = (),
+               num_samples: int = 1) -> SampleOutput:
+    """Samples `num_samples` continuations of each left-padded prompt.
+
+    Args:
+      params: model parameters (any sharding).
+      prompts: [B, P] int32, left-padded (see `left_pad`).
+      lengths: [B] int32 real prompt lengths.
+      rng: a PRNG key; row r of the output uses `fold_in(rng, r)`.
+      max_new_tokens: token budget per row.
+      method: a sampling method object (`pavjax.sampling.methods`).
+      stop_tokens: a row stops after emitting any of these (EOS, step delimiter).
+      num_samples: continuations per prompt; output row b * num_samples + j.
+
+    Returns:
+      SampleOutput with B * num_samples rows.
+    """
+    return self._generate(params, prompts, lengths, rng, num_samples=num_samples,
+                          max_new_tokens=max_new_tokens, method=method,
+                          stop_tokens=tuple(int(t) for t in stop_tokens))

@@ -1,0 +1,166 @@
+"""The Task protocol every job uses.
+
+A task owns its problems, its tokenizer and its outcome reward. Jobs only see
+token ids, the step-ending tokens and `is_correct`; everything that needs strings
+(answer checking, step segmentation) runs on the host, between jitted steps.
+
+Token conventions shared by all tasks: id 0 is padding; `eos_id` ends a response;
+a response is a list of steps, each ending with one of `step_end_ids` (or EOS).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "validation", "test")
+
+# Outcome reasons. `correct` is the only one with reward 1.
+CORRECT = "correct"
+WRONG = "wrong"
+EMPTY = "empty"
+NO_ANSWER = "no_answer"
+TRUNCATED = "truncated"
+MULTIPLE_ANSWERS = "multiple_answers"
+TOO_LONG = "too_long"
+REASONS = (CORRECT, WRONG, EMPTY, NO_ANSWER, TRUNCATED, MULTIPLE_ANSWERS, TOO_LONG)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One problem: its prompt, reference solution steps and final answer."""
+
+  uid: str
+  prompt: str | tuple[int, ...]  # text, or token ids for token-level tasks
+  steps: tuple[str, ...] | tuple[tuple[int, ...], ...]  # reference solution, one entry per step
+  answer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """The outcome reward Rex of a response, with the reason it got that reward."""
+
+  reward: float
+  reason: str
+
+  def __post_init__(self):
+    if self.reason not in REASONS:
+      raise ValueError(f"unknown outcome reason {self.reason!r}; known: {REASONS}")
+
+
+class Task(abc.ABC):
+  """A problem source with a tokenizer and an outcome reward."""
+
+  name: str = ""
+  pad_id: int = 0
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    """Number of token ids the model must cover."""
+
+  @property
+  @abc.abstractmethod
+  def eos_id(self) -> int:
+    """Token that ends a response."""
+
+  @property
+  @abc.abstractmethod
+  def step_end_ids(self) -> tuple[int, ...]:
+    """Tokens that end a step (the step delimiter); sampling for step-wise search stops on them."""
+
+  @property
+  @abc.abstractmethod
+  def max_prompt_len(self) -> int:
+    """Upper bound on `len(encode_prompt(p))` over this task's problems."""
+
+  @property
+  @abc.abstractmethod
+  def max_response_len(self) -> int:
+    """Responses longer than this (in tokens, EOS included) count as truncated."""
+
+  @abc.abstractmethod
+  def split(self, name: str) -> Sequence[Problem]:
+    """Deterministic train / validation / test problems (from the task's seed)."""
+
+  @abc.abstractmethod
+  def encode_prompt(self, problem: Problem) -> list[int]:
+    """Prompt token ids (the policy continues from here)."""
+
+  @abc.abstractmethod
+  def encode_solution(self, problem: Problem) -> list[int]:
+    """Reference response token ids: every step, then EOS."""
+
+  @abc.abstractmethod
+  def decode(self, tokens: Sequence[int]) -> str:
+    """Human-readable text of token ids (for logs and sample tables)."""
+
+  @abc.abstractmethod
+  def is_correct(self, response: Sequence[int], problem: Problem) -> Outcome:
+    """Outcome reward of a sampled response (token ids, padding allowed after EOS)."""
+
+  def segment_steps(self, response: Sequence[int]) -> list[tuple[int, int]]:
+    """Half-open token spans [start, end) of the steps of a response.
+
+    A step ends right after a step-end token or EOS; tokens after EOS are ignored,
+    and a trailing unfinished step (truncation) is its own span.
+    """
+    ends = set(self.step_end_ids) | {self.eos_id}
+    spans, start = [], 0
+    for i, tok in enumerate(response):
+      if tok in ends:
+        spans.append((start, i + 1))
+        start = i + 1
+        if tok == self.eos_id:
+          return spans
+    if start < len(response):
+      stop = len(response)
+      while stop > start and response[stop - 1] == self.pad_id:
+        stop -= 1
+      if stop > start:
+        spans.append((start, stop))
+    return spans
+
+
+def response_until_eos(response: Sequence[int], eos_id: int) -> tuple[list[int], bool]:
+  """Tokens before EOS, and whether EOS was present."""
+  out = []
+  for tok in response:
+    if tok == eos_id:
+      return out, True
+    out.append(int(tok))
+  return out, False
+
+
+@dataclasses.dataclass
+class SFTArrays:
+  """Teacher-forcing arrays, right-padded: predict targets[t] from inputs[:t+1]."""
+
+  inputs: np.ndarray  # [N, T] int32
+  targets: np.ndarray  # [N, T] int32
+  mask: np.ndarray  # [N, T] float32, 1 on response tokens
+
+  def __len__(self) -> int:
+    return self.inputs.shape[0]
+
+
+def sft_arrays(task: Task, problems: Sequence[Problem], seq_len: int) -> SFTArrays:
+  """Prompt + reference solution per problem; the loss covers the solution only."""
+  n = len(problems)
+  inputs = np.full((n, seq_len), task.pad_id, np.int32)
+  targets = np.full((n, seq_len), task.pad_id, np.int32)
+  mask = np.zeros((n, seq_len), np.float32)
+  for i, problem in enumerate(problems):
+    prompt, solution = task.encode_prompt(problem), task.encode_solution(problem)
+    seq = prompt + solution
+    if len(seq) - 1 > seq_len:
+      raise ValueError(
+          f"task {task.name!r} problem {problem.uid}: prompt+solution has {len(seq)} tokens, "
+          f"more than model.max_len={seq_len} + 1; raise model.max_len")
+    inputs[i, : len(seq) - 1] = seq[:-1]
+    targets[i, : len(seq) - 1] = seq[1:]
+    mask[i, len(prompt) - 1 : len(seq) - 1] = 1.0
+  return SFTArrays(inputs, targets, mask)

@@ -1,0 +1,126 @@
+"""Train state, optimizer, sharded initialization and the non-finite guard.
+
+Shared by every job that updates parameters (SFT, verifiers, RL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from pavjax import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs to continue bitwise."""
+
+  step: jax.Array  # [] int32
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # uint32[2] raw key; per-step keys are fold_in(rng, step)
+
+
+def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+  warmup = min(optim_cfg.warmup_steps, max(num_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else optim_cfg.lr, peak_value=optim_cfg.lr,
+      warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1),
+      end_value=optim_cfg.lr * optim_cfg.end_lr_frac)
+  parts = []
+  if optim_cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
+  parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
+                           weight_decay=optim_cfg.weight_decay))
+  return optax.chain(*parts)
+
+
+@dataclasses.dataclass
+class StateSpec:
+  """A train state's layout before any memory is touched.
+
+  `abstract` holds ShapeDtypeStructs that carry shardings (the orbax restore
+  target); `init()` materializes a fresh state directly in that layout.
+  """
+
+  abstract: TrainState
+  shardings: TrainState
+  init: Callable[[], TrainState]
+
+
+def train_state_spec(model: nn.Module, tx: optax.GradientTransformation, seed: int,
+                     example_tokens: jax.Array, mesh, rules) -> StateSpec:
+  """Derives shardings with `jax.eval_shape` of init and the logical rules.
+
+  `jax.jit(init, out_shardings=...)` then creates each shard where it lives, so
+  full weights never sit on one device.
+  """
+
+  def boxed_init(rng):
+    params = model.init(jax.random.fold_in(rng, 1), example_tokens)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=rng)
+
+  rng = jax.random.PRNGKey(seed)
+  boxed = jax.eval_shape(boxed_init, rng)
+  shardings = shd.logical_shardings(boxed, mesh, rules)
+  abstract_unboxed = nn.unbox(boxed)
+  shd.check_divisible(abstract_unboxed, shardings)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_unboxed, shardings)
+
+  def init():
+    with shd.activate(mesh, rules):
+      return jax.jit(lambda r: nn.unbox(boxed_init(r)), out_shardings=shardings)(rng)
+
+  return StateSpec(abstract, shardings, init)
+
+
+def restore_or_init(spec: StateSpec, checkpointer, init_from: str = "") -> tuple[TrainState, str]:
+  """Resume order: the workdir's latest finalized checkpoint, then `init_from`
+  (parameters only, fresh optimizer), then a fresh initialization.
+
+  Returns the state and where it came from.
+  """
+  from pavjax import checkpoint  # pylint: disable=g-import-not-at-top
+  step = checkpointer.latest_step() if checkpointer is not None else None
+  if step is not None:
+    return checkpointer.restore(step, spec.abstract), f"checkpoint step {step}"
+  state = spec.init()
+  if init_from:
+    params = checkpoint.restore_params(init_from, spec.abstract.params)
+    return state.replace(params=params), f"init_from {init_from}"
+  return state, "scratch"
+
+
+def apply_update(state: TrainState, grads, tx, *, nonfinite: str, finite: jax.Array
+                 ) -> TrainState:
+  """One optimizer step; under `nonfinite='skip'` a non-finite step changes nothing.
+
+  With 'skip' the returned params and optimizer state are bitwise the old ones
+  when `finite` is False (only `step` advances, so the next batch is new).
+  """
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if nonfinite == "skip":
+    keep = lambda n, o: jnp.where(finite, n, o)
+    new = new.replace(params=jax.tree.map(keep, new.params, state.params),
+                      opt_state=jax.tree.map(keep, new.opt_state, state.opt_state))
+  return new
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
+  """Mean next-token NLL over masked positions; a zero mask gives a finite 0."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
+  denom = jnp.maximum(mask.sum(), 1.0)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return (nll * mask).sum() / denom, (correct * mask).sum() / denom

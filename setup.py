@@ -1,0 +1,36 @@
+"""pavjax: process advantage verifiers in JAX."""
+
+import setuptools
+
+# Ranges admit Python 3.11 (jax 0.10.x, flax 0.12.x) and Python 3.12 with jax 0.11.x.
+INSTALL_REQUIRES = [
+    "jax>=0.7,<0.12",
+    "flax>=0.11,<0.13",
+    "optax>=0.2.4,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "ml-collections>=1.0,<2",
+    "sentencepiece>=0.2,<0.3",
+    "tensorflow-datasets>=4.9.7,<5",
+    "array-record>=0.7",
+    "numpy>=1.26",
+    "chex>=0.1.88",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "tensorboardX>=2.6",
+    "absl-py>=2.1",
+]
+
+setuptools.setup(
+    name="pavjax",
+    version="0.1.0",
+    description="Process advantage verifiers (PAVs) for LLM reasoning, in JAX.",
+    packages=setuptools.find_packages(include=["pavjax", "pavjax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8"],
+        # On a GPU machine: pip install -e .[gpu]  (CUDA 12 wheels from PyPI).
+        "gpu": ["jax[cuda12]>=0.7,<0.12"],
+        "tpu": ["jax[tpu]>=0.7,<0.12"],
+    },
+)

@@ -1,0 +1,114 @@
+"""SFT job: smoke run, exact resume after a halt, the non-finite guard, bad checkpoints."""
+
+import os
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from pavjax import metrics
+from pavjax import sharding as shd
+from pavjax.main import run_job
+
+sys.path.insert(0, ".")
+from configs import sft as sft_config  # noqa: E402
+
+
+def _config(**overrides):
+  config = sft_config.get_config("task=toy,size=test")
+  config.train.num_steps = 6
+  config.train.batch_size = 16
+  config.train.log_every = 2
+  config.checkpoint.every = 2
+  config.checkpoint.keep = 10
+  config.sample.num_eval = 8
+  config.sample.batch_size = 8
+  config.task.num_train = 64
+  config.task.num_eval = 8
+  for dotted, value in overrides.items():
+    section, field = dotted.split("__")
+    config[section][field] = value
+  return config
+
+
+def _restore(workdir, step):
+  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  state = mgr.restore(step, args=ocp.args.StandardRestore())
+  mgr.close()
+  return state
+
+
+def _assert_bitwise_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_smoke_writes_checkpoints_metrics_and_samples(tmp_path):
+  out = run_job(_config(), str(tmp_path))
+  assert out["step"] == 6 and out["origin"] == "scratch"
+  names = set(os.listdir(tmp_path))
+  assert {"config.json", "metrics.jsonl", "eval.jsonl", "samples.md", "summary.json",
+          "loss.png", "tensorboard", "checkpoints"} <= names
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [2, 4, 6]
+  rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  assert all(np.isfinite(r["train/loss"]) for r in rows)
+  assert "| problem |" in (tmp_path / "samples.md").read_text()
+  assert 0.0 <= out["eval"]["accuracy"] <= 1.0
+
+
+def test_halt_and_resume_equals_uninterrupted_run_bitwise(tmp_path):
+  straight, interrupted = str(tmp_path / "a"), str(tmp_path / "b")
+  run_job(_config(), straight)
+  first = run_job(_config(train__halt_at_step=3), interrupted)
+  assert first["step"] == 3 and first["halted"]
+  # A kill mid-save can leave a bare step directory: it must be ignored, not resumed.
+  bogus = os.path.join(interrupted, "checkpoints", "5")
+  os.makedirs(os.path.join(bogus, "default"))
+  second = run_job(_config(), interrupted)
+  assert second["origin"] == "checkpoint step 3" and second["step"] == 6
+  assert not os.path.exists(bogus)
+  assert any(n.startswith("incomplete_5_") for n in os.listdir(os.path.dirname(bogus)))
+  _assert_bitwise_equal(_restore(straight, 6), _restore(interrupted, 6))
+
+
+def _poison_steps(monkeypatch, bad_steps):
+  """Makes the loss NaN on the given (1-based) steps of a fresh run."""
+  real, calls = shd.shard_batch, []
+
+  def poisoned(batch, mesh):
+    calls.append(1)
+    if len(calls) in bad_steps:
+      batch = {**batch, "mask": batch["mask"] * np.nan}
+    return real(batch, mesh)
+
+  monkeypatch.setattr(shd, "shard_batch", poisoned)
+
+
+def test_nonfinite_stop_raises_before_a_bad_checkpoint(tmp_path, monkeypatch):
+  _poison_steps(monkeypatch, {5})
+  with pytest.raises(metrics.NonFiniteError, match="step 5"):
+    run_job(_config(train__log_every=100), str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert steps == [2, 4]  # step 6 would hold NaN parameters
+
+
+def test_nonfinite_skip_leaves_state_unchanged_then_gives_up(tmp_path, monkeypatch):
+  _poison_steps(monkeypatch, {3})
+  out = run_job(_config(train__nonfinite="skip", checkpoint__every=1), str(tmp_path / "a"))
+  assert out["step"] == 6
+  s2, s3 = _restore(str(tmp_path / "a"), 2), _restore(str(tmp_path / "a"), 3)
+  _assert_bitwise_equal(s2["params"], s3["params"])
+  _assert_bitwise_equal(s2["opt_state"], s3["opt_state"])
+  rows = metrics.read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))
+  assert sum(r.get("train/skipped_steps", 0) for r in rows) == 1
+  assert all(np.isfinite(r["train/loss"]) for r in rows)
+
+  monkeypatch.undo()
+  _poison_steps(monkeypatch, {2, 3, 4, 5, 6})
+  with pytest.raises(metrics.NonFiniteError, match="3 consecutive"):
+    run_job(_config(train__nonfinite="skip", train__max_skips=3), str(tmp_path / "b"))

@@ -1,0 +1,62 @@
+"""Bad configs fail before any compile, naming the field."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pavjax import config_lib
+from pavjax.main import run_job
+
+sys.path.insert(0, ".")
+from configs import sft as sft_config  # noqa: E402
+
+
+def _config(**overrides):
+  config = sft_config.get_config("task=toy,size=test")
+  for dotted, value in overrides.items():
+    section, field = dotted.split("__")
+    config[section][field] = value
+  return config
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"optim__lr": 0.0}, "optim.lr"),
+    ({"optim__lr": -1e-3}, "optim.lr"),
+    ({"train__batch_size": 12}, "train.batch_size"),  # 8 devices on the data axis
+    ({"mesh__data": 3}, "mesh"),  # 3 * 1 * 1 != 8 devices
+    ({"mesh__fsdp": 3}, "mesh"),  # -1 cannot fill 8 / 3
+    ({"model__max_len": 5}, "model.max_len"),  # toy prompts have 6 tokens
+    ({"model__max_len": 20}, "model.max_len"),  # prompt 6 + 16 new tokens > 20
+    ({"model__num_kv_heads": 3}, "model.num_heads"),
+    ({"sample__method": "beam"}, "sample.method"),
+    ({"train__nonfinite": "ignore"}, "train.nonfinite"),
+])
+def test_bad_values_name_the_field(tmp_path, overrides, field):
+  with pytest.raises(config_lib.ConfigError, match=rf"^config\.{field}: ") as err:
+    run_job(_config(**overrides), str(tmp_path / "w"))
+  assert err.value.field == field
+  assert not (tmp_path / "w" / "checkpoints").exists()  # failed before any work
+
+
+def test_workdir_escaping_its_parent_is_rejected():
+  with pytest.raises(config_lib.ConfigError, match="workdir"):
+    run_job(_config(), "runs/../../etc")
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, "-m", "pavjax.main", *args], capture_output=True,
+                        text=True, timeout=120, env={"JAX_PLATFORMS": "cpu",
+                                                     "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_rejects_unknown_field_wrong_type_and_unknown_variant(tmp_path):
+  w = f"--workdir={tmp_path}"
+  unknown = _main("--config=configs/sft.py:size=test", w, "--config.model.hidden=3")
+  assert unknown.returncode != 0
+  assert "config.model.hidden: no such field" in unknown.stderr
+  wrong_type = _main("--config=configs/sft.py:size=test", w, "--config.optim.lr=fast")
+  assert wrong_type.returncode != 0 and "--config.optim.lr=fast" in wrong_type.stderr
+  variant = _main("--config=configs/sft.py:size=test,colour=red", w)
+  assert variant.returncode != 0 and "unknown variant 'colour'" in variant.stderr
+  assert not any(tmp_path.iterdir())
