@@ -12,7 +12,9 @@ from pavjax import tasks
 # Per task: a model length budget and SFT defaults that suit it.
 _TASK_DEFAULTS = {
     "toy": dict(max_len=32, max_new_tokens=16, num_steps=300, batch_size=64, lr=3e-3),
-    "planted": dict(max_len=16, max_new_tokens=10, num_steps=50, batch_size=64, lr=1e-3),
+    # One prompt, so greedy decoding would give one sequence: evaluate by sampling.
+    "planted": dict(max_len=16, max_new_tokens=10, num_steps=50, batch_size=64, lr=1e-3,
+                    method="temperature"),
     "arith": dict(max_len=192, max_new_tokens=96, num_steps=3000, batch_size=64, lr=1e-3),
     "jsonl_math": dict(max_len=512, max_new_tokens=256, num_steps=5000, batch_size=32, lr=3e-4),
 }
@@ -31,6 +33,7 @@ def get_config(arg=None):
   config.train.num_steps = d["num_steps"]
   config.train.batch_size = d["batch_size"]
   config.optim.lr = d["lr"]
+  config.sample.method = d.get("method", "greedy")
   config.train.log_every = max(1, min(50, d["num_steps"] // 10))
   config.checkpoint.every = max(1, d["num_steps"] // 4)
   return config

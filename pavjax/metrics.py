@@ -62,15 +62,18 @@ def progress(total: int, initial: int = 0, desc: str = "") -> tqdm.tqdm:
 
 
 def reduce_metrics(history: Sequence[Mapping[str, Any]]) -> tuple[dict[str, float], list[int]]:
-  """Fetches buffered per-step metrics in one device_get; means, and bad step offsets.
+  """Fetches buffered per-step metrics in one device_get.
 
-  A step is bad when any of its metrics is NaN or infinite.
+  Returns the means over finite steps and the offsets of bad steps (a step is bad
+  when any of its metrics is NaN or infinite).
   """
   host = jax.device_get(list(history))
   bad = [i for i, m in enumerate(host)
          if not all(np.all(np.isfinite(np.asarray(v))) for v in m.values())]
+  good = [m for i, m in enumerate(host) if i not in bad]
   keys = host[0].keys() if host else ()
-  means = {k: float(np.mean([np.asarray(m[k], np.float64) for m in host])) for k in keys}
+  means = {k: float(np.mean([np.asarray(m[k], np.float64) for m in good])) if good else math.nan
+           for k in keys}
   return means, bad
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -63,7 +64,7 @@ def write_json(path: str, obj: Any) -> None:
 
 def train_loop(state, step_fn: Callable, batch_fn: Callable[[int], Mapping[str, Any]], *,
                train_cfg, checkpointer: ckpt_lib.Checkpointer, writer: metrics.MetricWriter,
-               eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
+               eval_fn: Callable[[Any, int], Any] | None = None,
                desc: str = "train"):
   """Runs `step_fn(state, batch)` from the state's step to `train_cfg.num_steps`.
 
@@ -100,10 +101,8 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int], Mapping[str, 
         raise metrics.NonFiniteError(
             f"{consecutive_bad} consecutive non-finite steps ending at step {first + i} "
             f"(train.max_skips={train_cfg.max_skips})")
-    if bad:
-      host = jax.device_get(pending)
-      good = [m for i, m in enumerate(host) if i not in bad]
-      means = {k: float(sum(float(m[k]) for m in good) / max(len(good), 1)) for k in means}
+    if bad:  # every step in the window may have been skipped: log no NaN means
+      means = {k: v for k, v in means.items() if math.isfinite(v)}
       means["train/skipped_steps"] = float(len(bad))
     now = time.time()
     means["perf/steps_per_sec"] = len(pending) / max(now - t_last, 1e-9)
@@ -124,7 +123,7 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int], Mapping[str, 
       if checkpointer.should_save(step) or is_last:
         checkpointer.save(step, state)
       if eval_fn is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
-        writer.write(step, eval_fn(state, step))
+        eval_fn(state, step)  # writes its own metrics
       if step == halt:
         logging.warning("halting after step %d (train.halt_at_step)", step)
         break

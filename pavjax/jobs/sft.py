@@ -95,9 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with shd.activate(mesh, rules):
     state, last = common.train_loop(
         state, step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
-        writer=writer, eval_fn=lambda st, step: {f"eval/{k}": v for k, v in
-                                                 eval_fn(st, step)[1].items()},
-        desc="sft")
+        writer=writer, eval_fn=eval_fn, desc="sft")
   step = int(jax.device_get(state.step))
   responses, summary = eval_fn(state, step)
   checkpointer.close()
