@@ -1,19 +1,47 @@
-"""Safe final-answer parsing and comparison for text tasks.
+"""Safe final-answer extraction, normalization and comparison for text tasks.
 
 Model output is untrusted: nothing here evaluates it (no eval/exec, no sympy),
-every regex is linear-time, lengths are checked before any conversion, and
-numbers are compared as exact fractions parsed from at most `MAX_NUMBER_CHARS`
-characters (no exponents, so "9e999999" cannot build a huge integer).
+every regex and scan is linear-time, lengths are checked before any conversion,
+and numbers are compared as exact fractions parsed from at most
+`MAX_NUMBER_CHARS` characters (no exponents, so "9e999999" cannot build a huge
+integer).
 
-A response is a sequence of lines; its final answer is the one line that starts
-with an answer marker ("answer:" by default, case-insensitive). `grade_text`
-maps a decoded response to a `base.Outcome`:
+Numbers (`parse_number`): an optional sign, ASCII digits, thousands separators
+(`1,234`), decimals (`0.5`, `.5`), `a/b` and `\\frac{a}{b}`, optionally wrapped in
+`$...$` / `\\boxed{...}` with a trailing period. Two answers that both parse are
+compared by value (`answers_match`), so `0.5`, `1/2` and `\\frac{1}{2}` agree.
+
+Answer lines (the arith convention). A response is a sequence of lines; its
+final answer is the one line that starts with an answer marker ("answer:" by
+default, case-insensitive). `grade_text` maps a decoded response to a
+`base.Outcome`:
 
   empty             nothing but whitespace
   too_long          more than `max_chars` characters (checked first, in O(1))
   no_answer         no answer line
   multiple_answers  more than one answer line
   wrong / correct   the answer (after normalization) against the reference
+
+Math solutions (GSM8K / MATH style, `extract_final_answer`): the first kind of
+marker present wins, in this order:
+  1. lines starting with `####` (GSM8K), the answer is the rest of the line;
+  2. `\\boxed{...}` / `\\fbox{...}` (outermost ones; nested braces and escaped
+     `\\{ \\}` are handled in one linear pass);
+  3. lines starting with `Answer:` / `Final answer:` / `The answer is:` (any case).
+If markers of the chosen kind disagree (after normalization) the reason is
+`multiple_answers`; if there is none, or they are all empty, it is `no_answer`.
+
+Normalization of math answers (`normalize_answer`, a documented subset of the
+usual MATH `strip_string`): drop a trailing unit `\\text{ cm}` (text starting
+with a space), `\\left` / `\\right`, `\\!` `\\,` `\\;` `\\:` `\\quad` `~` spacing,
+`$` and `\\$`, `%` and `\\%`, degrees `^\\circ` / `^{\\circ}`; unwrap `\\text{}`
+`\\textbf{}` `\\mbox{}` `\\mathrm{}` `\\mathbf{}` `\\boxed{}`; `\\dfrac` / `\\tfrac` ->
+`\\frac`; `\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`; remove all
+whitespace and a trailing period; `x=5` -> `5` for a one-letter left side; a
+number with thousands commas `1,234` -> `1234`; `5.50` -> `5.5`, `3.0` -> `3`,
+`.5` -> `0.5`; a redundant outer brace pair. Two normalized answers match
+(`answers_match(..., exact_text=True)`) when equal as strings, or when both are
+short plain numbers with the same exact rational value.
 """
 
 from __future__ import annotations
@@ -24,8 +52,8 @@ import re
 
 from pavjax.tasks import base
 
-MAX_NUMBER_CHARS = 40  # longest numeric string normalize_number accepts
-MAX_ANSWER_CHARS = 200  # longest answer string compared at all
+MAX_NUMBER_CHARS = 40  # longest numeric string parse_number accepts
+MAX_ANSWER_CHARS = 200  # longest answer string compared as free text
 
 # A line is an answer line if it starts (after optional spaces) with "answer:".
 ANSWER_LINE_RE = re.compile(r"[ \t]*answer[ \t]*:[ \t]*(.*)", re.IGNORECASE)
@@ -35,9 +63,103 @@ FINAL_ANSWER_LINE_RE = re.compile(r"[ \t]*(?:final[ \t]+)?answer[ \t]*:[ \t]*(.*
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _DEC_RE = re.compile(r"[+-]?(?:[0-9]+\.[0-9]*|\.[0-9]+)")
-_FRAC_RE = re.compile(r"([+-]?[0-9]+)[ \t]*/[ \t]*([0-9]+)")
+_SLASH_FRAC_RE = re.compile(r"([+-]?[0-9]+)[ \t]*/[ \t]*([0-9]+)")
+_TEX_FRAC_RE = re.compile(r"(-?)\\frac\{(-?[0-9]+)\}\{(-?[0-9]+)\}")
 _THOUSANDS_RE = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?")
 _SPACE_RE = re.compile(r"\s+")
+
+# ----------------------------------------------------------------------------
+# Numbers and answer comparison.
+# ----------------------------------------------------------------------------
+
+
+def _strip_wrappers(text: str) -> str:
+  """Removes $...$, \\boxed{...}, a trailing period and surrounding spaces (bounded input)."""
+  text = text.strip()
+  for _ in range(3):
+    before = text
+    if len(text) >= 2 and text[0] == "$" and text[-1] == "$":
+      text = text[1:-1].strip()
+    if text.startswith("\\boxed{") and text.endswith("}"):
+      text = text[len("\\boxed{"):-1].strip()
+    if text.endswith(".") and not _DEC_RE.fullmatch(text):
+      text = text[:-1].rstrip()
+    if text == before:
+      break
+  return text
+
+
+def parse_number(text: str) -> fractions.Fraction | None:
+  """Exact value of an integer, decimal, fraction or 1,234-style number; else None.
+
+  Accepts an optional sign, thousands separators, `a/b`, `\\frac{a}{b}`, "$...$",
+  "\\boxed{...}" and a trailing period; rejects exponents, expressions, non-ASCII
+  digits and anything over MAX_NUMBER_CHARS characters.
+  """
+  if len(text) > MAX_NUMBER_CHARS + 20:
+    return None
+  text = _strip_wrappers(text)
+  if len(text) > MAX_NUMBER_CHARS:
+    return None
+  if _THOUSANDS_RE.fullmatch(text):
+    text = text.replace(",", "")
+  if _INT_RE.fullmatch(text) or _DEC_RE.fullmatch(text):
+    return fractions.Fraction(text)
+  m = _SLASH_FRAC_RE.fullmatch(text)
+  if m:
+    den = int(m.group(2))
+    if den == 0:
+      return None
+    return fractions.Fraction(int(m.group(1)), den)
+  m = _TEX_FRAC_RE.fullmatch(text)
+  if m and int(m.group(3)):
+    value = fractions.Fraction(int(m.group(2)), int(m.group(3)))
+    return -value if m.group(1) else value
+  return None
+
+
+def normalize_number(text: str) -> str | None:
+  """Canonical string of a number ("042" -> "42", "0.50" -> "1/2", "-0" -> "0"), or None."""
+  value = parse_number(text)
+  if value is None:
+    return None
+  if value.denominator == 1:
+    return str(value.numerator)
+  return f"{value.numerator}/{value.denominator}"
+
+
+def normalize_text(text: str) -> str:
+  """Lower-cased, whitespace-collapsed answer text without $ / \\boxed / trailing period."""
+  return _SPACE_RE.sub(" ", _strip_wrappers(text[: MAX_ANSWER_CHARS + 20])).lower()
+
+
+def answers_match(predicted: str, reference: str, *, exact_text: bool = False) -> bool:
+  """Numeric equality when both parse as numbers, else text equality.
+
+  Args:
+    predicted: the response's answer.
+    reference: the reference answer.
+    exact_text: compare non-numbers as they are, at any length (for answers
+      already normalized by `normalize_answer`, where case matters: `\\Pi` is not
+      `\\pi`); else as `normalize_text` (case- and space-insensitive), and a
+      predicted answer over MAX_ANSWER_CHARS characters never matches.
+
+  Returns:
+    Whether the answers agree.
+  """
+  p, r = parse_number(predicted), parse_number(reference)
+  if p is not None and r is not None:
+    return p == r
+  if exact_text:
+    return predicted == reference
+  if len(predicted) > MAX_ANSWER_CHARS or p is not None or r is not None:
+    return False
+  return normalize_text(predicted) == normalize_text(reference)
+
+
+# ----------------------------------------------------------------------------
+# Answer lines ("answer: 42") and grading.
+# ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,73 +202,6 @@ def parse_final_answer(text: str, *, max_chars: int = 20000,
   return ParsedAnswer(found[0], None)
 
 
-def _strip_wrappers(text: str) -> str:
-  """Removes $...$, \\boxed{...}, a trailing period and surrounding spaces (bounded input)."""
-  text = text.strip()
-  for _ in range(3):
-    before = text
-    if len(text) >= 2 and text[0] == "$" and text[-1] == "$":
-      text = text[1:-1].strip()
-    if text.startswith("\\boxed{") and text.endswith("}"):
-      text = text[len("\\boxed{"):-1].strip()
-    if text.endswith(".") and not _DEC_RE.fullmatch(text):
-      text = text[:-1].rstrip()
-    if text == before:
-      break
-  return text
-
-
-def parse_number(text: str) -> fractions.Fraction | None:
-  """Exact value of an integer, decimal, fraction or 1,234-style number; else None.
-
-  Accepts an optional sign, thousands separators, "$...$" and a trailing period;
-  rejects exponents, expressions and anything over MAX_NUMBER_CHARS characters.
-  """
-  if len(text) > MAX_NUMBER_CHARS + 20:
-    return None
-  text = _strip_wrappers(text)
-  if len(text) > MAX_NUMBER_CHARS:
-    return None
-  if _THOUSANDS_RE.fullmatch(text):
-    text = text.replace(",", "")
-  if _INT_RE.fullmatch(text) or _DEC_RE.fullmatch(text):
-    return fractions.Fraction(text)
-  m = _FRAC_RE.fullmatch(text)
-  if m:
-    den = int(m.group(2))
-    if den == 0:
-      return None
-    return fractions.Fraction(int(m.group(1)), den)
-  return None
-
-
-def normalize_number(text: str) -> str | None:
-  """Canonical string of a number ("042" -> "42", "0.50" -> "1/2", "-0" -> "0"), or None."""
-  value = parse_number(text)
-  if value is None:
-    return None
-  if value.denominator == 1:
-    return str(value.numerator)
-  return f"{value.numerator}/{value.denominator}"
-
-
-def normalize_text(text: str) -> str:
-  """Lower-cased, whitespace-collapsed answer text without $ / \\boxed / trailing period."""
-  return _SPACE_RE.sub(" ", _strip_wrappers(text[: MAX_ANSWER_CHARS + 20])).lower()
-
-
-def answers_match(predicted: str, reference: str) -> bool:
-  """Numeric equality when both parse as numbers, else normalized text equality."""
-  if len(predicted) > MAX_ANSWER_CHARS:
-    return False
-  p, r = parse_number(predicted), parse_number(reference)
-  if p is not None and r is not None:
-    return p == r
-  if p is not None or r is not None:
-    return False
-  return normalize_text(predicted) == normalize_text(reference)
-
-
 def grade_text(text: str, reference: str, *, max_chars: int = 20000,
                line_re: re.Pattern[str] = ANSWER_LINE_RE,
                answer_re: re.Pattern[str] | None = None) -> base.Outcome:
@@ -174,3 +229,146 @@ def grade_text(text: str, reference: str, *, max_chars: int = 20000,
   if answers_match(answer, reference):
     return base.Outcome(1.0, base.CORRECT)
   return base.Outcome(0.0, base.WRONG)
+
+
+# ----------------------------------------------------------------------------
+# Math solutions (GSM8K / MATH): extraction and normalization.
+# ----------------------------------------------------------------------------
+
+_BOX_START_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_MATH_ANSWER_LINE_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*:",
+                                  re.IGNORECASE)
+
+
+def boxed_contents(text: str) -> list[str]:
+  """Contents of the outermost `\\boxed{..}` / `\\fbox{..}` groups, in order.
+
+  Braces are matched in a single pass (escaped `\\{` `\\}` are skipped); an
+  unclosed group is ignored. Linear in `len(text)` even for hostile inputs.
+  """
+  starts = {m.end() - 1 for m in _BOX_START_RE.finditer(text)}
+  if not starts:
+    return []
+  out, stack, open_box = [], [], -1  # open_box: '{' position of the outermost open box
+  for m in _BRACE_TOKEN_RE.finditer(text):
+    tok = m.group()
+    if tok == "{":
+      pos = m.start()
+      stack.append(pos)
+      if open_box < 0 and pos in starts:
+        open_box = pos
+    elif tok == "}" and stack:
+      pos = stack.pop()
+      if pos == open_box:
+        out.append(text[pos + 1:m.start()])
+        open_box = -1
+  return out
+
+
+def answer_candidates(text: str) -> tuple[str, list[str]]:
+  """Raw final-answer candidates of a solution text and the marker kind used.
+
+  Returns `(kind, candidates)` with kind one of '####', 'boxed', 'answer:' or ''
+  (no marker at all); see the module docstring for the priority order.
+  """
+  lines = [line.strip() for line in text.split("\n")]
+  hashes = [line.lstrip("#").strip() for line in lines if line.startswith("####")]
+  if hashes:
+    return "####", hashes
+  boxed = boxed_contents(text)
+  if boxed:
+    return "boxed", boxed
+  found = []
+  for line in lines:
+    m = _MATH_ANSWER_LINE_RE.match(line[:64])  # bounded prefix: constant-time matching
+    if m:
+      found.append(line[m.end():].strip())
+  if found:
+    return "answer:", found
+  return "", []
+
+
+def extract_final_answer(text: str) -> tuple[str | None, str]:
+  """The normalized final answer of a solution text.
+
+  Returns `(answer, "")` on success, else `(None, reason)` with reason
+  `base.NO_ANSWER` or `base.MULTIPLE_ANSWERS`.
+  """
+  _, raw = answer_candidates(text)
+  values = [v for v in (normalize_answer(c) for c in raw) if v]
+  if not values:
+    return None, base.NO_ANSWER
+  first = values[0]
+  if any(not answers_match(v, first, exact_text=True) for v in values[1:]):
+    return None, base.MULTIPLE_ANSWERS
+  return first, ""
+
+
+_UNIT_RE = re.compile(r"\\(?:text|mbox|mathrm)\{\s[^{}]*\}\s*$")
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![A-Za-z])")
+_DT_FRAC_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
+_WRAP_RE = re.compile(
+    r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|boxed|fbox)\s*\{([^{}]*)\}")
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
+_SPACING_RE = re.compile(r"\\[!,;: ]|\\q?quad(?![A-Za-z])|~")
+_FRAC_DIGITS_RE = re.compile(r"\\frac(\d)(\d)")
+_FRAC_DIGIT_NUM_RE = re.compile(r"\\frac(\d)\{")
+_FRAC_DIGIT_DEN_RE = re.compile(r"\\frac\{([^{}]*)\}(\d)")
+_SQRT_RE = re.compile(r"\\sqrt(\w)")
+_NORM_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_NORM_DECIMAL_RE = re.compile(r"-?\d+\.\d+")
+_NORM_BARE_DECIMAL_RE = re.compile(r"-?\.\d+")
+_ONE_VAR_LHS_RE = re.compile(r"[A-Za-z]=")
+
+
+def _outer_braces_redundant(s: str) -> bool:
+  """Whether `s` is `{...}` with the first brace closing at the very end."""
+  if len(s) < 2 or s[0] != "{" or s[-1] != "}":
+    return False
+  depth = 0
+  for m in _BRACE_TOKEN_RE.finditer(s):
+    tok = m.group()
+    if tok == "{":
+      depth += 1
+    elif tok == "}":
+      depth -= 1
+      if depth == 0:
+        return m.end() == len(s)
+  return False
+
+
+def normalize_answer(answer: str) -> str:
+  """Canonical string form of a math final answer (see the module docstring)."""
+  s = answer.strip()
+  s = _UNIT_RE.sub("", s)
+  s = _LEFT_RIGHT_RE.sub("", s)
+  s = _DT_FRAC_RE.sub(r"\\frac", s)
+  for _ in range(3):  # a bounded number of passes unwraps a few nested levels
+    s, n = _WRAP_RE.subn(r"\1", s)
+    if not n:
+      break
+  s = _DEGREE_RE.sub("", s)
+  s = _SPACING_RE.sub("", s)
+  s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+  s = _SPACE_RE.sub("", s)
+  s = s.rstrip(".")
+  if _ONE_VAR_LHS_RE.match(s) and s.count("=") == 1:
+    s = s[2:]
+  s = _FRAC_DIGITS_RE.sub(r"\\frac{\1}{\2}", s)
+  s = _FRAC_DIGIT_NUM_RE.sub(r"\\frac{\1}{", s)
+  s = _FRAC_DIGIT_DEN_RE.sub(r"\\frac{\1}{\2}", s)
+  s = _SQRT_RE.sub(r"\\sqrt{\1}", s)
+  for _ in range(3):
+    if not _outer_braces_redundant(s):
+      break
+    s = s[1:-1]
+  if _NORM_THOUSANDS_RE.fullmatch(s):
+    s = s.replace(",", "")
+  if _NORM_BARE_DECIMAL_RE.fullmatch(s):
+    s = s.replace(".", "0.", 1)
+  if _NORM_DECIMAL_RE.fullmatch(s):
+    s = s.rstrip("0").rstrip(".")
+  if s == "-0":
+    s = "0"
+  return s

@@ -1,7 +1,7 @@
 """The `tensorflow-datasets` builder behind the jsonl_math task.
 
 `JsonlMath` (tfds name `jsonl_math`) reads the user's JSONL files from the manual
-directory, validates them all first (`jsonl_math.validate_manual_dir`), then writes
+directory, validates them all first (`jsonl_reader.validate_manual_dir`), then writes
 one ArrayRecord file per split. Reading goes through `builder.as_data_source()` or
 `tfds.data_source('jsonl_math/fp_<hash>', data_dir=...)`, so neither writing nor
 reading needs TensorFlow. Each config is named after a fingerprint of the input
@@ -25,14 +25,14 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from pavjax.tasks import jsonl_math
+from pavjax.tasks import jsonl_reader
 
 _TEXT_FEATURES = ("uid", "source", "format", "question", "answer", "solution")
 
 
 @dataclasses.dataclass(eq=False)
 class JsonlMathConfig(tfds.core.BuilderConfig):
-  """Options that shape the records (see `jsonl_math.validate_manual_dir`)."""
+  """Options that shape the records (see `jsonl_reader.validate_manual_dir`)."""
 
   fmt: str = "auto"
   strict: bool = True
@@ -50,7 +50,7 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
       "Put train.jsonl and test.jsonl (and optionally validation.jsonl) in the manual "
       "directory; see pavjax/tasks/jsonl_math.py for the record formats.")
 
-  # A `jsonl_math.ValidationResult` of the manual directory, when the caller has
+  # A `jsonl_reader.ValidationResult` of the manual directory, when the caller has
   # validated it already (saves a second pass); else `_split_generators` validates.
   prevalidated = None
 
@@ -73,13 +73,13 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     result = self.prevalidated
     if result is None:
-      result = jsonl_math.validate_manual_dir(
+      result = jsonl_reader.validate_manual_dir(
           os.fspath(dl_manager.manual_dir), fmt=cfg.fmt, strict=cfg.strict,
           max_prompt_chars=cfg.max_prompt_chars, seed=cfg.seed, val_fraction=cfg.val_fraction)
     # self.data_dir is the temporary directory renamed into place once all splits
     # are written, so the summary appears together with the data.
     summary = dict(result.summary, fingerprint=cfg.name)
-    with open(os.path.join(self.data_dir, jsonl_math.SUMMARY_FILE), "w") as f:
+    with open(os.path.join(self.data_dir, jsonl_reader.SUMMARY_FILE), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
     return {split: self._generate_examples(records)
             for split, records in result.records.items()}

@@ -1,17 +1,27 @@
-"""Small text tokenizers for the text tasks: sentencepiece, and a char-level fallback.
+"""Small text tokenizers for the text tasks (sentencepiece, char-level) and their Task base.
 
-Both share the id layout every task relies on:
+Id layout. Id 0 is always padding. A sentencepiece model's ids are used shifted
+by `offset`: 0 when the model's pad id is 0, else 1 (every piece moves up by one
+and id 0 becomes padding). Newlines never reach sentencepiece (which would fold
+them into whitespace): text is split into lines, each line is encoded on its
+own, and the lines are joined with a dedicated newline id (the step delimiter):
+a piece of the model (`nl_piece_id`) or else an extra id right after the pieces.
+EOS is the model's eos (shifted) or else one more extra id; BOS is the model's
+bos (shifted) or None. So a line encodes the same wherever it sits in a text,
+and decoding the tokens of one line gives back exactly that line.
+
+The reserved layout, used by `CharTokenizer` and by the models `train_sentencepiece`
+writes (`SentencePieceTokenizer.with_reserved_ids`), needs neither shift nor
+extra ids:
 
   0 <pad>   1 <unk>   2 <s> (BOS)   3 </s> (EOS)   4 <nl> (newline, the step delimiter)
 
-then the learned pieces (sentencepiece) or a fixed character set (char). Newlines
-never reach sentencepiece (which would fold them into whitespace): text is split
-into lines, each line is encoded on its own, and the lines are joined with the
-dedicated `<nl>` id. So a line encodes the same wherever it sits in a text, and
-decoding the tokens of one line gives back exactly that line.
+then the learned pieces (sentencepiece) or a fixed character set (char).
 
-Decoding never raises: ids out of range, and the control ids (pad, BOS, EOS)
-decode to "" except unknown ids, which decode to `UNK_TEXT`.
+Decoding never raises: the newline id becomes "\n", padding, BOS and EOS are
+dropped, and unknown or out-of-range ids decode to `UNK_TEXT` (reserved layout)
+or, for a user's model, as sentencepiece renders its unknown piece (ids outside
+the model are dropped).
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import io
 import json
 import os
 from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+from pavjax.tasks import base
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, NL_ID = 0, 1, 2, 3, 4
 NL_PIECE = "<nl>"
@@ -39,7 +51,7 @@ class Tokenizer(Protocol):
 
   pad_id: int
   unk_id: int
-  bos_id: int
+  bos_id: int | None  # None: prompts start without BOS
   eos_id: int
   nl_id: int
 
@@ -92,76 +104,123 @@ class CharTokenizer:
 
 
 class SentencePieceTokenizer:
-  """A sentencepiece model, encoded line by line with a dedicated newline id."""
+  """A sentencepiece model, encoded line by line with a dedicated newline id.
 
-  pad_id, unk_id, bos_id, eos_id, nl_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID, NL_ID
+  See the module docstring for the id layout.
 
-  def __init__(self, model_proto: bytes):
+  Attributes:
+    sp: the `sentencepiece.SentencePieceProcessor`.
+    model_proto: the serialized model.
+    piece_size: number of pieces in the model.
+    offset: added to every sentencepiece id (0 if the model's pad id is 0, else 1).
+    pad_id: 0.
+    unk_id: the model's unk id + offset.
+    bos_id: the model's bos id + offset, or None when it has none.
+    eos_id: the model's eos id + offset, or the next extra id when it has none.
+    nl_id: `nl_piece_id` + offset, or the first extra id (`piece_size + offset`).
+    vocab_size: number of task ids (pieces, shift and extra ids).
+  """
+
+  def __init__(self, model_proto: bytes, *, nl_piece_id: int | None = None,
+               unk_text: str | None = None):
+    """Loads a serialized model.
+
+    Args:
+      model_proto: the `.model` file's bytes.
+      nl_piece_id: the model's own newline piece (a sentencepiece id), if it has
+        one; else the newline gets an extra id.
+      unk_text: what the unknown piece and ids outside the vocabulary decode to;
+        None lets sentencepiece render the unknown piece and drops ids outside
+        the model.
+    """
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
     self.model_proto = model_proto
     self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    expected = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>", NL_ID: NL_PIECE}
-    for i, piece in expected.items():
-      if self.sp.id_to_piece(i) != piece:
-        raise ValueError(f"sentencepiece model has {self.sp.id_to_piece(i)!r} at id {i}, "
-                         f"expected {piece!r}; train it with `train_sentencepiece`")
-    self._size = self.sp.get_piece_size()
+    self.piece_size = self.sp.get_piece_size()
+    self.offset = 0 if self.sp.pad_id() == 0 else 1
+    self.pad_id = PAD_ID
+    self.unk_id = self.sp.unk_id() + self.offset
+    self.bos_id = self.sp.bos_id() + self.offset if self.sp.bos_id() >= 0 else None
+    next_id = self.piece_size + self.offset  # the first extra id
+    if nl_piece_id is None:
+      self.nl_id, next_id = next_id, next_id + 1
+    elif 0 <= nl_piece_id < self.piece_size:
+      self.nl_id = nl_piece_id + self.offset
+    else:
+      raise ValueError(f"nl_piece_id={nl_piece_id} is not a piece of the model "
+                       f"({self.piece_size} pieces)")
+    if self.sp.eos_id() >= 0:
+      self.eos_id = self.sp.eos_id() + self.offset
+    else:
+      self.eos_id, next_id = next_id, next_id + 1
+    self.vocab_size = next_id
+    self._unk_text = unk_text
+    self._dropped = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i is not None}
 
   @classmethod
-  def load(cls, path: str) -> "SentencePieceTokenizer":
-    """Reads a `.model` file."""
+  def load(cls, path: str, **kwargs) -> SentencePieceTokenizer:
+    """Reads a `.model` file; `kwargs` go to the constructor."""
     with open(path, "rb") as f:
-      return cls(f.read())
+      return cls(f.read(), **kwargs)
 
-  @property
-  def vocab_size(self) -> int:
-    """Number of pieces in the model (special ids included)."""
-    return self._size
+  @classmethod
+  def with_reserved_ids(cls, model_proto: bytes) -> SentencePieceTokenizer:
+    """A model with the reserved layout (ids 0-4, checked), as `train_sentencepiece` writes.
+
+    Its ids are used as they are; unknown ids decode to `UNK_TEXT`.
+
+    Args:
+      model_proto: the serialized model.
+
+    Returns:
+      The tokenizer.
+
+    Raises:
+      ValueError: when the model's ids 0-4 are not pad, unk, BOS, EOS and `<nl>`.
+    """
+    tok = cls(model_proto, nl_piece_id=NL_ID, unk_text=UNK_TEXT)
+    expected = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>", NL_ID: NL_PIECE}
+    for i, piece in expected.items():
+      if tok.sp.id_to_piece(i) != piece:
+        raise ValueError(f"sentencepiece model has {tok.sp.id_to_piece(i)!r} at id {i}, "
+                         f"expected {piece!r}; train it with `train_sentencepiece`")
+    return tok
 
   def encode(self, text: str) -> list[int]:
     """Each line on its own, joined by `nl_id`."""
     out: list[int] = []
     for k, line in enumerate(text.split("\n")):
       if k:
-        out.append(NL_ID)
+        out.append(self.nl_id)
       if line:
-        out.extend(self.sp.encode(line))
+        out.extend(t + self.offset for t in self.sp.encode(line))
     return out
 
   def decode(self, ids: Sequence[int]) -> str:
-    """Inverse of `encode` for text the model covers."""
-    lines, cur = [], []
+    """Inverse of `encode` for text the model covers (see the module docstring)."""
+    lines, parts, run = [], [], []  # run: sentencepiece ids not decoded yet
 
-    def flush():
-      pieces = []
-      for i in cur:
-        if i == UNK_ID or not 0 <= i < self._size:
-          pieces.append(None)
-        else:
-          pieces.append(i)
-      text, run = [], []
-      for p in pieces:  # decode runs of known ids; unknown ids become UNK_TEXT
-        if p is None:
-          if run:
-            text.append(self.sp.decode(run))
-            run = []
-          text.append(UNK_TEXT)
-        else:
-          run.append(p)
+    def flush_run():
       if run:
-        text.append(self.sp.decode(run))
-      lines.append("".join(text))
+        parts.append(self.sp.decode(run))
+        run.clear()
 
     for i in ids:
       i = int(i)
-      if i == NL_ID:
-        flush()
-        cur = []
-      elif i in (PAD_ID, BOS_ID, EOS_ID):
+      if i == self.nl_id:
+        flush_run()
+        lines.append("".join(parts))
+        parts.clear()
+      elif i in self._dropped:
         continue
-      else:
-        cur.append(i)
-    flush()
+      elif (self.offset <= i < self.piece_size + self.offset
+            and (self._unk_text is None or i != self.unk_id)):
+        run.append(i - self.offset)
+      elif self._unk_text is not None:
+        flush_run()
+        parts.append(self._unk_text)
+    flush_run()
+    lines.append("".join(parts))
     return "\n".join(lines)
 
 
@@ -233,11 +292,60 @@ def load_or_train_sentencepiece(path: str, lines_fn, vocab_size: int, **train_kw
     The tokenizer, and whether it was loaded from the cache.
   """
   if os.path.exists(path):
-    return SentencePieceTokenizer.load(path), True
+    with open(path, "rb") as f:
+      return SentencePieceTokenizer.with_reserved_ids(f.read()), True
   proto = train_sentencepiece(lines_fn(), vocab_size, **train_kwargs)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "wb") as f:
     f.write(proto)
   os.replace(tmp, path)
-  return SentencePieceTokenizer(proto), False
+  return SentencePieceTokenizer.with_reserved_ids(proto), False
+
+
+class TextTask(base.Task):
+  """A task whose ids come from a `Tokenizer`; its newline id ends a step.
+
+  Prompts are `[BOS] prompt NL` (BOS only when the tokenizer has one), reference
+  solutions `step1 NL step2 NL .. stepK EOS`. Subclasses set `tokenizer`,
+  `_splits` (split name -> problems), `_max_prompt_len` and `_max_response_len`.
+  """
+
+  tokenizer: Tokenizer
+  _splits: Mapping[str, Sequence[base.Problem]]
+  _max_prompt_len: int
+  _max_response_len: int
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+  @property
+  def eos_id(self) -> int:
+    return self.tokenizer.eos_id
+
+  @property
+  def step_end_ids(self) -> tuple[int, ...]:
+    return (self.tokenizer.nl_id,)
+
+  @property
+  def max_prompt_len(self) -> int:
+    return self._max_prompt_len
+
+  @property
+  def max_response_len(self) -> int:
+    return self._max_response_len
+
+  def split(self, name: str) -> Sequence[base.Problem]:
+    if name not in self._splits:
+      raise ValueError(f"unknown split {name!r}; known: {base.SPLITS}")
+    return self._splits[name]
+
+  def encode_prompt(self, problem: base.Problem) -> list[int]:
+    """`[BOS] prompt NL`."""
+    bos = [] if self.tokenizer.bos_id is None else [self.tokenizer.bos_id]
+    return bos + self.tokenizer.encode(str(problem.prompt)) + [self.tokenizer.nl_id]
+
+  def encode_solution(self, problem: base.Problem) -> list[int]:
+    """`step1 NL step2 NL .. stepK EOS`."""
+    return self.tokenizer.encode("\n".join(problem.steps)) + [self.tokenizer.eos_id]

@@ -11,9 +11,12 @@ import sentencepiece as spm
 import tensorflow_datasets as tfds
 
 from pavjax import tasks
+from pavjax.tasks import answers
 from pavjax.tasks import base
 from pavjax.tasks import jsonl_builder
 from pavjax.tasks import jsonl_math as jm
+from pavjax.tasks import jsonl_reader
+from pavjax.tasks import tokenizer as tokenizer_lib
 
 # ---------------------------------------------------------------------------
 # Fixture data: train mixes both styles (format='auto'), validation is GSM8K,
@@ -174,7 +177,7 @@ def _prepared_dirs(data_dir):
     ("\\rightarrow", "\\rightarrow"),  # \right only as a whole command
 ])
 def test_normalize_answer(raw, expected):
-  assert jm.normalize_answer(raw) == expected
+  assert answers.normalize_answer(raw) == expected
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -196,21 +199,23 @@ def test_normalize_answer(raw, expected):
     ("####", (None, base.NO_ANSWER)),
 ])
 def test_extract_final_answer(text, expected):
-  assert jm.extract_final_answer(text) == expected
+  assert answers.extract_final_answer(text) == expected
 
 
 def test_answers_match():
-  assert jm.answers_match("0.5", "\\frac{1}{2}")
-  assert jm.answers_match("1/2", "0.50")
-  assert jm.answers_match("-\\frac{3}{4}", "-0.75")
-  assert not jm.answers_match("1/0", "0/0")
-  assert not jm.answers_match("2", "3")
-  assert not jm.answers_match("9" * 100, "9" * 99 + "8")
+  assert answers.answers_match("0.5", "\\frac{1}{2}", exact_text=True)
+  assert answers.answers_match("1/2", "0.50", exact_text=True)
+  assert answers.answers_match("-\\frac{3}{4}", "-0.75", exact_text=True)
+  assert not answers.answers_match("1/0", "0/0", exact_text=True)
+  assert not answers.answers_match("2", "3", exact_text=True)
+  assert not answers.answers_match("9" * 100, "9" * 99 + "8", exact_text=True)
+  assert not answers.answers_match("\\Pi", "\\pi", exact_text=True)  # case matters in math
+  assert answers.answers_match("\\Pi", "\\Pi", exact_text=True)
 
 
 def test_steps():
-  assert jm.gsm8k_steps("a = <<1+1=2>>2\n\n  b\n####  5 ") == ["a = 2", "b", "#### 5"]
-  assert jm.math_steps(
+  assert jsonl_reader.gsm8k_steps("a = <<1+1=2>>2\n\n  b\n####  5 ") == ["a = 2", "b", "#### 5"]
+  assert jsonl_reader.math_steps(
       "First, $x = 1. Y$ stays. Then \\(a. B\\) too! Next {p. Q} ok.\n\nLast line $x$.") == [
           "First, $x = 1. Y$ stays.", "Then \\(a. B\\) too!", "Next {p. Q} ok.",
           "Last line $x$."]
@@ -237,13 +242,13 @@ def test_prepare_and_read_back(manual_dir, tmp_path):
   assert summary["kept"] == {"train": 4, "validation": 1, "test": 3}
   assert summary["validation_source"] == "file"
   assert not any(summary["skipped"].values())
-  with open(os.path.join(builder.data_dir, jm.SUMMARY_FILE)) as f:
+  with open(os.path.join(builder.data_dir, jsonl_reader.SUMMARY_FILE)) as f:
     assert json.load(f) == summary
   # Prepared once: a second call reuses the files; changed data gets a new config.
-  mtime = os.path.getmtime(os.path.join(builder.data_dir, jm.SUMMARY_FILE))
+  mtime = os.path.getmtime(os.path.join(builder.data_dir, jsonl_reader.SUMMARY_FILE))
   again, _ = jm.prepare(str(manual_dir), data_dir)
   assert again.data_dir == builder.data_dir
-  assert os.path.getmtime(os.path.join(builder.data_dir, jm.SUMMARY_FILE)) == mtime
+  assert os.path.getmtime(os.path.join(builder.data_dir, jsonl_reader.SUMMARY_FILE)) == mtime
   _write_jsonl(manual_dir / "test.jsonl", TEST[:2])
   changed, _ = jm.prepare(str(manual_dir), data_dir)
   assert changed.data_dir != builder.data_dir
@@ -259,7 +264,7 @@ def test_validation_carved_from_train(tmp_path):
   _write_jsonl(d / "test.jsonl", TEST)
   splits = {}
   for seed in (0, 0, 1):
-    res = jm.validate_manual_dir(str(d), seed=seed, val_fraction=0.2)
+    res = jsonl_reader.validate_manual_dir(str(d), seed=seed, val_fraction=0.2)
     splits.setdefault(seed, []).append(
         {s: [r["source"] for r in recs] for s, recs in res.records.items()})
     assert res.summary["validation_source"] == "carved"
@@ -270,7 +275,7 @@ def test_validation_carved_from_train(tmp_path):
   assert sorted(first["train"] + first["validation"]) == sorted(
       f"train.jsonl:{i}" for i in range(1, 21))
   with pytest.raises(ValueError, match="val_fraction"):
-    jm.validate_manual_dir(str(d), val_fraction=0.0)
+    jsonl_reader.validate_manual_dir(str(d), val_fraction=0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -301,7 +306,7 @@ def test_strict_raises_with_file_line_and_reason(reason, tmp_path):
   _write_raw(d / "validation.jsonl", [GOOD_LINE.encode(), GOOD_LINE.encode(), BAD_LINES[reason]])
   path = os.path.join(str(d), "validation.jsonl")
   with pytest.raises(ValueError, match=re.escape(f"{path}:3: {reason}:")):
-    jm.validate_manual_dir(str(d), max_prompt_chars=100)
+    jsonl_reader.validate_manual_dir(str(d), max_prompt_chars=100)
 
 
 def test_strict_duplicate_and_non_string_id(tmp_path):
@@ -312,13 +317,13 @@ def test_strict_duplicate_and_non_string_id(tmp_path):
   _write_jsonl(d / "test.jsonl", [dict(line, id="b")])
   with pytest.raises(ValueError, match=re.escape(
       f"{d / 'test.jsonl'}:1: duplicate_id: id 'b' already used at train.jsonl:2")):
-    jm.validate_manual_dir(str(d))
+    jsonl_reader.validate_manual_dir(str(d))
   _write_jsonl(d / "test.jsonl", [dict(line, id=["c"])])
   with pytest.raises(ValueError, match=re.escape(f"{d / 'test.jsonl'}:1: non_string_field:")):
-    jm.validate_manual_dir(str(d))
+    jsonl_reader.validate_manual_dir(str(d))
   _write_jsonl(d / "test.jsonl", [dict(line, id=True)])
   with pytest.raises(ValueError, match=re.escape(f"{d / 'test.jsonl'}:1: non_string_field:")):
-    jm.validate_manual_dir(str(d))
+    jsonl_reader.validate_manual_dir(str(d))
 
 
 def test_strict_make_fails_before_writing(tmp_path, sp_models):
@@ -347,11 +352,12 @@ def test_lenient_counts(tmp_path, sp_models):
   lines.append(b'{"id": "x", "question": "q2", "answer": "#### 2"}')  # duplicate_id
   _write_raw(d / "train.jsonl", lines)
   _write_jsonl(d / "test.jsonl", TEST)
-  expected = {reason: 1 for reason in jm.BAD_LINE_REASONS}
+  expected = {reason: 1 for reason in jsonl_reader.BAD_LINE_REASONS}
   expected.update(invalid_json=2, empty_line=3, missing_field=2, non_string_field=2,
                   duplicate_id=2)
   # duplicate_id: the BAD_LINES one collides with train.jsonl:1's default id.
-  res = jm.validate_manual_dir(str(d), strict=False, max_prompt_chars=100, val_fraction=0.25)
+  res = jsonl_reader.validate_manual_dir(str(d), strict=False, max_prompt_chars=100,
+                                         val_fraction=0.25)
   assert res.counts == expected
   assert res.summary["skipped"] == expected
   assert res.summary["lines_read"] == {"train.jsonl": len(lines), "test.jsonl": 3}
@@ -362,11 +368,12 @@ def test_lenient_counts(tmp_path, sp_models):
                       max_prompt_chars=100, val_fraction=0.25))
   assert [len(task.split(s)) for s in base.SPLITS] == [8, 3, 3]
   (config,) = _prepared_dirs(data_dir)
-  with open(os.path.join(data_dir, "jsonl_math", config, "1.0.0", jm.SUMMARY_FILE)) as f:
+  summary_path = os.path.join(data_dir, "jsonl_math", config, "1.0.0", jsonl_reader.SUMMARY_FILE)
+  with open(summary_path) as f:
     assert json.load(f)["skipped"] == expected
   # Strict on the same files stops at the first bad line (line 11, after 10 good ones).
   with pytest.raises(ValueError, match=re.escape(f"{d / 'train.jsonl'}:11: ")):
-    jm.validate_manual_dir(str(d), strict=True, max_prompt_chars=100)
+    jsonl_reader.validate_manual_dir(str(d), strict=True, max_prompt_chars=100)
 
 
 def test_missing_files_and_options(tmp_path, sp_models):
@@ -374,12 +381,12 @@ def test_missing_files_and_options(tmp_path, sp_models):
   d.mkdir()
   _write_jsonl(d / "train.jsonl", TRAIN)
   with pytest.raises(ValueError, match="lacks test.jsonl"):
-    jm.validate_manual_dir(str(d))
+    jsonl_reader.validate_manual_dir(str(d))
   _write_jsonl(d / "test.jsonl", TEST)
   with pytest.raises(ValueError, match="format"):
-    jm.validate_manual_dir(str(d), fmt="csv")
+    jsonl_reader.validate_manual_dir(str(d), fmt="csv")
   with pytest.raises(ValueError, match="missing_field"):  # MATH records lack question/answer
-    jm.validate_manual_dir(str(d), fmt="gsm8k")
+    jsonl_reader.validate_manual_dir(str(d), fmt="gsm8k")
   with pytest.raises(ValueError, match="tokenizer_path"):
     jm.make(_cfg(d, "", data_dir=str(tmp_path / "tfds")))
   with pytest.raises(ValueError, match="data_dir"):
@@ -394,7 +401,7 @@ def test_missing_files_and_options(tmp_path, sp_models):
 @pytest.mark.parametrize("name, offset, extra_eos", [
     ("pad0", 0, False), ("default", 1, False), ("noeos", 1, True)])
 def test_tokenizer_ids(sp_models, name, offset, extra_eos):
-  tok = jm.SentencePieceTokenizer(sp_models[name])
+  tok = tokenizer_lib.SentencePieceTokenizer.load(sp_models[name])
   assert tok.offset == offset
   assert tok.nl_id == tok.piece_size + offset
   assert tok.eos_id == (tok.nl_id + 1 if extra_eos else tok.sp.eos_id() + offset)
@@ -460,7 +467,7 @@ def test_task_outcomes(manual_dir, tmp_path, sp_models):
 
 def test_token_limits_strict_and_lenient(manual_dir, tmp_path, sp_models):
   cfg = _cfg(manual_dir, sp_models["pad0"], data_dir=str(tmp_path / "tfds"))
-  tok = jm.SentencePieceTokenizer(sp_models["pad0"])
+  tok = tokenizer_lib.SentencePieceTokenizer.load(sp_models["pad0"])
   lengths = [len(tok.encode("\n".join(r["steps"]))) for recs in EXPECTED.values() for r in recs]
   cfg.max_response_len = max(lengths)  # the longest references + EOS no longer fit
   with pytest.raises(ValueError, match="solution_too_many_tokens"):
@@ -502,10 +509,10 @@ HOSTILE = [
 def test_hostile_strings_fast(index):
   text = HOSTILE[index]
   start = time.perf_counter()
-  jm.extract_final_answer(text)
-  jm.normalize_answer(text)
-  jm.math_steps(text)
-  jm.gsm8k_steps(text)
+  answers.extract_final_answer(text)
+  answers.normalize_answer(text)
+  jsonl_reader.math_steps(text)
+  jsonl_reader.gsm8k_steps(text)
   assert time.perf_counter() - start < 1.0
 
 
