@@ -1,0 +1,94 @@
+"""Theorem 3.1 quantities and the closed-form NPG step on exact tabular examples."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pavjax import rewards
+from pavjax.tasks import planted
+
+# One state, three actions (hand example).
+PI = jnp.array([[0.5, 0.25, 0.25]])
+MU = jnp.array([[0.25, 0.25, 0.5]])
+Q_MU = jnp.array([[0.8, 0.4, 0.0]])
+Q_PI = jnp.array([[0.6, 0.2, 0.2]])
+
+
+def test_hand_one_state_distinguishability_and_alignment():
+  # V^mu = E_mu[Q^mu] = 0.3, so A^mu = [0.5, 0.1, -0.3].
+  np.testing.assert_allclose(rewards.tabular_advantages(Q_MU, policy=MU), [[0.5, 0.1, -0.3]],
+                             atol=1e-6)
+  # E_pi[A^mu] = 0.2, E_pi[(A^mu)^2] = 0.15: variance 0.11.
+  np.testing.assert_allclose(rewards.distinguishability(PI, Q_MU, mu=MU), 0.11, rtol=1e-5)
+  # V^pi = 0.4, A^pi = [0.2, -0.2, -0.2]: 0.5*0.5*0.2 + 0.25*0.1*(-0.2) + 0.25*(-0.3)*(-0.2).
+  np.testing.assert_allclose(rewards.alignment(PI, Q_MU, Q_PI, mu=MU), 0.06, rtol=1e-5)
+  # The choice of V^mu cancels in both quantities (see pavjax/rewards/theory.py).
+  for kwargs in ({}, {"v_mu": jnp.array([12.3])}):
+    np.testing.assert_allclose(rewards.distinguishability(PI, Q_MU, **kwargs), 0.11, rtol=1e-5)
+    np.testing.assert_allclose(rewards.alignment(PI, Q_MU, Q_PI, **kwargs), 0.06, rtol=1e-5)
+
+
+def test_mu_equals_pi_and_npg_improves():
+  adv_pi = rewards.tabular_advantages(Q_PI, policy=PI)
+  second_moment = float(jnp.sum(PI * adv_pi ** 2))
+  np.testing.assert_allclose(second_moment, 0.04, rtol=1e-5)
+  np.testing.assert_allclose(rewards.alignment(PI, Q_PI, Q_PI, mu=PI), second_moment, rtol=1e-5)
+  np.testing.assert_allclose(rewards.distinguishability(PI, Q_PI), second_moment, rtol=1e-5)
+  new = rewards.npg_update(PI, Q_PI, adv_pi, 1.0, 1.0)
+  want = np.asarray(PI) * np.exp(np.asarray(Q_PI + adv_pi))
+  np.testing.assert_allclose(new, want / want.sum(), rtol=1e-6)
+  assert float(rewards.policy_value(new, Q_PI)[0]) > float(rewards.policy_value(PI, Q_PI)[0])
+  # Zero-probability actions stay at zero.
+  sparse = rewards.npg_update(jnp.array([[0.0, 1.0]]), jnp.array([[1.0, 0.0]]),
+                              jnp.zeros((1, 2)), 5.0, 1.0)
+  np.testing.assert_array_equal(sparse, [[0.0, 1.0]])
+
+
+def test_npg_first_order_gain_is_variance_plus_alpha_alignment():
+  # d/dg E_{pi_g}[Q^pi] at g = 0 is Cov_pi(Q^pi, Q^pi + alpha A^mu)
+  # = Var_pi[Q^pi] + alpha * alignment: the exact small-step form of Theorem 3.1.
+  alpha, g = 2.0, 1e-2
+  adv_mu = rewards.tabular_advantages(Q_MU, policy=MU)
+  value = lambda lr: float(rewards.policy_value(
+      rewards.npg_update(PI, Q_PI, adv_mu, lr, alpha), Q_PI)[0])
+  slope = (value(g) - value(-g)) / (2 * g)
+  np.testing.assert_allclose(slope, 0.04 + alpha * 0.06, rtol=2e-3)
+
+
+def test_state_weights():
+  pi = jnp.concatenate([PI, jnp.array([[0.5, 0.5, 0.0]])])
+  q_mu = jnp.concatenate([Q_MU, jnp.array([[1.0, 0.0, 0.3]])])
+  # Second state: Var_pi = 0.25. Weights 3:1 favour the hand state (0.11).
+  got = rewards.distinguishability(pi, q_mu, state_weights=jnp.array([3.0, 1.0]))
+  np.testing.assert_allclose(got, (3 * 0.11 + 0.25) / 4, rtol=1e-5)
+
+
+def test_bok_prover_raises_distinguishability_when_q_pi_is_small():
+  # Base policy pi = mu_10 of the planted task; its exact Q (DP) is ~0.03-0.19 per action.
+  prover = planted.ProceduralProver((3, 6, 0, 3, 5), 15, gamma=10.0, length=10)
+  prefixes = [(), (3,), (3, 6)]
+  pi = jnp.asarray(np.stack([prover.probs(p) for p in prefixes]))  # [3, 15]
+  q_np = np.stack([prover.q_table(p) for p in prefixes])  # [3, 15]
+  q_pi = jnp.asarray(q_np)
+  assert q_np.max() < 0.2
+  exact = np.mean([np.sum(p * (q - np.sum(p * q)) ** 2) for p, q in zip(np.asarray(pi), q_np)])
+  np.testing.assert_allclose(rewards.distinguishability(pi, q_pi), exact, rtol=1e-5)
+
+  ks = (1, 2, 4, 8, 16, 32)
+
+  @jax.jit
+  def theory(k):
+    q_bok = rewards.bok_q(q_pi, k)
+    return rewards.distinguishability(pi, q_bok), rewards.alignment(pi, q_bok, q_pi)
+
+  dist_k, align_k = jax.vmap(theory)(jnp.array(ks))
+  dist = dict(zip(ks, np.asarray(dist_k).tolist()))
+  align = dict(zip(ks, np.asarray(align_k).tolist()))
+  assert dist[1] < dist[2] < dist[4] < dist[8]
+  for k in dist:
+    # d/dq bok_q >= K (1 - q_max)^(K-1), so the variance grows at least that squared (~K^2) ...
+    assert dist[k] >= k ** 2 * (1 - q_np.max()) ** (2 * (k - 1)) * dist[1] * (1 - 1e-5)
+    # ... while alignment (a covariance with Q^pi) at most grows K-fold and stays positive.
+    assert 0 < align[k] <= k * align[1] * (1 + 1e-5)
+  # A prover that is too strong (Q^{BoK} -> 1 for every action) stops telling actions apart.
+  assert dist[32] < dist[16]
