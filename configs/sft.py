@@ -9,14 +9,14 @@ pavjax.config_lib.MODEL_SIZES>. Override any field: --config.train.num_steps=500
 from pavjax import config_lib
 from pavjax import tasks
 
-# Per task: a model length budget and SFT defaults that suit it.
+# Per task: SFT defaults that suit it (lengths come from config_lib.TASK_LENGTHS).
 _TASK_DEFAULTS = {
-    "toy": dict(max_len=32, max_new_tokens=16, num_steps=300, batch_size=64, lr=3e-3),
+    "toy": dict(num_steps=300, batch_size=64, lr=3e-3),
     # One prompt, so greedy decoding would give one sequence: evaluate by sampling.
-    "planted": dict(max_len=16, max_new_tokens=10, num_steps=50, batch_size=64, lr=1e-3,
+    "planted": dict(num_steps=50, batch_size=64, lr=1e-3,
                     method="temperature"),
-    "arith": dict(max_len=128, max_new_tokens=64, num_steps=3000, batch_size=64, lr=2e-3),
-    "jsonl_math": dict(max_len=512, max_new_tokens=256, num_steps=5000, batch_size=32, lr=3e-4),
+    "arith": dict(num_steps=3000, batch_size=64, lr=2e-3),
+    "jsonl_math": dict(num_steps=5000, batch_size=32, lr=3e-4),
 }
 
 
@@ -28,8 +28,7 @@ def get_config(arg=None):
   d = _TASK_DEFAULTS[task_name]
   config = config_lib.base_config("sft", size)
   config.task = tasks.default_task_config(task_name)
-  config.model.max_len = d["max_len"]
-  config.sample.max_new_tokens = d["max_new_tokens"]
+  config_lib.set_task_lengths(config, task_name)
   config.train.num_steps = d["num_steps"]
   config.train.batch_size = d["batch_size"]
   config.optim.lr = d["lr"]

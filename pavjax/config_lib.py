@@ -28,6 +28,15 @@ MODEL_SIZES = {
 }
 
 
+# Per task: (model.max_len, sample.max_new_tokens) that fit its prompts and responses.
+TASK_LENGTHS = {
+    "toy": (32, 16),
+    "planted": (16, 10),
+    "arith": (128, 64),
+    "jsonl_math": (512, 256),
+}
+
+
 class ConfigError(ValueError):
   """A config value is invalid; the message starts with the field's dotted name."""
 
@@ -119,6 +128,13 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.batch_size = 64  # prompts per sampling call; divisible by mesh data*fsdp
   c.sample.num_eval = 128  # validation problems sampled at each evaluation
   return c
+
+
+def set_task_lengths(config: ml_collections.ConfigDict, task_name: str) -> None:
+  """Sets model.max_len and sample.max_new_tokens from TASK_LENGTHS."""
+  if task_name not in TASK_LENGTHS:
+    raise ConfigError("task.name", f"no length defaults for {task_name!r}")
+  config.model.max_len, config.sample.max_new_tokens = TASK_LENGTHS[task_name]
 
 
 def _check(cond: bool, field: str, message: str) -> None:

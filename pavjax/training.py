@@ -83,6 +83,15 @@ def train_state_spec(model: nn.Module, tx: optax.GradientTransformation, seed: i
   return StateSpec(abstract, shardings, init)
 
 
+def params_spec(model: nn.Module, example_tokens: jax.Array, mesh, rules) -> Any:
+  """Abstract parameters (ShapeDtypeStructs carrying shardings): a restore target."""
+  boxed = jax.eval_shape(lambda r: model.init(r, example_tokens)["params"],
+                         jax.random.PRNGKey(0))
+  shardings = shd.logical_shardings(boxed, mesh, rules)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.unbox(boxed), shardings)
+
+
 def restore_or_init(spec: StateSpec, checkpointer, init_from: str = "") -> tuple[TrainState, str]:
   """Resume order: the workdir's latest finalized checkpoint, then `init_from`
   (parameters only, fresh optimizer), then a fresh initialization.

@@ -48,3 +48,24 @@ class KVCache:
     """Keeps rows `rows` [B'] (beam search reorders surviving prefixes)."""
     return self.replace(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
                         start=jnp.take(self.start, rows, axis=0))
+
+  def align_prefixes(self, ends: jax.Array, width: int) -> "KVCache":
+    """Re-aligns each row so that its slot `ends[b]` becomes the last prefilled slot.
+
+    After a prefill of `width` slots over whole sequences, row b's prefix ending
+    at slot `ends[b]` can be continued without recomputation: the slots up to
+    `ends[b]` move right by `width - 1 - ends[b]` (a gather, no matmuls), `start`
+    moves with them so every key keeps its RoPE position, and the slots that
+    wrap around land before the new `start`, where the mask hides them. Decoding
+    then resumes at slot `width` for all rows.
+    """
+    shift = (width - 1) - ends.astype(jnp.int32)  # [B]
+    src = (jnp.arange(width, dtype=jnp.int32)[None, :] - shift[:, None]) % width  # [B, W]
+    idx = src[None, :, :, None, None]
+
+    def move(buf):
+      moved = jnp.take_along_axis(buf[:, :, :width], idx, axis=2)
+      return jnp.concatenate([moved, buf[:, :, width:]], axis=2)
+
+    return self.replace(k=move(self.k), v=move(self.v), start=self.start + shift,
+                        index=jnp.asarray(width, jnp.int32))

@@ -111,6 +111,19 @@ def prefill(lm: CachedLM, params, prompts: Array, lengths: Array, *, cache_size:
   return cache, logits[:, -1, :].astype(jnp.float32)
 
 
+def prefill_sequences(lm: CachedLM, params, tokens: Array, lengths: Array, *,
+                      cache_size: int):
+  """Prefills whole left-padded sequences [B, W]; returns the cache and all logits [B, W, V].
+
+  The cache then holds every prefix of every row: `fork_prefixes` continues from
+  any of them without another forward pass over the prefix.
+  """
+  b, w = tokens.shape
+  cache = lm.init_cache(b, cache_size, w - lengths)
+  logits, cache = lm(params, tokens, cache)
+  return cache, logits.astype(jnp.float32)
+
+
 def init_state(cache: KVCache, next_logits: Array, row_keys: Array, max_new_tokens: int,
                pad_id: int = 0) -> SamplingState:
   b = next_logits.shape[0]
@@ -177,7 +190,12 @@ class Sampler:
     self._generate = jax.jit(
         self._generate_impl,
         static_argnames=("num_samples", "max_new_tokens", "method", "stop_tokens"))
+    self._fork = jax.jit(
+        self._fork_impl,
+        static_argnames=("num_samples", "max_new_tokens", "method", "stop_tokens"))
     self.prefill = jax.jit(functools.partial(prefill, lm), static_argnames=("cache_size",))
+    self.prefill_sequences = jax.jit(functools.partial(prefill_sequences, lm),
+                                     static_argnames=("cache_size",))
     self.decode = jax.jit(functools.partial(decode, lm, pad_id=pad_id),
                           static_argnames=("method", "stop_tokens"), donate_argnames=("state",))
 
@@ -194,6 +212,42 @@ class Sampler:
     state = decode(self.lm, params, state, method=method, stop_tokens=stop_tokens,
                    pad_id=self.pad_id)
     return SampleOutput(state.tokens, state.logprobs, state.lengths, state.finished)
+
+  def _fork_impl(self, params, cache, logits, rows, ends, rng, *, num_samples, max_new_tokens,
+                 method, stop_tokens):
+    self.num_traces += 1
+    width = logits.shape[1]
+    cache = cache.gather(rows).align_prefixes(ends, width)
+    next_logits = logits[rows, ends]  # [R, V]: the logits after each prefix's last token
+    if num_samples > 1:
+      cache = cache.repeat(num_samples)
+      next_logits = jnp.repeat(next_logits, num_samples, axis=0)
+    keys = row_keys_for(rng, next_logits.shape[0])
+    state = init_state(cache, next_logits, keys, max_new_tokens, self.pad_id)
+    state = decode(self.lm, params, state, method=method, stop_tokens=stop_tokens,
+                   pad_id=self.pad_id)
+    return SampleOutput(state.tokens, state.logprobs, state.lengths, state.finished)
+
+  def fork_prefixes(self, params, cache: KVCache, logits: Array, rows: Array, ends: Array,
+                    rng: Array, *, max_new_tokens: int, method, stop_tokens: Sequence[int] = (),
+                    num_samples: int = 1) -> SampleOutput:
+    """Continues prefixes of prefilled sequences, `num_samples` times each.
+
+    Args:
+      params: model parameters.
+      cache, logits: from `prefill_sequences` over sequences [B, W] (its cache must
+        have room for `max_new_tokens` after slot W).
+      rows: [R] which prefilled sequence each prefix comes from.
+      ends: [R] slot (in the left-padded layout) of each prefix's last token.
+      rng: output row r uses `fold_in(rng, r)`, exactly as `generate` does, so a
+        prefix continued here matches the same prefix prefilled on its own.
+
+    Returns:
+      SampleOutput with R * num_samples rows (prefix r at rows r*n .. r*n+n-1).
+    """
+    return self._fork(params, cache, logits, rows, ends, rng, num_samples=num_samples,
+                      max_new_tokens=max_new_tokens, method=method,
+                      stop_tokens=tuple(int(t) for t in stop_tokens))
 
   def generate(self, params, prompts: Array, lengths: Array, rng: Array, *,
                max_new_tokens: int, method, stop_tokens: Sequence[int] = (),

@@ -1,0 +1,46 @@
+"""Rollouts: seed responses and Monte-Carlo Q of every step prefix.
+
+Launch (after SFT wrote runs/sft_arith):
+  python -m pavjax.main --config=configs/rollouts.py:task=arith,size=tiny \
+    --config.policy.checkpoint=runs/sft_arith/checkpoints --workdir=runs/rollouts_arith
+Planted with the exact procedural prover (no policy checkpoint needed):
+  python -m pavjax.main --config=configs/rollouts.py:task=planted,policy=procedural,prover=procedural \
+    --workdir=runs/rollouts_planted
+Variants: task=..., size=..., policy=checkpoint|procedural, prover=policy|checkpoint|procedural.
+"""
+
+import ml_collections
+
+from pavjax import config_lib
+from pavjax import tasks
+
+def get_config(arg=None):
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "policy": "checkpoint",
+                                 "prover": "policy"})
+  config = config_lib.base_config("rollouts", v["size"])
+  del config["optim"], config["train"], config["checkpoint"]
+  config.task = tasks.default_task_config(v["task"])
+  config_lib.set_task_lengths(config, v["task"])
+
+  config.policy = ml_collections.ConfigDict()
+  config.policy.kind = v["policy"]  # checkpoint | procedural (planted's mu_gamma)
+  config.policy.checkpoint = ""  # checkpoints dir of the base policy (kind=checkpoint)
+  config.policy.gamma = 5.0  # mu_gamma strength when kind=procedural
+
+  config.prover = ml_collections.ConfigDict()
+  config.prover.kind = v["prover"]  # policy (Q^pi) | checkpoint (another policy) | procedural
+  config.prover.checkpoint = ""  # checkpoints dir of the prover policy (kind=checkpoint)
+  config.prover.gamma = 10.0  # mu_gamma strength when kind=procedural (exact Q by DP)
+
+  config.rollouts = ml_collections.ConfigDict()
+  config.rollouts.split = "train"  # which split's problems to roll out
+  config.rollouts.num_problems = 256  # problems used (0 = the whole split)
+  config.rollouts.n_cov = 4  # seed responses per problem (coverage)
+  config.rollouts.n_mc = 8  # completions per prefix (label noise ~ 1/sqrt(n_mc))
+  config.rollouts.temperature = 1.0  # sampling temperature of seeds and completions
+  config.rollouts.problems_per_shard = 32  # problems per shard file (the unit of resume)
+  config.rollouts.seq_batch = 32  # seed sequences prefilled per call
+  config.rollouts.fork_batch = 32  # prefixes continued per call (x n_mc rows)
+  config.rollouts.halt_after_shards = 0  # stop after this many new shards (0 = off)
+  config.sample.method = "temperature"
+  return config

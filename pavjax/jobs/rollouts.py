@@ -1,0 +1,312 @@
+"""Rollouts: seed responses and Monte-Carlo Q of every step prefix (PAPER.md section 4).
+
+Per problem, `n_cov` seed responses come from the base policy. For each seed and
+each non-terminal prefix (the question alone, then after step 1, 2, ...), `n_mc`
+completions come from the prover, and `Q_hat` is their mean outcome.
+
+Prefix forking: every seed sequence is prefilled once with the prover; each of
+its prefixes is then continued from that one cache (re-aligned by a gather, see
+`KVCache.align_prefixes`) and forked `n_mc` ways. No prefix is prefilled twice.
+
+Policies and provers (`config.policy.kind`, `config.prover.kind`):
+  checkpoint  a transformer checkpoint (an SFT or RL workdir's checkpoints/)
+  procedural  planted only: mu_gamma sampled on the host; as a prover its Q is
+              exact (dynamic programming), so no completions are run
+  policy      (prover only) the base policy itself, giving Q^pi; a Best-of-K
+              prover is then the closed form bok_q(Q^pi, K), applied downstream
+
+Output: `<workdir>/rollouts/<split>/` shards and manifest (pavjax.rollout_data).
+Shards are keyed by (seed, shard index), so a resumed job equals an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pavjax import checkpoint as ckpt_lib
+from pavjax import config_lib
+from pavjax import metrics
+from pavjax import rollout_data
+from pavjax import sharding as shd
+from pavjax import training
+from pavjax.jobs import common
+from pavjax.sampling import Sampler, Temperature, TransformerLM, bucket_length, evaluate
+from pavjax.tasks import base
+
+
+def load_params(env: common.JobEnv, path: str, what: str):
+  """Parameters of a transformer checkpoint, placed with the config's shardings."""
+  if not path:
+    raise config_lib.ConfigError(f"{what}.checkpoint",
+                                 "needs a checkpoint directory for kind='checkpoint'")
+  dp = shd.data_parallel_size(env.mesh)
+  abstract = training.params_spec(env.model, jnp.zeros((dp, 8), jnp.int32), env.mesh, env.rules)
+  return ckpt_lib.restore_params(path, abstract)
+
+
+class _Policy:
+  """A sampler of seed responses: a transformer or the planted procedural policy."""
+
+  def __init__(self, env: common.JobEnv, cfg):
+    self.kind = cfg.kind
+    self.env = env
+    if cfg.kind == "checkpoint":
+      self.params = load_params(env, cfg.checkpoint, "policy")
+      self.sampler = Sampler(TransformerLM(env.model), pad_id=env.task.pad_id)
+    elif cfg.kind == "procedural":
+      _require_planted(env.task, "policy.kind")
+      self.mu = env.task.prover(cfg.gamma)
+    else:
+      raise config_lib.ConfigError("policy.kind", f"{cfg.kind!r} is not checkpoint|procedural")
+
+  def seeds(self, problems, n: int, rng: jax.Array, config) -> list[list[list[int]]]:
+    """n response token lists per problem."""
+    task = self.env.task
+    if self.kind == "procedural":
+      gen = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
+      out = []
+      for _ in problems:
+        raw = self.mu.sample(gen, n)
+        out.append([task.to_ids(r) for r in raw])
+      return out
+    groups = evaluate.sample_responses(
+        task, self.sampler, self.params, problems, rng=rng, mesh=self.env.mesh,
+        method=Temperature(config.rollouts.temperature), max_new_tokens=task.max_response_len,
+        batch_size=config.sample.batch_size, num_samples=n)
+    return [[r.tokens for r in g] for g in groups]
+
+
+def _require_planted(task, field):
+  if not hasattr(task, "prover"):
+    raise config_lib.ConfigError(field, f"'procedural' needs the planted task, not {task.name!r}")
+
+
+def _segment(task: base.Task, prompt: Sequence[int], response: Sequence[int], max_steps: int):
+  """Step end indices (in the prompt+response sequence) of a response."""
+  spans = task.segment_steps(response)[:max_steps]
+  return [len(prompt) + end - 1 for _, end in spans]
+
+
+class RolloutRunner:
+  """Builds one shard: seeds, their segmentation, and Q_hat of every prefix."""
+
+  def __init__(self, env: common.JobEnv, config: ml_collections.ConfigDict):
+    self.env, self.config = env, config
+    task = env.task
+    self.policy = _Policy(env, config.policy)
+    self.prover_kind = config.prover.kind
+    if self.prover_kind == "procedural":
+      _require_planted(task, "prover.kind")
+      self.mu = task.prover(config.prover.gamma)
+    elif self.prover_kind in ("policy", "checkpoint"):
+      if self.prover_kind == "policy":
+        if self.policy.kind != "checkpoint":
+          raise config_lib.ConfigError("prover.kind", "'policy' needs policy.kind='checkpoint'")
+        self.prover_params = self.policy.params
+      else:
+        self.prover_params = load_params(env, config.prover.checkpoint, "prover")
+      self.sampler = Sampler(TransformerLM(env.model), pad_id=task.pad_id)
+    else:
+      raise config_lib.ConfigError("prover.kind",
+                                   f"{self.prover_kind!r} is not policy|checkpoint|procedural")
+    self.max_steps = task.max_response_len
+    self.width = bucket_length(task.max_prompt_len + task.max_response_len)
+    dp = shd.data_parallel_size(env.mesh)
+    self.seq_rows = -(-config.rollouts.seq_batch // dp) * dp
+    self.fork_rows = -(-config.rollouts.fork_batch // dp) * dp
+    self.budget = {"seed_tokens": 0, "mc_tokens": 0, "prefill_tokens": 0, "mc_rollouts": 0}
+
+  def shard(self, problems: Sequence[base.Problem], first_index: int, rng: jax.Array
+            ) -> dict[str, np.ndarray]:
+    cfg, task = self.config.rollouts, self.env.task
+    responses = self.policy.seeds(problems, cfg.n_cov, jax.random.fold_in(rng, 0), self.config)
+    rows = []
+    for p_i, (problem, group) in enumerate(zip(problems, responses)):
+      prompt = task.encode_prompt(problem)
+      for s_i, resp in enumerate(group):
+        outcome = task.is_correct(resp, problem)
+        self.budget["seed_tokens"] += len(resp)
+        rows.append(dict(problem=first_index + p_i, seed=s_i, prompt=prompt, response=list(resp),
+                         ends=_segment(task, prompt, resp, self.max_steps), outcome=outcome,
+                         problem_obj=problem))
+    h = self.max_steps
+    n = len(rows)
+    success = np.zeros((n, h + 1), np.int32)
+    count = np.zeros((n, h + 1), np.int32)
+    q_hat = np.full((n, h + 1), np.nan, np.float32)
+    for i, r in enumerate(rows):  # the terminal prefix: its value is the outcome itself
+      q_hat[i, len(r["ends"])] = r["outcome"].reward
+    if self.prover_kind == "procedural":
+      self._exact_q(rows, q_hat)
+    else:
+      self._mc_q(rows, success, count, q_hat, jax.random.fold_in(rng, 1))
+    tokens = np.zeros((n, self.width), np.int32)
+    step_ends = np.full((n, h), -1, np.int32)
+    for i, r in enumerate(rows):
+      seq = r["prompt"] + r["response"]
+      tokens[i, :len(seq)] = seq
+      step_ends[i, :len(r["ends"])] = r["ends"]
+    return dict(
+        tokens=tokens, prompt_len=np.array([len(r["prompt"]) for r in rows], np.int32),
+        length=np.array([len(r["prompt"]) + len(r["response"]) for r in rows], np.int32),
+        num_steps=np.array([len(r["ends"]) for r in rows], np.int32), step_ends=step_ends,
+        outcome=np.array([r["outcome"].reward for r in rows], np.float32),
+        reason=np.array([base.REASONS.index(r["outcome"].reason) for r in rows], np.int32),
+        mc_success=success, mc_count=count, q_hat=q_hat,
+        problem=np.array([r["problem"] for r in rows], np.int32),
+        seed=np.array([r["seed"] for r in rows], np.int32))
+
+  def _exact_q(self, rows, q_hat):
+    task = self.env.task
+    for i, r in enumerate(rows):
+      values = self.mu.prefix_values(task.from_ids(r["response"]))  # [T + 1]
+      steps = len(r["ends"])
+      for col in range(steps):  # prefix after `col` tokens (one token per step)
+        q_hat[i, col] = values[col]
+
+  def _mc_q(self, rows, success, count, q_hat, rng):
+    """Q_hat by forked completions; column 0 once per problem, then broadcast."""
+    cfg, task = self.config.rollouts, self.env.task
+    prefixes = []  # (row index, column, prefix length in sequence tokens)
+    first_of_problem = {}
+    for i, r in enumerate(rows):
+      if r["problem"] not in first_of_problem:
+        first_of_problem[r["problem"]] = i
+        prefixes.append((i, 0, len(r["prompt"])))
+      for col in range(1, len(r["ends"])):
+        prefixes.append((i, col, r["ends"][col - 1] + 1))
+    outcomes: dict[tuple[int, int], list[float]] = {}
+    call = 0
+    for start in range(0, len(rows), self.seq_rows):
+      block = list(range(start, min(start + self.seq_rows, len(rows))))
+      seqs = [rows[i]["prompt"] + rows[i]["response"] for i in block]
+      padded = seqs + [seqs[0]] * (self.seq_rows - len(seqs))  # fixed rows: one compile
+      tokens = np.zeros((self.seq_rows, self.width), np.int32)
+      lengths = np.array([len(s) for s in padded], np.int32)
+      for j, s in enumerate(padded):
+        tokens[j, self.width - len(s):] = s
+      self.budget["prefill_tokens"] += int(sum(len(s) for s in seqs))
+      cache, logits = self.sampler.prefill_sequences(
+          self.prover_params, jax.device_put(tokens, shd.batch_sharding(self.env.mesh, 2)),
+          jax.device_put(lengths, shd.batch_sharding(self.env.mesh, 1)),
+          cache_size=self.width + task.max_response_len)
+      local = {i: j for j, i in enumerate(block)}
+      todo = [p for p in prefixes if p[0] in local]
+      for f in range(0, len(todo), self.fork_rows):
+        chunk = todo[f:f + self.fork_rows]
+        fill = chunk + [chunk[0]] * (self.fork_rows - len(chunk))
+        seq_rows = np.array([local[i] for i, _, _ in fill], np.int32)
+        ends = np.array([self.width - lengths[local[i]] + plen - 1 for i, _, plen in fill],
+                        np.int32)
+        out = self.sampler.fork_prefixes(
+            self.prover_params, cache, logits, jnp.asarray(seq_rows), jnp.asarray(ends),
+            jax.random.fold_in(rng, call), max_new_tokens=task.max_response_len,
+            method=Temperature(cfg.temperature), stop_tokens=(task.eos_id,),
+            num_samples=cfg.n_mc)
+        call += 1
+        out = jax.device_get(out)
+        for k, (i, col, plen) in enumerate(chunk):
+          r = rows[i]
+          done = r["response"][:plen - len(r["prompt"])]
+          results = []
+          for m in range(cfg.n_mc):
+            row = k * cfg.n_mc + m
+            cont = [int(t) for t in out.tokens[row, :int(out.lengths[row])]]
+            self.budget["mc_tokens"] += len(cont)
+            full = (done + cont)[:task.max_response_len + 1]
+            results.append(task.is_correct(full, r["problem_obj"]).reward)
+          self.budget["mc_rollouts"] += cfg.n_mc
+          outcomes[(i, col)] = results
+    for (i, col), res in outcomes.items():
+      targets = [i] if col else [j for j, r in enumerate(rows)
+                                 if r["problem"] == rows[i]["problem"]]
+      for j in targets:
+        success[j, col] = int(sum(res))
+        count[j, col] = len(res)
+        q_hat[j, col] = float(np.mean(res))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Writes (or completes) the rollout dataset of `config.rollouts.split`."""
+  env = common.setup(config, workdir)
+  cfg = config.rollouts
+  out_dir = os.path.join(env.workdir, "rollouts", cfg.split)
+  # What determines the data (halting early does not).
+  rollout_cfg = {k: v for k, v in cfg.to_dict().items() if k != "halt_after_shards"}
+  identity = {"task": config.task.to_dict(), "rollouts": rollout_cfg,
+              "policy": config.policy.to_dict(), "prover": config.prover.to_dict(),
+              "model": config.model.to_dict(), "seed": config.seed}
+  digest = rollout_data.config_hash(identity)
+  manifest = rollout_data.read_manifest(out_dir)
+  if manifest is not None and manifest["config_hash"] != digest:
+    raise config_lib.ConfigError(
+        "rollouts", f"{out_dir} holds rollouts made with another config "
+        f"(hash {manifest['config_hash']} != {digest}); use a new workdir")
+  problems = list(env.task.split(cfg.split))
+  if cfg.num_problems:
+    problems = problems[:cfg.num_problems]
+  shards = [problems[i:i + cfg.problems_per_shard]
+            for i in range(0, len(problems), cfg.problems_per_shard)]
+  if manifest is None:
+    manifest = {"config_hash": digest, "config": identity, "num_shards": len(shards),
+                "shards_done": [], "budget": {}, "complete": False}
+  done = set(manifest["shards_done"])
+  if manifest.get("complete"):
+    logging.info("rollouts: %s is complete; nothing to do", out_dir)
+    return manifest
+  t0 = time.time()
+  runner = RolloutRunner(env, config)
+  key = jax.random.PRNGKey(config.seed)
+  bar = metrics.progress(len(shards), initial=len(done), desc=f"rollouts/{cfg.split}")
+  written = 0
+  with shd.activate(env.mesh, env.rules):
+    for index, shard_problems in enumerate(shards):
+      if index in done:
+        continue
+      arrays = runner.shard(shard_problems, index * cfg.problems_per_shard,
+                            jax.random.fold_in(key, index))
+      if metrics.is_lead_process():
+        rollout_data.write_shard(out_dir, index, arrays)
+        manifest["shards_done"] = sorted(set(manifest["shards_done"]) | {index})
+        for k, v in runner.budget.items():
+          manifest["budget"][k] = manifest["budget"].get(k, 0) + v
+        runner.budget = dict.fromkeys(runner.budget, 0)
+        rollout_data.write_manifest(out_dir, manifest)
+      bar.update(1)
+      written += 1
+      if cfg.halt_after_shards and written >= cfg.halt_after_shards:
+        logging.warning("rollouts: halting after %d shards (rollouts.halt_after_shards)",
+                        written)
+        break
+  bar.close()
+  manifest["complete"] = len(manifest["shards_done"]) == len(shards)
+  manifest["seconds"] = manifest.get("seconds", 0.0) + time.time() - t0
+  if metrics.is_lead_process():
+    rollout_data.write_manifest(out_dir, manifest)
+    if manifest["complete"]:
+      data = rollout_data.load(out_dir)
+      manifest["stats"] = _stats(data)
+      rollout_data.write_manifest(out_dir, manifest)
+  common.write_json(os.path.join(env.workdir, "summary.json"), manifest)
+  return manifest
+
+
+def _stats(data: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Dataset statistics for the manifest (accuracy of seeds, prefix counts)."""
+  _, mask = rollout_data.prefix_positions(data)
+  q = data["q_hat"][mask]
+  return {"seeds": int(len(data["outcome"])),
+          "seed_accuracy": float(np.mean(data["outcome"])),
+          "prefixes": int(mask.sum()),
+          "mean_steps": float(np.mean(data["num_steps"])),
+          "q_hat_mean": float(np.nanmean(q)) if q.size else float("nan"),
+          "q_hat_high_fraction": float(np.mean(q >= 0.5)) if q.size else float("nan")}
