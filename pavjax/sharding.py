@@ -91,7 +91,20 @@ def logical_shardings(boxed_abstract: Any, mesh: Mesh, rules) -> Any:
   Unboxed leaves (step counters, RNG keys) are replicated.
   """
   specs = nn.get_partition_spec(boxed_abstract)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules_for_mesh(rules, mesh))
+
+
+def rules_for_mesh(rules, mesh: Mesh) -> tuple:
+  """Drops mesh axes the mesh does not have (a mesh of only `data` is still valid)."""
+  out = []
+  for name, axes in rules:
+    if isinstance(axes, str):
+      axes = axes if axes in mesh.shape else None
+    elif axes is not None:
+      kept = tuple(a for a in axes if a in mesh.shape)
+      axes = kept if kept else None
+    out.append((name, axes))
+  return tuple(out)
 
 
 def check_divisible(abstract: Any, shardings: Any) -> None:

@@ -1,0 +1,175 @@
+"""Verifier training on a rollout dataset: ORM or Q (PRM-Q / prover Q^mu).
+
+Loss (PAPER.md section 4): soft-label binary cross-entropy of the value-head logit
+at every prefix end against Q_hat (or MSE), one causal forward per sequence.
+Balancing: within each batch, prefixes with Q_hat < 0.5 and those with Q_hat >= 0.5
+each carry half of the loss weight (the paper balances its batches between the
+two; reweighting does the same without dropping prefixes that share a sequence).
+
+Writes checkpoints/, metrics.jsonl, eval.jsonl, calibration.png, summary.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pavjax import checkpoint as ckpt_lib
+from pavjax import config_lib
+from pavjax import metrics
+from pavjax import rewards
+from pavjax import rollout_data
+from pavjax import sharding as shd
+from pavjax import training
+from pavjax import verifiers
+from pavjax.jobs import common
+from pavjax.jobs.sft import batch_indices
+
+COLUMNS = {"orm": "last", "q": "all"}
+
+
+def balanced_weights(targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """Per-prefix weights giving the Q_hat < 0.5 and >= 0.5 groups equal total weight.
+
+  Each non-empty group sums to 1/(number of non-empty groups); an all-masked
+  batch gives all-zero weights (and the loss a finite 0).
+  """
+  mask = mask.astype(jnp.float32)
+  high = (targets >= 0.5).astype(jnp.float32) * mask
+  low = mask - high
+  n_high, n_low = high.sum(), low.sum()
+  groups = (n_high > 0).astype(jnp.float32) + (n_low > 0).astype(jnp.float32)
+  w = high / jnp.maximum(n_high, 1.0) + low / jnp.maximum(n_low, 1.0)
+  return w / jnp.maximum(groups, 1.0)
+
+
+def verifier_train_step(state: training.TrainState, batch, *, model, tx, loss: str,
+                        balance: bool, nonfinite: str):
+  """One step on [B, T] sequences with targets at [B, P] prefix positions."""
+
+  def loss_fn(params):
+    logits = verifiers.prefix_logits(model, params, batch["tokens"], batch["positions"])
+    targets = jnp.nan_to_num(batch["targets"])
+    mask = batch["mask"]
+    weights = balanced_weights(targets, mask) if balance else mask.astype(jnp.float32)
+    value = rewards.Q_LOSSES[loss](logits, targets, mask, weights)
+    mse = rewards.sigmoid_mse_loss(logits, targets, mask)
+    return value, mse
+
+  (value, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+  new_state = training.apply_update(state, grads, tx, nonfinite=nonfinite, finite=finite)
+  return new_state, {"train/loss": value, "train/mse": mse, "train/grad_norm": grad_norm}
+
+
+def _examples(data: dict, kind: str) -> dict[str, np.ndarray]:
+  positions, mask = verifiers.prefix_arrays(data, COLUMNS[kind])
+  targets = np.where(mask, data["q_hat"], 0.0).astype(np.float32)
+  if kind == "orm":
+    targets = np.where(mask, data["outcome"][:, None], 0.0).astype(np.float32)
+  return {"tokens": data["tokens"].astype(np.int32), "positions": positions.astype(np.int32),
+          "mask": mask, "targets": targets}
+
+
+def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batch_size: int
+            ) -> np.ndarray:
+  """Predicted Q at every position, batched with fixed shapes (one compile)."""
+  fn = jax.jit(functools.partial(verifiers.score, model))
+  dp = shd.data_parallel_size(mesh)
+  batch_size = -(-batch_size // dp) * dp
+  out = []
+  for start in range(0, len(tokens), batch_size):
+    t = tokens[start:start + batch_size]
+    p = positions[start:start + batch_size]
+    n = len(t)
+    if n < batch_size:  # pad the last batch to the fixed shape
+      t = np.concatenate([t, np.zeros((batch_size - n, t.shape[1]), t.dtype)])
+      p = np.concatenate([p, -np.ones((batch_size - n, p.shape[1]), p.dtype)])
+    batch = shd.shard_batch({"tokens": t, "positions": p}, mesh)
+    out.append(np.asarray(jax.device_get(fn(params, batch["tokens"], batch["positions"])))[:n])
+  return np.concatenate(out)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains the verifier named by `config.verifier.kind` on `config.verifier.train_data`."""
+  env = common.setup(config, workdir)
+  vcfg = config.verifier
+  if vcfg.kind not in COLUMNS:
+    raise config_lib.ConfigError("verifier.kind", f"{vcfg.kind!r} is not one of {sorted(COLUMNS)}")
+  if vcfg.loss not in rewards.Q_LOSSES:
+    raise config_lib.ConfigError("verifier.loss", f"{vcfg.loss!r} is not in {sorted(rewards.Q_LOSSES)}")
+  t0 = time.time()
+  data = rollout_data.load(vcfg.train_data)
+  train = _examples(data, vcfg.kind)
+  width = train["tokens"].shape[1]
+  if width > config.model.max_len:
+    raise config_lib.ConfigError("model.max_len", f"{config.model.max_len} < rollout width {width}")
+  logging.info("verifier %s: %d sequences, %d prefixes", vcfg.kind, len(train["tokens"]),
+               int(train["mask"].sum()))
+
+  mesh, rules, model = env.mesh, env.rules, env.model
+  tx = training.make_optimizer(config.optim, config.train.num_steps)
+  dp = shd.data_parallel_size(mesh)
+  spec = training.train_state_spec(model, tx, config.seed, jnp.zeros((dp, 8), jnp.int32),
+                                   mesh, rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
+                                       every=config.checkpoint.every, keep=config.checkpoint.keep,
+                                       async_save=config.checkpoint.async_save)
+  state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
+  batch_sh = shd.batch_sharding(mesh, 2)
+  step_fn = jax.jit(
+      functools.partial(verifier_train_step, model=model, tx=tx, loss=vcfg.loss,
+                        balance=vcfg.balance, nonfinite=config.train.nonfinite),
+      in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, None),
+      donate_argnums=(0,))
+
+  def batch_fn(step):
+    idx = batch_indices(config.seed, step, len(train["tokens"]), config.train.batch_size)
+    return shd.shard_batch({k: v[idx] for k, v in train.items()}, mesh)
+
+  eval_data = rollout_data.load(vcfg.eval_data) if vcfg.eval_data else None
+  eval_writer = metrics.MetricWriter(env.workdir, "eval")
+
+  def eval_fn(st, step):
+    if eval_data is None:
+      return {}
+    positions, mask = verifiers.prefix_arrays(eval_data, COLUMNS[vcfg.kind])
+    pred = predict(model, st.params, eval_data["tokens"].astype(np.int32), positions, mesh,
+                   vcfg.eval_batch_size)
+    if vcfg.kind == "orm":
+      target = eval_data["outcome"]
+      last = pred[np.arange(len(pred)), eval_data["num_steps"]]
+      result = {"mse": float(np.mean((last - target) ** 2)),
+                "accuracy": float(np.mean((last >= 0.5) == (target >= 0.5)))}
+    else:
+      result = verifiers.evaluate_predictions(pred, eval_data, positions, mask)
+    eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+    return result
+
+  writer = metrics.MetricWriter(env.workdir, "metrics")
+  with shd.activate(mesh, rules):
+    state, last = common.train_loop(state, step_fn, batch_fn, train_cfg=config.train,
+                                    checkpointer=checkpointer, writer=writer, eval_fn=eval_fn,
+                                    desc=f"verifier/{vcfg.kind}")
+    step = int(jax.device_get(state.step))
+    result = eval_fn(state, step)
+  checkpointer.close()
+  writer.close()
+  eval_writer.close()
+  if metrics.is_lead_process():
+    metrics.plot_curves(metrics.read_jsonl(writer.path), ["train/loss", "train/mse"],
+                        os.path.join(env.workdir, "loss.png"), title=f"verifier ({vcfg.kind})")
+  out = {"job": "train_verifier", "kind": vcfg.kind, "step": step, "origin": origin,
+         "train_data": vcfg.train_data, "eval_data": vcfg.eval_data,
+         "budget": (rollout_data.read_manifest(vcfg.train_data) or {}).get("budget", {}),
+         "final_train": last, "eval": result, "seconds": time.time() - t0}
+  common.write_json(os.path.join(env.workdir, "summary.json"), out)
+  return out
