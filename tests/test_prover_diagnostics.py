@@ -1,0 +1,161 @@
+"""Prover diagnostics: the exact planted MDP, Theorem 3.1 terms, NPG gains, rollout sweeps."""
+
+import numpy as np
+import pytest
+
+from pavjax import prover_diagnostics as pdx
+from pavjax.tasks import planted as planted_lib
+
+GAMMAS = tuple(range(1, 18))
+
+
+@pytest.fixture(scope="module")
+def task():
+  return planted_lib.PlantedTask(num_train=1, num_eval=1)
+
+
+@pytest.fixture(scope="module")
+def rows(task):
+  return pdx.planted_sweep(task, base_gamma=5.0, gammas=GAMMAS, bok_ks=(1, 2, 4), lr=1.0)
+
+
+def _row(rows, kind, param):
+  (row,) = [r for r in rows if r["kind"] == kind and r["param"] == param]
+  return row
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0, 10.0, 17.5])
+def test_kmp_mdp_values_equal_the_prover_dp(task, gamma):
+  prover = task.prover(gamma)
+  mdp = pdx.KmpMdp(prover)
+  q, v = mdp.q_values(mdp.markov_policy(prover))
+  assert v[mdp.root] == prover.value(())  # same DP, same float operations: bit for bit
+  # Q rows agree with the prover's q_table on sampled live prefixes of every length.
+  for response in prover.sample(np.random.default_rng(0), 40):
+    for h in range(len(response) + 1):
+      s = mdp.state_of(response[:h])
+      if s is not None:
+        np.testing.assert_array_equal(q[s], prover.q_table(response[:h]))
+
+
+def test_occupancy_is_a_visitation_measure(task):
+  prover = task.prover(5.0)
+  mdp = pdx.KmpMdp(prover)
+  pi = mdp.markov_policy(prover)
+  occ = mdp.occupancy(pi)
+  grid_r = np.tile(np.arange(1, mdp.length + 1), mdp.m)  # r of each state
+  hit = np.repeat(prover.hit[:, :mdp.num_actions], mdp.length, axis=0)
+  ends = hit.copy()
+  ends[:, prover.eos] = True
+  ends[grid_r == 1] = True  # the last token ends the episode whatever it is
+  # Every episode ends exactly once, and it succeeds exactly when it ends on a hit.
+  np.testing.assert_allclose(np.sum(occ[:, None] * pi * ends), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(np.sum(occ[:, None] * pi * hit), prover.value(()), rtol=1e-12)
+  assert occ[mdp.root] == 1.0
+
+
+def test_mu_equals_pi_and_bok1(rows):
+  base = _row(rows, "gamma", 5)
+  # With mu = pi, A^mu = A^pi: both terms are E[(A^pi)^2].
+  np.testing.assert_allclose(base["alignment"], base["adv_pi_sq"], rtol=1e-12)
+  np.testing.assert_allclose(base["distinguishability"], base["adv_pi_sq"], rtol=1e-12)
+  np.testing.assert_allclose(base["first_order"], 2 * base["adv_pi_sq"], rtol=1e-12)
+  # BoK with K = 1 is pi itself.
+  bok1 = _row(rows, "bok", 1)
+  for key in ("distinguishability", "alignment", "bound", "improvement", "v_mu_root"):
+    np.testing.assert_allclose(bok1[key], base[key], rtol=1e-9, err_msg=key)
+  # The outcome-only baseline has no prover signal.
+  outcome = _row(rows, "outcome", 0)
+  assert outcome["distinguishability"] == 0.0 and outcome["alignment"] == 0.0
+  assert outcome["flat"] and not base["flat"]
+  assert outcome["gain_vs_outcome"] == 0.0
+
+
+def test_npg_improvement_is_first_order_exact(task):
+  """Exact gain >= 0 and equal to lr * (E[(A^pi)^2] + alpha * alignment) + O(lr^2)."""
+  small, half = (pdx.planted_sweep(task, gammas=GAMMAS, bok_ks=(2, 4), lr=lr, alpha=2.0)
+                 for lr in (1e-2, 5e-3))
+  for a, b in zip(small, half):
+    assert a["improvement"] > 0 and b["improvement"] > 0, a
+    err_a = a["improvement"] - a["first_order"]
+    err_b = b["improvement"] - b["first_order"]
+    assert abs(err_a) < 0.05 * a["first_order"], a
+    # Halving lr quarters the gap: the remainder is second order.
+    np.testing.assert_allclose(err_a / err_b, 4.0, rtol=0.05, err_msg=str(a["param"]))
+
+
+def test_bok_distinguishability_grows_with_k(rows):
+  # Q^pi is small here (V^pi(root) ~ 0.005), the regime where BoK stretches A (Sec. 3).
+  d = [_row(rows, "bok", k)["distinguishability"] for k in (1, 2, 4)]
+  assert d[0] < d[1] < d[2]
+
+
+def test_curve_shape():
+  xs = [1, 2, 3, 4, 5]
+  assert pdx.curve_shape(xs, [0, 2, 3, 2, 0]).startswith("inverted U (peak at 3)")
+  assert pdx.curve_shape(xs, [0, 1, 2, 3, 4]).startswith("increasing")
+  assert pdx.curve_shape(xs, [4, 3, 2, 1, 0]).startswith("decreasing")
+  assert pdx.curve_shape(xs, [1, 1, 1, 1, 1]) == "flat"
+
+
+def _hand_dataset():
+  """2 problems x 3 seeds; problem 0 has 2-token steps, problem 1 a 2-token prompt."""
+  nan = np.nan
+  return {
+      # problem 0: prompt [9]; seeds 0 and 1 share the first step (1 1), seed 2 does not.
+      # problem 1: prompt [8 9]; one one-token step each, seeds 0 and 2 identical.
+      "tokens": np.array([[9, 1, 1, 2, 2], [9, 1, 1, 3, 3], [9, 2, 2, 1, 1],
+                          [8, 9, 4, 0, 0], [8, 9, 5, 0, 0], [8, 9, 4, 0, 0]], np.int32),
+      "prompt_len": np.array([1, 1, 1, 2, 2, 2], np.int32),
+      "step_ends": np.array([[2, 4], [2, 4], [2, 4], [2, -1], [2, -1], [2, -1]], np.int32),
+      "num_steps": np.array([2, 2, 2, 1, 1, 1], np.int32),
+      "q_hat": np.array([[0.5, 0.6, 1.0], [0.5, 0.4, 0.0], [0.5, 0.2, 0.0],
+                         [0.25, 1.0, nan], [0.25, 0.0, nan], [0.25, 1.0, nan]], np.float32),
+      "problem": np.array([0, 0, 0, 1, 1, 1], np.int32),
+      "seed": np.array([0, 1, 2, 0, 1, 2], np.int32),
+  }
+
+
+def test_rollout_sweep_matches_hand_computation():
+  # Parents with >= 2 children (q_hat is float32, hence rtol 1e-5):
+  #   P0 = problem 0 question: children Q 0.6 0.4 0.2, parent 0.5
+  #   P1 = problem 0 after "1 1": children Q 1.0 0.0 (seeds 0, 1), parent mean(0.6, 0.4) = 0.5
+  #   P2 = problem 1 question: children Q 1 0 1, parent 0.25
+  # ("2 2" of problem 0 has one child and is dropped.)
+  data = _hand_dataset()
+  out = {r["param"]: r for r in pdx.rollout_sweep(data, bok_ks=(1, 2))}
+  for r in out.values():
+    assert (r["num_parents"], r["num_children"]) == (3, 8)
+  # K = 1: A = [0.1, -0.1, -0.3], [0.5, -0.5], [0.75, -0.25, 0.75].
+  var = (0.08 / 3, 0.25, 2 / 9)
+  sq = (0.11 / 3, 0.25, 1.1875 / 3)
+  np.testing.assert_allclose(out[1]["distinguishability"], np.mean(var), rtol=1e-5)
+  np.testing.assert_allclose(out[1]["alignment"], np.mean(sq), rtol=1e-5)
+  np.testing.assert_allclose(out[1]["adv_pi_var"], np.mean(var), rtol=1e-5)
+  # K = 2: bok(q) = 1 - (1 - q)^2: 0.5 -> 0.75, 0.6 -> 0.84, 0.4 -> 0.64, 0.2 -> 0.36,
+  # 0.25 -> 0.4375. A^mu = [0.09, -0.11, -0.39], [0.25, -0.75], [0.5625, -0.4375, 0.5625].
+  var2 = (np.var([0.09, -0.11, -0.39]), 0.25, 2 / 9)
+  cross2 = ((0.09 * 0.1 + 0.11 * 0.1 + 0.39 * 0.3) / 3, (0.25 * 0.5 + 0.75 * 0.5) / 2,
+            (2 * 0.5625 * 0.75 + 0.4375 * 0.25) / 3)
+  np.testing.assert_allclose(out[2]["distinguishability"], np.mean(var2), rtol=1e-5)
+  np.testing.assert_allclose(out[2]["alignment"], np.mean(cross2), rtol=1e-5)
+  np.testing.assert_allclose(out[2]["bound"], np.mean(var2) + np.mean(cross2), rtol=1e-5)
+
+
+def test_rollout_siblings_need_identical_prefixes_and_same_problem():
+  data = _hand_dataset()
+  # Same tokens in another problem are not siblings; a one-token change splits a parent.
+  data["tokens"][1, 2] = 7  # seed 1 of problem 0 now starts "1 7": P1 loses a child
+  (row,) = pdx.rollout_sweep(data, bok_ks=(1,))
+  assert (row["num_parents"], row["num_children"]) == (2, 6)
+  data["problem"][:] = 0  # problem 1's seeds still differ in prompt tokens
+  (row,) = pdx.rollout_sweep(data, bok_ks=(1,))
+  assert row["num_parents"] == 2
+
+
+def test_cli(tmp_path, capsys):
+  out = tmp_path / "terms.png"
+  assert pdx.main(["--planted", "--gammas=1,5,10", "--bok_ks=1,4", f"--plot={out}"]) == 0
+  text = capsys.readouterr().out
+  assert "distinguishability" in text and "improvement over gamma" in text
+  assert out.exists() and out.stat().st_size > 0
