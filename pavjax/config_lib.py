@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
 
 import ml_collections
 

@@ -35,6 +35,22 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def serialize_fake_cpu_devices() -> None:
+  """Turns off CPU async dispatch when several CPU devices are faked via XLA_FLAGS.
+
+  Fake devices share the host's cores, and XLA:CPU can stall an all-reduce
+  rendezvous until it aborts (40 s); one program in flight at a time makes that
+  rarer. Must run before jax creates its backend.
+  """
+  flags_env = os.environ.get("XLA_FLAGS", "")
+  marker = "--xla_force_host_platform_device_count="
+  if marker in flags_env:
+    count = flags_env.split(marker, 1)[1].split()[0]
+    if count.isdigit() and int(count) > 1:
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
 def run_job(config, workdir: str) -> dict:
   """Validates, records the resolved config, and runs `config.job`."""
   from pavjax import config_lib  # pylint: disable=g-import-not-at-top
@@ -74,6 +90,7 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   # Orbax and other libraries log through absl at INFO; keep their chatter out.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  serialize_fake_cpu_devices()
   maybe_initialize_distributed()
   from pavjax import config_lib  # pylint: disable=g-import-not-at-top
   try:

@@ -109,13 +109,17 @@ def restore_or_init(spec: StateSpec, checkpointer, init_from: str = "") -> tuple
   return state, "scratch"
 
 
-def apply_update(state: TrainState, grads, tx, *, nonfinite: str, finite: jax.Array
-                 ) -> TrainState:
-  """One optimizer step; under `nonfinite='skip'` a non-finite step changes nothing.
+def apply_update(state: TrainState, grads, tx, *, loss: jax.Array, nonfinite: str
+                 ) -> tuple[TrainState, jax.Array]:
+  """One optimizer step; returns the new state and the gradient's global norm.
 
-  With 'skip' the returned params and optimizer state are bitwise the old ones
-  when `finite` is False (only `step` advances, so the next batch is new).
+  Under `nonfinite='skip'`, a step whose loss or gradient norm is NaN/Inf leaves
+  params and optimizer state bitwise as they were (only `step` advances, so the
+  next batch is new); under 'stop' the update is applied and the host-side guard
+  (`jobs.common.train_loop`) raises before any checkpoint of it is written.
   """
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -123,7 +127,7 @@ def apply_update(state: TrainState, grads, tx, *, nonfinite: str, finite: jax.Ar
     keep = lambda n, o: jnp.where(finite, n, o)
     new = new.replace(params=jax.tree.map(keep, new.params, state.params),
                       opt_state=jax.tree.map(keep, new.opt_state, state.opt_state))
-  return new
+  return new, grad_norm
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):

@@ -16,6 +16,7 @@ Kinds (PAPER.md section 1):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import jax
 import jax.numpy as jnp
@@ -33,11 +34,13 @@ def prefix_logits(model: Transformer, params, tokens: jax.Array, positions: jax.
   return jnp.where(positions >= 0, gathered, 0.0)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
 def score(model: Transformer, params, tokens: jax.Array, positions: jax.Array) -> jax.Array:
   """Predicted Q in [0, 1] of every prefix ending at `positions` (0 where absent).
 
-  Jit it with the model bound (`jax.jit(functools.partial(score, model))`); search
-  and RL call it between sampling steps.
+  Jitted with the model static (modules with equal configs hash equal, so one
+  compile per model and shape); search and RL call it between sampling steps.
+  Shardings follow the inputs: params as trained, tokens split over the batch.
   """
   return jnp.where(positions >= 0, jax.nn.sigmoid(prefix_logits(model, params, tokens,
                                                                   positions)), 0.0)

@@ -8,6 +8,7 @@ checkpoint cadence, preemption-style halts).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import time
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from pavjax import checkpoint as ckpt_lib
@@ -23,6 +25,7 @@ from pavjax import config_lib
 from pavjax import metrics
 from pavjax import sharding as shd
 from pavjax import tasks
+from pavjax import training
 from pavjax.models import Transformer, TransformerConfig
 
 
@@ -48,6 +51,42 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
   logging.info("job %s: task %s, %d params, mesh %s", config.job, task.name,
                model_cfg.num_params(), dict(mesh.shape))
   return JobEnv(config, workdir, task, mesh, rules, model_cfg, Transformer(model_cfg))
+
+
+@dataclasses.dataclass
+class Trainer:
+  """What a training job needs once its data is ready: state, step, checkpoints."""
+
+  spec: Any  # training.StateSpec
+  checkpointer: ckpt_lib.Checkpointer
+  state: Any  # training.TrainState, restored or fresh
+  origin: str  # where the state came from (checkpoint step, init_from, scratch)
+  step_fn: Callable  # jitted (state, batch) -> (state, metrics), state donated
+
+
+def make_trainer(env: JobEnv, step: Callable) -> Trainer:
+  """Optimizer, sharded state (resumed if the workdir has a checkpoint), jitted step.
+
+  Args:
+    env: from `setup`.
+    step: `step(state, batch, *, model, tx, nonfinite)` (extra keywords bound by
+      the caller with functools.partial).
+  """
+  config = env.config
+  tx = training.make_optimizer(config.optim, config.train.num_steps)
+  dp = shd.data_parallel_size(env.mesh)
+  spec = training.train_state_spec(env.model, tx, config.seed, jnp.zeros((dp, 8), jnp.int32),
+                                   env.mesh, env.rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
+                                       every=config.checkpoint.every, keep=config.checkpoint.keep,
+                                       async_save=config.checkpoint.async_save)
+  state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
+  logging.info("%s state from %s", config.job, origin)
+  step_fn = jax.jit(
+      functools.partial(step, model=env.model, tx=tx, nonfinite=config.train.nonfinite),
+      in_shardings=(spec.shardings, shd.batch_sharding(env.mesh, 2)),
+      out_shardings=(spec.shardings, None), donate_argnums=(0,))
+  return Trainer(spec, checkpointer, state, origin, step_fn)
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -6,17 +6,14 @@ samples.md (a table of sampled solutions with rewards), loss.png, summary.json.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pavjax import checkpoint as ckpt_lib
 from pavjax import metrics
 from pavjax import sharding as shd
 from pavjax import tasks
@@ -34,9 +31,7 @@ def sft_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: s
     return training.token_cross_entropy(logits, batch["targets"], batch["mask"])
 
   (loss, token_acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  new_state = training.apply_update(state, grads, tx, nonfinite=nonfinite, finite=finite)
+  new_state, grad_norm = training.apply_update(state, grads, tx, loss=loss, nonfinite=nonfinite)
   return new_state, {"train/loss": loss, "train/token_accuracy": token_acc,
                      "train/grad_norm": grad_norm}
 
@@ -55,21 +50,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = tasks.sft_arrays(task, task.split("train"), config.model.max_len)
   logging.info("SFT on %d %s examples", len(data), task.name)
 
-  tx = training.make_optimizer(config.optim, config.train.num_steps)
-  dp = shd.data_parallel_size(mesh)
-  spec = training.train_state_spec(model, tx, config.seed, jnp.zeros((dp, 8), jnp.int32),
-                                   mesh, rules)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
-                                       every=config.checkpoint.every, keep=config.checkpoint.keep,
-                                       async_save=config.checkpoint.async_save)
-  state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
-  logging.info("SFT state from %s", origin)
-
-  batch_sh = shd.batch_sharding(mesh, 2)
-  step_fn = jax.jit(
-      functools.partial(sft_train_step, model=model, tx=tx, nonfinite=config.train.nonfinite),
-      in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, None),
-      donate_argnums=(0,))
+  trainer = common.make_trainer(env, sft_train_step)
+  state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
 
   def batch_fn(step):
     idx = batch_indices(config.seed, step, len(data), config.train.batch_size)
@@ -94,7 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics.MetricWriter(env.workdir, "metrics")
   with shd.activate(mesh, rules):
     state, last = common.train_loop(
-        state, step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
+        state, trainer.step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
         writer=writer, eval_fn=eval_fn, desc="sft")
   step = int(jax.device_get(state.step))
   responses, summary = eval_fn(state, step)
@@ -110,7 +92,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         os.path.join(env.workdir, "loss.png"), title=f"SFT on {task.name}")
   out = {"job": "sft", "task": task.name, "step": step, "origin": origin,
          "params": env.model_cfg.num_params(), "seconds": time.time() - t0,
-         "final_train": last, "eval": summary,
+         "final_train": last, "eval": summary, "data": task.data_report(),
          "halted": step < config.train.num_steps}
   common.write_json(os.path.join(env.workdir, "summary.json"), out)
   logging.info("SFT done: %s", {k: out[k] for k in ("step", "eval")})

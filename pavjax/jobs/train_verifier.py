@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pavjax import checkpoint as ckpt_lib
 from pavjax import config_lib
 from pavjax import metrics
 from pavjax import rewards
@@ -64,9 +63,7 @@ def verifier_train_step(state: training.TrainState, batch, *, model, tx, loss: s
     return value, mse
 
   (value, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-  finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-  new_state = training.apply_update(state, grads, tx, nonfinite=nonfinite, finite=finite)
+  new_state, grad_norm = training.apply_update(state, grads, tx, loss=value, nonfinite=nonfinite)
   return new_state, {"train/loss": value, "train/mse": mse, "train/grad_norm": grad_norm}
 
 
@@ -82,7 +79,6 @@ def _examples(data: dict, kind: str) -> dict[str, np.ndarray]:
 def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batch_size: int
             ) -> np.ndarray:
   """Predicted Q at every position, batched with fixed shapes (one compile)."""
-  fn = jax.jit(functools.partial(verifiers.score, model))
   dp = shd.data_parallel_size(mesh)
   batch_size = -(-batch_size // dp) * dp
   out = []
@@ -94,7 +90,8 @@ def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batc
       t = np.concatenate([t, np.zeros((batch_size - n, t.shape[1]), t.dtype)])
       p = np.concatenate([p, -np.ones((batch_size - n, p.shape[1]), p.dtype)])
     batch = shd.shard_batch({"tokens": t, "positions": p}, mesh)
-    out.append(np.asarray(jax.device_get(fn(params, batch["tokens"], batch["positions"])))[:n])
+    q = verifiers.score(model, params, batch["tokens"], batch["positions"])
+    out.append(np.asarray(jax.device_get(q))[:n])
   return np.concatenate(out)
 
 
@@ -116,20 +113,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                int(train["mask"].sum()))
 
   mesh, rules, model = env.mesh, env.rules, env.model
-  tx = training.make_optimizer(config.optim, config.train.num_steps)
-  dp = shd.data_parallel_size(mesh)
-  spec = training.train_state_spec(model, tx, config.seed, jnp.zeros((dp, 8), jnp.int32),
-                                   mesh, rules)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
-                                       every=config.checkpoint.every, keep=config.checkpoint.keep,
-                                       async_save=config.checkpoint.async_save)
-  state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
-  batch_sh = shd.batch_sharding(mesh, 2)
-  step_fn = jax.jit(
-      functools.partial(verifier_train_step, model=model, tx=tx, loss=vcfg.loss,
-                        balance=vcfg.balance, nonfinite=config.train.nonfinite),
-      in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, None),
-      donate_argnums=(0,))
+  trainer = common.make_trainer(env, functools.partial(
+      verifier_train_step, loss=vcfg.loss, balance=vcfg.balance))
+  state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
 
   def batch_fn(step):
     idx = batch_indices(config.seed, step, len(train["tokens"]), config.train.batch_size)
@@ -156,7 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = metrics.MetricWriter(env.workdir, "metrics")
   with shd.activate(mesh, rules):
-    state, last = common.train_loop(state, step_fn, batch_fn, train_cfg=config.train,
+    state, last = common.train_loop(state, trainer.step_fn, batch_fn, train_cfg=config.train,
                                     checkpointer=checkpointer, writer=writer, eval_fn=eval_fn,
                                     desc=f"verifier/{vcfg.kind}")
     step = int(jax.device_get(state.step))

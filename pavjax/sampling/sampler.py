@@ -204,11 +204,17 @@ class Sampler:
     self.num_traces += 1
     cache, logits = prefill(self.lm, params, prompts, lengths,
                             cache_size=prompts.shape[1] + max_new_tokens)
-    if num_samples > 1:  # prefix forking: one prefill, n continuations per prompt
+    return self._continue(params, cache, logits, rng, num_samples, max_new_tokens, method,
+                          stop_tokens)
+
+  def _continue(self, params, cache, next_logits, rng, num_samples, max_new_tokens, method,
+                stop_tokens) -> SampleOutput:
+    """Forks each cache row `num_samples` ways (no re-prefill) and decodes."""
+    if num_samples > 1:
       cache = cache.repeat(num_samples)
-      logits = jnp.repeat(logits, num_samples, axis=0)
-    keys = row_keys_for(rng, logits.shape[0])
-    state = init_state(cache, logits, keys, max_new_tokens, self.pad_id)
+      next_logits = jnp.repeat(next_logits, num_samples, axis=0)
+    keys = row_keys_for(rng, next_logits.shape[0])
+    state = init_state(cache, next_logits, keys, max_new_tokens, self.pad_id)
     state = decode(self.lm, params, state, method=method, stop_tokens=stop_tokens,
                    pad_id=self.pad_id)
     return SampleOutput(state.tokens, state.logprobs, state.lengths, state.finished)
@@ -219,14 +225,8 @@ class Sampler:
     width = logits.shape[1]
     cache = cache.gather(rows).align_prefixes(ends, width)
     next_logits = logits[rows, ends]  # [R, V]: the logits after each prefix's last token
-    if num_samples > 1:
-      cache = cache.repeat(num_samples)
-      next_logits = jnp.repeat(next_logits, num_samples, axis=0)
-    keys = row_keys_for(rng, next_logits.shape[0])
-    state = init_state(cache, next_logits, keys, max_new_tokens, self.pad_id)
-    state = decode(self.lm, params, state, method=method, stop_tokens=stop_tokens,
-                   pad_id=self.pad_id)
-    return SampleOutput(state.tokens, state.logprobs, state.lengths, state.finished)
+    return self._continue(params, cache, next_logits, rng, num_samples, max_new_tokens, method,
+                          stop_tokens)
 
   def fork_prefixes(self, params, cache: KVCache, logits: Array, rows: Array, ends: Array,
                     rng: Array, *, max_new_tokens: int, method, stop_tokens: Sequence[int] = (),

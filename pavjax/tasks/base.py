@@ -102,6 +102,10 @@ class Task(abc.ABC):
   def is_correct(self, response: Sequence[int], problem: Problem) -> Outcome:
     """Outcome reward of a sampled response (token ids, padding allowed after EOS)."""
 
+  def data_report(self) -> dict:
+    """What loading the data skipped or counted (per-reason counts); job summaries include it."""
+    return {}
+
   def segment_steps(self, response: Sequence[int]) -> list[tuple[int, int]]:
     """Half-open token spans [start, end) of the steps of a response.
 

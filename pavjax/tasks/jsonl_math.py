@@ -167,6 +167,7 @@ class JsonlMathTask(tokenizer_lib.TextTask):
     self._max_prompt_len = int(max_prompt_len)
     self._max_response_len = int(max_response_len)
     self.token_filter_counts = {reason: 0 for reason in TOKEN_FILTER_REASONS}
+    self.validation_summary: dict = {}  # set by make(): the JSONL validation pass's counts
     self._splits = {}
     for split in base.SPLITS:
       kept = []
@@ -207,6 +208,11 @@ class JsonlMathTask(tokenizer_lib.TextTask):
     body, has_eos = base.response_until_eos(tokens, self.eos_id)
     return self.tokenizer.decode(body) + ("</s>" if has_eos else "")
 
+  def data_report(self) -> dict:
+    """Bad-line counts from validating the JSONL files, and problems dropped for token limits."""
+    return {"jsonl_validation": self.validation_summary,
+            "token_filter_counts": dict(self.token_filter_counts)}
+
   def is_correct(self, response: Sequence[int], problem: base.Problem) -> base.Outcome:
     """Outcome of a response: its final answer (`answers.extract_final_answer`) vs the reference."""
     body, has_eos = base.response_until_eos(response, self.eos_id)
@@ -241,9 +247,11 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
                        "<workdir>/tfds)")
     data_dir = os.path.join(workdir, "tfds")
   tokenizer = load_tokenizer(task_cfg.tokenizer_path)  # fail fast on a bad path
-  builder, _ = prepare(task_cfg.manual_dir, data_dir, fmt=task_cfg.format,
+  builder, summary = prepare(task_cfg.manual_dir, data_dir, fmt=task_cfg.format,
                        strict=task_cfg.strict, max_prompt_chars=task_cfg.max_prompt_chars,
                        seed=task_cfg.seed, val_fraction=task_cfg.val_fraction)
   splits = {split: problems_from_records(load_split(builder, split)) for split in base.SPLITS}
-  return JsonlMathTask(splits, tokenizer, task_cfg.max_prompt_len, task_cfg.max_response_len,
+  task = JsonlMathTask(splits, tokenizer, task_cfg.max_prompt_len, task_cfg.max_response_len,
                        strict=task_cfg.strict)
+  task.validation_summary = summary
+  return task

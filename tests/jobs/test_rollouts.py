@@ -1,6 +1,5 @@
 """Rollouts job: MC Q from forked completions, exact planted Q, resume without loss."""
 
-import os
 import sys
 
 import numpy as np

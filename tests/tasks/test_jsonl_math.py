@@ -367,6 +367,8 @@ def test_lenient_counts(tmp_path, sp_models):
   task = jm.make(_cfg(d, sp_models["pad0"], data_dir=data_dir, strict=False,
                       max_prompt_chars=100, val_fraction=0.25))
   assert [len(task.split(s)) for s in base.SPLITS] == [8, 3, 3]
+  # Jobs copy the task's data report into their summary.json.
+  assert task.data_report()["jsonl_validation"]["skipped"] == expected
   (config,) = _prepared_dirs(data_dir)
   summary_path = os.path.join(data_dir, "jsonl_math", config, "1.0.0", jsonl_reader.SUMMARY_FILE)
   with open(summary_path) as f:
