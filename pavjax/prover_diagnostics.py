@@ -14,10 +14,13 @@ scores ~0 on both. Two ways to measure them:
   step exactly and reports the true one-step `improvement` of V^pi(root).
 * `rollout_sweep`: from a rollout dataset (pavjax.rollout_data), for BoK(pi)
   provers, with Monte-Carlo Q_hat of pi standing in for Q^pi.
+* `prover_sweep`: the same terms for provers that are other policies
+  (checkpoints), from datasets of the same seeds rolled out with
+  prover.kind=checkpoint, paired row by row with the base dataset.
 
 CLI:
   python -m pavjax.prover_diagnostics --planted [--base_gamma=5] [--lr=1] [--plot=out.png]
-  python -m pavjax.prover_diagnostics --rollouts=DIR [--plot=out.png]
+  python -m pavjax.prover_diagnostics --rollouts=DIR [--prover=NAME=DIR ...] [--plot=out.png]
 
 Exact model of the planted task (decided here; see `KmpMdp`). A policy that
 depends on the prefix only through the KMP state k (how much of y* the last
@@ -321,6 +324,45 @@ def describe_planted(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 # Sweep from a rollout dataset.
 
 
+def _sibling_children(data: Mapping[str, np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """Children with a finite Q_hat at both ends, as (group, rows, cols, num_groups).
+
+  Child c is prefix column `cols[c]` of seed row `rows[c]`; its parent is column
+  `cols[c] - 1` of the same row, and `group[c]` numbers the distinct parents (see
+  `sibling_groups`). Only `data["q_hat"]` decides which children are kept, so
+  the same children can be read off another dataset of the same seeds.
+  """
+  pos, mask = rollout_data.prefix_positions(data)
+  q = np.asarray(data["q_hat"], np.float64)
+  tokens = np.asarray(data["tokens"])
+  num_steps = np.asarray(data["num_steps"])
+  problem = np.asarray(data["problem"])
+  keys: dict[tuple[int, bytes], int] = {}
+  group, rows, cols = [], [], []
+  for i in range(len(q)):
+    for h in range(1, int(num_steps[i]) + 1):
+      if not (mask[i, h - 1] and mask[i, h]):
+        continue
+      if not (np.isfinite(q[i, h - 1]) and np.isfinite(q[i, h])):
+        continue
+      key = (int(problem[i]), tokens[i, :pos[i, h - 1] + 1].tobytes())
+      group.append(keys.setdefault(key, len(keys)))
+      rows.append(i)
+      cols.append(h)
+  return (np.asarray(group, np.int64), np.asarray(rows, np.int64), np.asarray(cols, np.int64),
+          len(keys))
+
+
+def _pooled_q(q: np.ndarray, group: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+              num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+  """Children's Q_hat [C] and parents' pooled Q_hat [G] (mean over the seeds through them)."""
+  q = np.asarray(q, np.float64)
+  n = np.bincount(group, minlength=num_groups)
+  parent_q = np.bincount(group, q[rows, cols - 1], num_groups) / np.maximum(n, 1)
+  return q[rows, cols], parent_q
+
+
 def sibling_groups(data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Children (step prefixes) grouped by their parent prefix.
 
@@ -341,32 +383,60 @@ def sibling_groups(data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
     (group [C] int, child_q [C], parent_q [G]): the parent index of each child
     with a finite Q_hat, the child's Q_hat, and each parent's pooled Q_hat.
   """
-  pos, mask = rollout_data.prefix_positions(data)
-  q = np.asarray(data["q_hat"], np.float64)
-  tokens = np.asarray(data["tokens"])
-  num_steps = np.asarray(data["num_steps"])
-  problem = np.asarray(data["problem"])
-  keys: dict[tuple[int, bytes], int] = {}
-  parent_sum: list[float] = []
-  parent_n: list[int] = []
-  group, child_q = [], []
-  for i in range(len(q)):
-    for h in range(1, int(num_steps[i]) + 1):
-      if not (mask[i, h - 1] and mask[i, h]):
-        continue
-      if not (np.isfinite(q[i, h - 1]) and np.isfinite(q[i, h])):
-        continue
-      key = (int(problem[i]), tokens[i, :pos[i, h - 1] + 1].tobytes())
-      g = keys.setdefault(key, len(keys))
-      if g == len(parent_sum):
-        parent_sum.append(0.0)
-        parent_n.append(0)
-      parent_sum[g] += q[i, h - 1]
-      parent_n[g] += 1
-      group.append(g)
-      child_q.append(q[i, h])
-  parent_q = np.asarray(parent_sum, np.float64) / np.maximum(np.asarray(parent_n), 1)
-  return np.asarray(group, np.int64), np.asarray(child_q, np.float64), parent_q
+  group, rows, cols, num_groups = _sibling_children(data)
+  child_q, parent_q = _pooled_q(data["q_hat"], group, rows, cols, num_groups)
+  return group, child_q, parent_q
+
+
+class _RolloutStates:
+  """The states of the rollout sweeps: parents with >= 2 sampled children of pi.
+
+  Attributes:
+    group: [C] parent of each kept child, renumbered 0..P-1.
+    rows, cols: [C] where each kept child sits in the dataset's prefix columns.
+    num_parents: P.
+    a_pi: [C] A^pi(child) = Q_hat(child) - Q_hat(parent), from the base data.
+    adv_pi_var: mean over parents of the variance of A^pi (the mu = pi reference).
+  """
+
+  def __init__(self, data: Mapping[str, np.ndarray]):
+    group, rows, cols, num_groups = _sibling_children(data)
+    keep = (np.bincount(group, minlength=num_groups) >= 2)[group]
+    # Renumber the kept parents 0..P-1 for bincount.
+    kept, inverse = np.unique(group[keep], return_inverse=True)
+    self.group = inverse.reshape(-1)
+    self.rows, self.cols = rows[keep], cols[keep]
+    self.num_parents = len(kept)
+    self._n = np.bincount(self.group, minlength=self.num_parents).astype(np.float64)
+    child_q, parent_q = self.q(data["q_hat"])
+    self.a_pi = child_q - parent_q[self.group]
+    self.adv_pi_var, _ = self.terms(self.a_pi)
+
+  @property
+  def num_children(self) -> int:
+    return len(self.group)
+
+  def q(self, q_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A q_hat array read at the kept children [C] and pooled at their parents [P]."""
+    return _pooled_q(q_hat, self.group, self.rows, self.cols, self.num_parents)
+
+  def terms(self, a_mu: np.ndarray) -> tuple[float, float]:
+    """(distinguishability, alignment) of A^mu at the kept children: means over parents."""
+    if not self.num_parents:
+      return float("nan"), float("nan")
+    g, p, n = self.group, self.num_parents, self._n
+    mean = np.bincount(g, a_mu, p) / n
+    var = np.bincount(g, (a_mu - mean[g]) ** 2, p) / n
+    cross = np.bincount(g, a_mu * self.a_pi, p) / n
+    return float(var.mean()), float(cross.mean())
+
+  def row(self, kind: str, param: Any, a_mu: np.ndarray,
+          flat_fraction: float) -> dict[str, Any]:
+    dist, align = self.terms(a_mu)
+    return {"kind": kind, "param": param, "distinguishability": dist, "alignment": align,
+            "bound": dist + align, "flat": bool(dist < flat_fraction * self.adv_pi_var),
+            "num_parents": int(self.num_parents), "num_children": int(self.num_children),
+            "adv_pi_var": self.adv_pi_var}
 
 
 def rollout_sweep(data: Mapping[str, np.ndarray],
@@ -398,35 +468,102 @@ def rollout_sweep(data: Mapping[str, np.ndarray],
     bound (their sum), flat, num_parents, num_children (children of those
     parents), adv_pi_var (the mu = pi reference).
   """
-  group, child_q, parent_q = sibling_groups(data)
-  sizes = np.bincount(group, minlength=len(parent_q))
-  keep = sizes >= 2
-  sel = keep[group]
-  group, child_q = group[sel], child_q[sel]
-  # Renumber the kept parents 0..P-1 for bincount.
-  _, group = np.unique(group, return_inverse=True)
-  parent_q = parent_q[keep]
-  n = np.bincount(group, minlength=len(parent_q)).astype(np.float64)
-
-  def terms(a_mu, a_pi):
-    if not len(parent_q):
-      return float("nan"), float("nan")
-    mean = np.bincount(group, a_mu, len(parent_q)) / n
-    var = np.bincount(group, (a_mu - mean[group]) ** 2, len(parent_q)) / n
-    cross = np.bincount(group, a_mu * a_pi, len(parent_q)) / n
-    return float(var.mean()), float(cross.mean())
-
-  a_pi = child_q - parent_q[group]
-  ref, _ = terms(a_pi, a_pi)
+  states = _RolloutStates(data)
+  child_q, parent_q = states.q(data["q_hat"])
   rows = []
   for k in bok_ks:
     with _x64():
-      a_mu = _np(targets.bok_q(child_q, k)) - _np(targets.bok_q(parent_q, k))[group]
-    dist, align = terms(a_mu, a_pi)
-    rows.append({"kind": "bok", "param": int(k), "distinguishability": dist,
-                 "alignment": align, "bound": dist + align,
-                 "flat": bool(dist < flat_fraction * ref), "num_parents": int(len(parent_q)),
-                 "num_children": int(len(child_q)), "adv_pi_var": ref})
+      a_mu = _np(targets.bok_q(child_q, k)) - _np(targets.bok_q(parent_q, k))[states.group]
+    rows.append(states.row("bok", int(k), a_mu, flat_fraction))
+  return rows
+
+
+# Arrays that must agree, in this order, for a prover dataset to hold the base's
+# seeds: sibling groups and prefix columns are read from them.
+PAIRED_FIELDS = ("problem", "seed", "num_steps", "tokens", "prompt_len", "step_ends")
+
+
+def check_paired(base_data: Mapping[str, np.ndarray], prover_data: Mapping[str, np.ndarray],
+                 name: str = "prover") -> None:
+  """Raises ValueError unless `prover_data` holds Q_hat of the same seeds as `base_data`.
+
+  Datasets that differ only in the prover share the policy checkpoint, the seed
+  and the rollouts config, and so the seed responses (they are sampled before
+  the prover's completions; `RolloutRunner.shard`). Checked: the row count, then
+  each of `PAIRED_FIELDS` (shape, then values), then the shape of q_hat; the
+  message names the first mismatch.
+
+  Args:
+    base_data: rollout dataset of the base policy pi (prover.kind=policy).
+    prover_data: rollout dataset of the same seeds with another prover.
+    name: the prover's name, for the message.
+  """
+  where = f"prover {name!r} is not paired with the base rollouts"
+  n_base, n_prover = len(base_data["q_hat"]), len(prover_data["q_hat"])
+  if n_base != n_prover:
+    raise ValueError(f"{where}: {n_prover} seed rows vs {n_base} in the base")
+  for key in PAIRED_FIELDS:
+    a, b = np.asarray(base_data[key]), np.asarray(prover_data[key])
+    if a.shape != b.shape:
+      raise ValueError(f"{where}: {key!r} has shape {b.shape} vs {a.shape} in the base")
+    diff = a != b
+    if diff.any():
+      at = tuple(int(j) for j in np.argwhere(diff)[0])
+      i = at[0]
+      raise ValueError(f"{where}: first mismatch in {key!r} at {list(at)} (base row {i}: "
+                       f"problem {int(base_data['problem'][i])}, seed "
+                       f"{int(base_data['seed'][i])}): {b[at]} vs {a[at]} in the base")
+  a, b = np.shape(base_data["q_hat"]), np.shape(prover_data["q_hat"])
+  if a != b:
+    raise ValueError(f"{where}: 'q_hat' has shape {b} vs {a} in the base")
+
+
+def prover_sweep(base_data: Mapping[str, np.ndarray],
+                 prover_datasets: Mapping[str, Mapping[str, np.ndarray]],
+                 flat_fraction: float = FLAT_FRACTION) -> list[dict[str, Any]]:
+  """Theorem 3.1 terms of other-policy provers (checkpoints) from paired rollouts.
+
+  Each prover dataset holds Monte-Carlo Q_hat^mu of the SAME seed responses as
+  `base_data` (rolled out with prover.kind=checkpoint instead of policy; checked
+  by `check_paired`). The states, children and A^pi are those of
+  `rollout_sweep` on `base_data`; A^mu(child) = Q_hat^mu(child) -
+  Q_hat^mu(parent), with the parent's Q_hat^mu pooled over the same seeds as the
+  parent's Q_hat^pi. The terms are then computed exactly as there, so a prover
+  dataset equal to the base reproduces the K = 1 (mu = pi) row.
+
+  Caveat: as in `rollout_sweep`, the Monte-Carlo noise of Q_hat^mu adds to
+  distinguishability (not to alignment in expectation: the two datasets' noise
+  is independent).
+
+  Args:
+    base_data: rollout dataset of the base policy (its Q_hat is Q^pi).
+    prover_datasets: prover name -> rollout dataset of the same seeds.
+    flat_fraction: a prover is flagged flat when its distinguishability is below
+      this fraction of the mu = pi one (mean variance of A^pi).
+
+  Returns:
+    One dict per prover, in the mapping's order, with the keys of
+    `rollout_sweep`'s rows: kind ('checkpoint'), param (the name), ...
+
+  Raises:
+    ValueError: a prover dataset is not paired with the base, or lacks a finite
+      Q_hat at a prefix where the base has one.
+  """
+  for name, data in prover_datasets.items():
+    check_paired(base_data, data, name)
+  states = _RolloutStates(base_data)
+  rows = []
+  for name, data in prover_datasets.items():
+    q = np.asarray(data["q_hat"], np.float64)
+    for cols in (states.cols - 1, states.cols):  # parents, then children
+      bad = ~np.isfinite(q[states.rows, cols])
+      if bad.any():
+        c = int(np.argmax(bad))
+        raise ValueError(f"prover {name!r} has no finite q_hat at row {int(states.rows[c])}, "
+                         f"prefix column {int(cols[c])}, where the base has one")
+    child_q, parent_q = states.q(q)
+    rows.append(states.row("checkpoint", name, child_q - parent_q[states.group],
+                           flat_fraction))
   return rows
 
 
@@ -461,7 +598,10 @@ ROLLOUT_COLUMNS = ("kind", "param", "distinguishability", "alignment", "bound", 
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
-  """Terms (and the exact improvement, when present) against gamma and K; one panel per kind."""
+  """Terms (and the exact improvement, when present) against gamma and K; one panel per kind.
+
+  Rows of other kinds (outcome, checkpoint) have no x axis and are not drawn.
+  """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -496,12 +636,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--bok_ks", default=",".join(str(k) for k in DEFAULT_BOK_KS),
                       help="comma-separated K of the Best-of-K provers to score")
   parser.add_argument("--rollouts", default="", help="rollout dataset directory")
+  parser.add_argument("--prover", action="append", default=[], metavar="NAME=DIR",
+                      help="(repeatable) rollouts of the --rollouts seeds with another prover "
+                           "(prover.kind=checkpoint), scored as kind 'checkpoint'")
   parser.add_argument("--plot", default="", help="write a PNG of the terms here")
   args = parser.parse_args(argv)
   gammas = [float(g) for g in args.gammas.split(",") if g]
   bok_ks = [int(k) for k in args.bok_ks.split(",") if k]
   if not args.planted and not args.rollouts:
     parser.error("give --planted and/or --rollouts=DIR")
+  provers = {}
+  for spec in args.prover:
+    name, eq, directory = spec.partition("=")
+    if not (name and eq and directory):
+      parser.error(f"--prover={spec}: expected NAME=DIR")
+    if name in provers:
+      parser.error(f"--prover: name {name!r} given twice")
+    provers[name] = directory
+  if provers and not args.rollouts:
+    parser.error("--prover needs --rollouts=DIR (the base policy's rollouts of the same seeds)")
   plot_rows = []
   if args.planted:
     rows = planted_sweep(base_gamma=args.base_gamma, gammas=gammas, bok_ks=bok_ks, lr=args.lr,
@@ -515,7 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(line)
     plot_rows += rows
   if args.rollouts:
-    rows = rollout_sweep(rollout_data.load(args.rollouts), bok_ks=bok_ks)
+    base = rollout_data.load(args.rollouts)
+    rows = rollout_sweep(base, bok_ks=bok_ks)
+    if provers:
+      rows += prover_sweep(base, {n: rollout_data.load(d) for n, d in provers.items()})
     print(f"rollouts: {args.rollouts} (terms are means over parents)")
     print(format_table(rows, ROLLOUT_COLUMNS))
     if not args.planted:

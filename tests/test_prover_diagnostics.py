@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pavjax import prover_diagnostics as pdx
+from pavjax import rollout_data
 from pavjax.tasks import planted as planted_lib
 
 GAMMAS = tuple(range(1, 18))
@@ -151,6 +152,91 @@ def test_rollout_siblings_need_identical_prefixes_and_same_problem():
   data["problem"][:] = 0  # problem 1's seeds still differ in prompt tokens
   (row,) = pdx.rollout_sweep(data, bok_ks=(1,))
   assert row["num_parents"] == 2
+
+
+def _hand_prover_dataset():
+  """The seeds of `_hand_dataset` with a prover's Q_hat, given by hand.
+
+  Terminal prefixes keep the seed's outcome (no completion is run from them);
+  column 0 is one value per problem, as rollouts broadcast it.
+  """
+  data = _hand_dataset()
+  data["q_hat"] = np.array([[0.8, 0.9, 1.0], [0.8, 0.7, 0.0], [0.8, 0.6, 0.0],
+                            [0.5, 1.0, np.nan], [0.5, 0.0, np.nan], [0.5, 1.0, np.nan]],
+                           np.float32)
+  return data
+
+
+def test_prover_sweep_matches_hand_computation():
+  # Same parents and A^pi as in test_rollout_sweep_matches_hand_computation; with the
+  # prover's Q_hat:
+  #   P0: children 0.9 0.7 0.6, parent 0.8               -> A^mu = [0.1, -0.1, -0.2]
+  #   P1: children 1.0 0.0, parent mean(0.9, 0.7) = 0.8   -> A^mu = [0.2, -0.8]
+  #   P2: children 1 0 1, parent 0.5                      -> A^mu = [0.5, -0.5, 0.5]
+  # A^pi = [0.1, -0.1, -0.3], [0.5, -0.5], [0.75, -0.25, 0.75].
+  (row,) = pdx.prover_sweep(_hand_dataset(), {"ckpt": _hand_prover_dataset()})
+  assert (row["kind"], row["param"]) == ("checkpoint", "ckpt")
+  assert (row["num_parents"], row["num_children"]) == (3, 8)
+  var = (np.var([0.1, -0.1, -0.2]), 0.25, 2 / 9)
+  cross = (0.08 / 3, (0.2 * 0.5 + 0.8 * 0.5) / 2, (2 * 0.5 * 0.75 + 0.5 * 0.25) / 3)
+  np.testing.assert_allclose(row["distinguishability"], np.mean(var), rtol=1e-5)
+  np.testing.assert_allclose(row["alignment"], np.mean(cross), rtol=1e-5)
+  np.testing.assert_allclose(row["bound"], np.mean(var) + np.mean(cross), rtol=1e-5)
+  np.testing.assert_allclose(row["adv_pi_var"], np.mean((0.08 / 3, 0.25, 2 / 9)), rtol=1e-5)
+  assert not row["flat"]
+
+
+def test_prover_equal_to_base_is_the_k1_row():
+  base = _hand_dataset()
+  (bok1,) = pdx.rollout_sweep(base, bok_ks=(1,))
+  rows = pdx.prover_sweep(base, {"self": _hand_dataset(), "other": _hand_prover_dataset()})
+  assert [r["param"] for r in rows] == ["self", "other"]
+  for key in ("distinguishability", "alignment", "bound", "adv_pi_var"):
+    np.testing.assert_allclose(rows[0][key], bok1[key], rtol=1e-12, err_msg=key)
+  for key in ("flat", "num_parents", "num_children"):
+    assert rows[0][key] == bok1[key], key
+
+
+@pytest.mark.parametrize("field,index,value", [
+    ("seed", 4, 2), ("problem", 2, 1), ("tokens", (1, 3), 7), ("num_steps", 0, 1),
+])
+def test_prover_sweep_rejects_unpaired_seeds(field, index, value):
+  prover = _hand_prover_dataset()
+  prover[field][index] = value
+  with pytest.raises(ValueError, match=f"'ckpt'.*first mismatch in '{field}'"):
+    pdx.prover_sweep(_hand_dataset(), {"ckpt": prover})
+
+
+def test_prover_sweep_rejects_other_row_counts_and_missing_q():
+  short = {k: v[:5] for k, v in _hand_prover_dataset().items()}
+  with pytest.raises(ValueError, match="5 seed rows vs 6"):
+    pdx.prover_sweep(_hand_dataset(), {"ckpt": short})
+  holed = _hand_prover_dataset()
+  holed["q_hat"][1, 1] = np.nan
+  with pytest.raises(ValueError, match="row 1, prefix column 1"):
+    pdx.prover_sweep(_hand_dataset(), {"ckpt": holed})
+
+
+def _write_dataset(directory, data):
+  n, h = data["step_ends"].shape
+  full = dict(data, length=data["step_ends"].max(axis=1) + 1,
+              outcome=np.zeros(n, np.float32), reason=np.zeros(n, np.int32),
+              mc_success=np.zeros((n, h + 1), np.int32), mc_count=np.zeros((n, h + 1), np.int32))
+  rollout_data.write_shard(str(directory), 0, full)
+  rollout_data.write_manifest(str(directory), {"shards_done": [0]})
+
+
+def test_cli_rollouts_with_provers(tmp_path, capsys):
+  _write_dataset(tmp_path / "base", _hand_dataset())
+  _write_dataset(tmp_path / "ckpt", _hand_prover_dataset())
+  assert pdx.main([f"--rollouts={tmp_path / 'base'}", "--bok_ks=1,2",
+                   f"--prover=rl_step_100={tmp_path / 'ckpt'}"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  (line,) = [l for l in lines if "rl_step_100" in l]
+  assert line.split()[0] == "checkpoint"
+  assert len([l for l in lines if l.split()[:1] == ["bok"]]) == 2
+  with pytest.raises(SystemExit):
+    pdx.main([f"--rollouts={tmp_path / 'base'}", f"--prover={tmp_path / 'ckpt'}"])
 
 
 def test_cli(tmp_path, capsys):
