@@ -49,7 +49,8 @@ class KVCache:
     return self.replace(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
                         start=jnp.take(self.start, rows, axis=0))
 
-  def align_prefixes(self, ends: jax.Array, width: int) -> "KVCache":
+  def align_prefixes(self, ends: jax.Array, width: int, index: jax.Array | None = None
+                     ) -> "KVCache":
     """Re-aligns each row so that its slot `ends[b]` becomes the last prefilled slot.
 
     After a prefill of `width` slots over whole sequences, row b's prefix ending
@@ -58,14 +59,28 @@ class KVCache:
     moves with them so every key keeps its RoPE position, and the slots that
     wrap around land before the new `start`, where the mask hides them. Decoding
     then resumes at slot `width` for all rows.
+
+    With `index` (a traced slot <= width), rows end at slot `index - 1` instead and
+    decoding resumes there; what rotates past `index` lies beyond every query's
+    mask until decoding overwrites it. Step-wise search uses this after steps of
+    different lengths, with `width` the whole (static) cache.
     """
-    shift = (width - 1) - ends.astype(jnp.int32)  # [B]
-    src = (jnp.arange(width, dtype=jnp.int32)[None, :] - shift[:, None]) % width  # [B, W]
-    idx = src[None, :, :, None, None]
-
-    def move(buf):
-      moved = jnp.take_along_axis(buf[:, :, :width], idx, axis=2)
-      return jnp.concatenate([moved, buf[:, :, width:]], axis=2)
-
+    target = jnp.asarray(width if index is None else index, jnp.int32)
+    shift = (target - 1) - ends.astype(jnp.int32)  # [B]
+    move = lambda buf: shift_slots(buf, shift, width, axis=2)
     return self.replace(k=move(self.k), v=move(self.v), start=self.start + shift,
-                        index=jnp.asarray(width, jnp.int32))
+                        index=target)
+
+
+def shift_slots(buf: jax.Array, shift: jax.Array, width: int, axis: int) -> jax.Array:
+  """Rotates each row's first `width` slots right by `shift[row]` (slots past width stay).
+
+  Rows are on the axis before `axis`. Used to keep token buffers laid out like the
+  cache they describe (see `KVCache.align_prefixes`).
+  """
+  src = (jnp.arange(width, dtype=jnp.int32)[None, :] - shift[:, None]) % width  # [B, W]
+  expand = (None,) * (axis - 1) + (slice(None), slice(None)) + (None,) * (buf.ndim - axis - 1)
+  head = jnp.take_along_axis(jax.lax.slice_in_dim(buf, 0, width, axis=axis), src[expand],
+                             axis=axis)
+  return jnp.concatenate([head, jax.lax.slice_in_dim(buf, width, buf.shape[axis], axis=axis)],
+                         axis=axis)

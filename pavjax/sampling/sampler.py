@@ -164,7 +164,10 @@ def decode(lm: CachedLM, params, state: SamplingState, *, method, stop_tokens: t
         lengths=s.lengths + live.astype(jnp.int32),
         done=s.done | is_stop,
         finished=s.finished | is_stop,
-        next_logits=logits[:, -1, :].astype(jnp.float32),
+        # A stopped row keeps the logits after its stop token: step-wise search
+        # continues from there, and the pad tokens it is fed since are not its own.
+        next_logits=jnp.where(live[:, None], logits[:, -1, :].astype(jnp.float32),
+                              s.next_logits),
         cache=cache)
 
   return jax.lax.while_loop(cond, body, state)

@@ -1,0 +1,209 @@
+"""Step-level beam search ranked by a verifier (PAPER.md section 5).
+
+A beam of N prefixes per problem; each samples C next steps (sampling stops at a
+step-end token or EOS); candidates are scored by a named score and the top N
+continue. Finished candidates (EOS, a step that ran out of tokens, or the step
+budget) leave the beam for a pool; the answer is the pool member the Q^pi
+verifier rates highest.
+
+Choices the paper leaves open (documented here and in the README):
+  * First expansion: the root prompt fills all N beam rows, so it is expanded
+    N * C times (independent samples) and the best N distinct steps are kept.
+  * Identical candidate prefixes of a problem are merged before selection (the
+    first one stands); otherwise one likely step would fill every beam slot.
+  * Max steps: `max_steps`; a prefix still open then joins the pool unfinished.
+
+Cache reuse: candidates fork the kept prefixes' cache rows (no re-prefill); the
+selected rows are gathered and re-aligned (`KVCache.align_prefixes`) so the
+step's unused slots are masked. The verifier has no cache here: each step it
+scores the candidates' whole prefixes (counted in `verifier_tokens`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pavjax import rewards
+from pavjax.models.kv_cache import KVCache, shift_slots
+from pavjax.sampling import methods
+from pavjax.sampling import sampler as sampler_lib
+
+
+def score_q(q_cand, q_parent, alpha, k):
+  """Rank by the candidate's own value (PRM-Q beam; also ORM scores)."""
+  del q_parent, alpha, k
+  return q_cand
+
+
+def score_pav(q_cand, q_parent, alpha, k):
+  """Effective reward Q^pi + alpha * A^mu with a Best-of-K prover of pi."""
+  adv = rewards.bok_q(q_cand, k) - rewards.bok_q(q_parent, k)
+  return q_cand + alpha * adv
+
+
+SCORES: dict[str, Callable] = {"q": score_q, "orm": score_q, "pav": score_pav}
+
+# value_fn(verifier_params, tokens [R, T] right-padded, lengths [R]) -> Q in [0, 1] [R]
+ValueFn = Callable[[object, jax.Array, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class Beam:
+  """B * N beam rows (problem-major) in the cache's slot layout."""
+
+  cache: KVCache
+  next_logits: jax.Array  # [R, V]
+  hist: jax.Array  # [R, S] tokens at the same slots as the cache
+  alive: jax.Array  # [R] bool
+  q: jax.Array  # [R] verifier value of each prefix (the parent value next step)
+
+
+@dataclasses.dataclass
+class SearchResult:
+  """Per problem: the pool, the chosen response, and compute counters."""
+
+  pools: list[list[dict]]  # each: tokens (response), q, score, step, finished
+  answers: list[list[int]]  # chosen response tokens per problem
+  counters: dict[str, int]
+
+
+def _dedupe(hist: jax.Array, valid: jax.Array, group: int) -> jax.Array:
+  """Marks a candidate invalid when an earlier one of its problem has the same tokens."""
+  r, s = hist.shape
+  weights = jnp.asarray(np.random.default_rng(0).integers(1, 2**31 - 1, s), jnp.uint32)
+  h = jnp.sum(hist.astype(jnp.uint32) * weights, axis=1)  # [R] a hash of the row
+  h = h.reshape(-1, group)
+  v = valid.reshape(-1, group)
+  same = (h[:, :, None] == h[:, None, :]) & v[:, None, :]  # [P, G, G]
+  earlier = jnp.tril(jnp.ones((group, group), bool), k=-1)
+  dup = jnp.any(same & earlier[None], axis=2)
+  return (v & ~dup).reshape(r)
+
+
+class StepBeamSearch:
+  """Jitted pieces of the search; a host loop drives them step by step."""
+
+  def __init__(self, lm: sampler_lib.CachedLM, value_fn: ValueFn, *, beam_width: int,
+               expansions: int, max_steps: int, max_step_tokens: int,
+               step_end_ids: Sequence[int], eos_id: int, score: str = "pav",
+               alpha: float = 0.5, bok_k: int = 4, method=None, pad_id: int = 0):
+    if score not in SCORES:
+      raise ValueError(f"score={score!r} is not one of {sorted(SCORES)}")
+    self.lm, self.value_fn = lm, value_fn
+    self.n, self.c = beam_width, expansions
+    self.max_steps, self.step_tokens = max_steps, max_step_tokens
+    self.stop = tuple(int(t) for t in step_end_ids) + (int(eos_id),)
+    self.eos_id, self.pad_id = int(eos_id), pad_id
+    self.score_fn = functools.partial(SCORES[score], alpha=alpha, k=bok_k)
+    self.method = method if method is not None else methods.Temperature(1.0)
+    self._init = jax.jit(self._init_impl, static_argnames=("cache_size",))
+    self._expand = jax.jit(self._expand_impl)
+    self._values = jax.jit(self._values_impl)
+    self._select = jax.jit(self._select_impl)
+
+  # --- jitted pieces -------------------------------------------------------------
+
+  def _init_impl(self, params, vparams, prompts, lengths, *, cache_size):
+    cache, logits = sampler_lib.prefill(self.lm, params, prompts, lengths, cache_size=cache_size)
+    b, p = prompts.shape
+    hist = jnp.zeros((b, cache_size), jnp.int32).at[:, :p].set(prompts)
+    q = self._values_impl(vparams, hist, cache.start, cache.index)
+    rep = lambda x: jnp.repeat(x, self.n, axis=0)  # the root fills all N rows
+    return Beam(cache.repeat(self.n), rep(logits), rep(hist), jnp.ones((b * self.n,), bool),
+                rep(q))
+
+  def _expand_impl(self, params, beam: Beam, rng):
+    """C sampled next steps of every live row, re-aligned in the cache layout."""
+    cache = beam.cache.repeat(self.c)
+    alive = jnp.repeat(beam.alive, self.c)
+    logits = jnp.repeat(beam.next_logits, self.c, axis=0)
+    hist = jnp.repeat(beam.hist, self.c, axis=0)
+    keys = sampler_lib.row_keys_for(rng, logits.shape[0])
+    state = sampler_lib.init_state(cache, logits, keys, self.step_tokens, self.pad_id)
+    state = state.replace(done=~alive)  # dead rows generate nothing
+    state = sampler_lib.decode(self.lm, params, state, method=self.method,
+                               stop_tokens=self.stop, pad_id=self.pad_id)
+    index0, index1 = cache.index, state.cache.index
+    hist = jax.lax.dynamic_update_slice(hist, state.tokens, (0, index0))
+    # Each row's last real token moves to slot index1 - 1; its padding wraps below start.
+    ends = index0 + state.lengths - 1
+    shift = (index1 - 1) - ends
+    new_cache = state.cache.align_prefixes(ends, hist.shape[1], index=index1)
+    hist = shift_slots(hist, shift, hist.shape[1], axis=1)
+    last = jnp.take_along_axis(state.tokens, jnp.maximum(state.lengths - 1, 0)[:, None], 1)[:, 0]
+    return (Beam(new_cache, state.next_logits, hist, alive, jnp.repeat(beam.q, self.c)),
+            state.lengths, last)
+
+  def _values_impl(self, vparams, hist, start, index):
+    """Verifier value of each row's prefix: slots [start, index) re-packed to the left."""
+    s = hist.shape[1]
+    src = jnp.arange(s, dtype=jnp.int32)[None, :] + start[:, None]
+    lengths = index - start
+    tokens = jnp.where(jnp.arange(s)[None, :] < lengths[:, None],
+                       jnp.take_along_axis(hist, jnp.minimum(src, s - 1), axis=1), 0)
+    return self.value_fn(vparams, tokens, lengths).astype(jnp.float32)
+
+  def _select_impl(self, cand: Beam, scores, keep):
+    """Top N of each problem's N * C candidates among `keep` (others get -inf)."""
+    group = self.n * self.c
+    masked = jnp.where(keep, scores, -jnp.inf).reshape(-1, group)
+    top_scores, top = jax.lax.top_k(masked, self.n)  # [P, N]
+    rows = (top + jnp.arange(masked.shape[0])[:, None] * group).reshape(-1)
+    take = lambda x: jnp.take(x, rows, axis=0)
+    return Beam(cand.cache.gather(rows), take(cand.next_logits), take(cand.hist),
+                jnp.isfinite(top_scores).reshape(-1), take(cand.q))
+
+  # --- host loop -----------------------------------------------------------------
+
+  def run(self, params, vparams, prompts: Sequence[Sequence[int]], rng: jax.Array,
+          prompt_sharding=None) -> SearchResult:
+    """Searches every prompt; returns pools, chosen responses and compute counters."""
+    tokens, lengths = sampler_lib.left_pad(prompts, self.pad_id)
+    p = tokens.shape[1]
+    cache_size = p + self.max_steps * self.step_tokens
+    if prompt_sharding is not None:
+      tokens = jax.device_put(tokens, prompt_sharding)
+    beam = self._init(params, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
+                      cache_size=cache_size)
+    counters = {"prefill_tokens": int(lengths.sum()), "policy_tokens": 0,
+                "verifier_tokens": int(lengths.sum()), "candidates": 0}
+    pools: list[list[dict]] = [[] for _ in prompts]
+    group = self.n * self.c
+    for step in range(self.max_steps):
+      cand, step_len, last = self._expand(params, beam, jax.random.fold_in(rng, step))
+      q = self._values(vparams, cand.hist, cand.cache.start, cand.cache.index)
+      scores = self.score_fn(q, cand.q)
+      is_eos = last == self.eos_id
+      ended_step = jnp.isin(last, jnp.asarray(self.stop[:-1], jnp.int32)) & (step_len > 0)
+      valid = _dedupe(cand.hist, cand.alive & (step_len > 0), group)
+      final = step == self.max_steps - 1
+      cont = valid & ended_step & ~is_eos & (not final)
+      done = valid & ~cont
+      host = jax.device_get({"alive": cand.alive, "len": step_len, "q": q, "s": scores,
+                             "done": done, "eos": is_eos, "start": cand.cache.start,
+                             "index": cand.cache.index})
+      counters["policy_tokens"] += int(host["len"][host["alive"]].sum())
+      seq_len = host["index"] - host["start"]
+      counters["verifier_tokens"] += int(seq_len[host["alive"]].sum())
+      counters["candidates"] += int(host["alive"].sum())
+      done_rows = np.flatnonzero(host["done"])
+      if done_rows.size:
+        hist = np.asarray(jax.device_get(cand.hist))
+        for r in done_rows:
+          prob = r // group
+          seq = hist[r, host["start"][r]:host["index"]]
+          pools[prob].append({"tokens": [int(t) for t in seq[lengths[prob]:]],
+                              "q": float(host["q"][r]), "score": float(host["s"][r]),
+                              "step": step + 1, "finished": bool(host["eos"][r])})
+      beam = self._select(cand.replace(q=q), scores, cont)
+      if not bool(jax.device_get(jnp.any(beam.alive))):
+        break
+    answers = [max(pool, key=lambda e: e["q"])["tokens"] if pool else [] for pool in pools]
+    return SearchResult(pools, answers, counters)
