@@ -12,6 +12,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
+from pavjax.models.kv_cache import KVCache
 from pavjax.tasks import base
 
 PAD, BOS, EOS, NL, EQ = 0, 1, 2, 3, 4
@@ -94,3 +95,17 @@ class ToyTask(base.Task):
 def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> ToyTask:
   del workdir
   return ToyTask(task_cfg.num_digits, task_cfg.num_train, task_cfg.num_eval, task_cfg.seed)
+
+
+class BigramLM:
+  """A hand-made `CachedLM` for sampler and search tests: logits = params[last token].
+
+  `params` is a [V, V] logit table; the cache only advances its index.
+  """
+
+  def init_cache(self, batch, size, start):
+    return KVCache.create(num_layers=1, batch=batch, size=size, num_kv_heads=1, head_dim=1,
+                          start=start)
+
+  def __call__(self, params, tokens, cache):
+    return params[tokens], cache.replace(index=cache.index + tokens.shape[1])

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pavjax import rewards
+from pavjax import rollout_data
 from pavjax.models import Transformer
 
 
@@ -112,7 +113,6 @@ def prefix_arrays(data: dict, columns: str = "all") -> tuple[np.ndarray, np.ndar
 
   `columns='all'` (q verifiers): every prefix; `'last'` (ORM): the terminal one.
   """
-  from pavjax import rollout_data  # pylint: disable=g-import-not-at-top
   positions, mask = rollout_data.prefix_positions(data)
   if columns == "last":
     last = np.zeros_like(mask)

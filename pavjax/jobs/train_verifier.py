@@ -69,9 +69,8 @@ def verifier_train_step(state: training.TrainState, batch, *, model, tx, loss: s
 
 def _examples(data: dict, kind: str) -> dict[str, np.ndarray]:
   positions, mask = verifiers.prefix_arrays(data, COLUMNS[kind])
-  targets = np.where(mask, data["q_hat"], 0.0).astype(np.float32)
-  if kind == "orm":
-    targets = np.where(mask, data["outcome"][:, None], 0.0).astype(np.float32)
+  label = data["outcome"][:, None] if kind == "orm" else data["q_hat"]
+  targets = np.where(mask, label, 0.0).astype(np.float32)
   return {"tokens": data["tokens"].astype(np.int32), "positions": positions.astype(np.int32),
           "mask": mask, "targets": targets}
 

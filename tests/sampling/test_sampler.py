@@ -6,22 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax.models import KVCache, Transformer, TransformerConfig
+from pavjax.models import Transformer, TransformerConfig
 from pavjax.sampling import (Greedy, Sampler, Temperature, TopK, TopP, TransformerLM,
                              left_pad)
+from pavjax.testing import BigramLM
 
 NEG = -1e9
-
-
-class BigramLM:
-  """A `CachedLM` whose logits are `params[last_token]`: a hand-made table."""
-
-  def init_cache(self, batch, size, start):
-    return KVCache.create(num_layers=1, batch=batch, size=size, num_kv_heads=1, head_dim=1,
-                          start=start)
-
-  def __call__(self, params, tokens, cache):
-    return params[tokens], cache.replace(index=cache.index + tokens.shape[1])
 
 
 def _table(next_of: dict[int, int], vocab: int = 8) -> jnp.ndarray:

@@ -1,5 +1,6 @@
 """Step-level beam search on a hand-made policy and verifier (the paper's Fig. 2a tree)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,10 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pavjax import sharding as shd
-from pavjax.models import KVCache
+from pavjax.models import Transformer, TransformerConfig
+from pavjax.sampling import TransformerLM
 from pavjax.search import StepBeamSearch
+from pavjax.testing import BigramLM
 
 PAD, BOS, EOS = 0, 1, 2
 ACTIONS = tuple(range(4, 12))
@@ -16,17 +19,6 @@ NEG = -1e9
 # Fig. 2a: parents a1 (token 4, V=0.6) and a2 (token 5, V=0.3); a1's children 6, 7, 8
 # have Q = 0.55, 0.50, 0.70 and a2's children 9, 10, 11 have Q = 0.50, 0.35, 0.25.
 Q = {BOS: 0.45, 4: 0.6, 5: 0.3, 6: 0.55, 7: 0.50, 8: 0.70, 9: 0.50, 10: 0.35, 11: 0.25}
-
-
-class BigramLM:
-  """logits = table[last token]."""
-
-  def init_cache(self, batch, size, start):
-    return KVCache.create(num_layers=1, batch=batch, size=size, num_kv_heads=1, head_dim=1,
-                          start=start)
-
-  def __call__(self, params, tokens, cache):
-    return params[tokens], cache.replace(index=cache.index + tokens.shape[1])
 
 
 def _policy_table():
@@ -100,9 +92,6 @@ def test_results_do_not_depend_on_the_number_of_devices():
 
 def test_beam_cache_matches_recomputing_each_kept_prefix():
   """After steps of different lengths, every kept row's cache still encodes its prefix."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from pavjax.models import Transformer, TransformerConfig  # pylint: disable=g-import-not-at-top
-  from pavjax.sampling import TransformerLM  # pylint: disable=g-import-not-at-top
   cfg = TransformerConfig(vocab_size=16, embed_dim=32, num_layers=2, num_heads=4,
                           num_kv_heads=2, head_dim=8, mlp_dim=64, max_len=64)
   model = Transformer(cfg)
