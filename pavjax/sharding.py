@@ -81,7 +81,7 @@ def rules_from_config(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], 
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules):
   """Makes `mesh` and the logical rules current for tracing (activation constraints)."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for_mesh(rules, mesh)):
     yield
 
 
@@ -133,6 +133,12 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+
+
+def round_to_data_parallel(rows: int, mesh: Mesh) -> int:
+  """The smallest multiple of the data-parallel size that holds `rows` (fixed batch shapes)."""
+  dp = data_parallel_size(mesh)
+  return -(-rows // dp) * dp
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

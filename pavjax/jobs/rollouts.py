@@ -120,9 +120,8 @@ class RolloutRunner:
                                    f"{self.prover_kind!r} is not policy|checkpoint|procedural")
     self.max_steps = task.max_response_len
     self.width = bucket_length(task.max_prompt_len + task.max_response_len)
-    dp = shd.data_parallel_size(env.mesh)
-    self.seq_rows = -(-config.rollouts.seq_batch // dp) * dp
-    self.fork_rows = -(-config.rollouts.fork_batch // dp) * dp
+    self.seq_rows = shd.round_to_data_parallel(config.rollouts.seq_batch, env.mesh)
+    self.fork_rows = shd.round_to_data_parallel(config.rollouts.fork_batch, env.mesh)
     self.budget = {"seed_tokens": 0, "mc_tokens": 0, "prefill_tokens": 0, "mc_rollouts": 0}
 
   def shard(self, problems: Sequence[base.Problem], first_index: int, rng: jax.Array

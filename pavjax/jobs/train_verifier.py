@@ -78,8 +78,7 @@ def _examples(data: dict, kind: str) -> dict[str, np.ndarray]:
 def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batch_size: int
             ) -> np.ndarray:
   """Predicted Q at every position, batched with fixed shapes (one compile)."""
-  dp = shd.data_parallel_size(mesh)
-  batch_size = -(-batch_size // dp) * dp
+  batch_size = shd.round_to_data_parallel(batch_size, mesh)
   out = []
   for start in range(0, len(tokens), batch_size):
     t = tokens[start:start + batch_size]

@@ -37,8 +37,7 @@ def sample_responses(task: Task, sampler: Sampler, params, problems: Sequence[Pr
   prompts = [task.encode_prompt(p) for p in problems]
   width = left_pad(prompts, task.pad_id)[0].shape[1] if prompts else 1
   rows_per_call = max(batch_size // num_samples, 1)
-  dp = shd.data_parallel_size(mesh)
-  rows_per_call = -(-rows_per_call // dp) * dp  # device-divisible prompt count
+  rows_per_call = shd.round_to_data_parallel(rows_per_call, mesh)
   out: list[list[Response]] = []
   starts = range(0, len(problems), rows_per_call)
   bar = metrics.progress(len(starts), desc="sampling") if progress else None
