@@ -106,3 +106,40 @@ def plot_curves(rows: Iterable[Mapping[str, Any]], keys: Sequence[str], path: st
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def plot_series(series: Mapping[str, Sequence[tuple[float, float]]], path: str, *,
+                xlabel: str, ylabel: str, title: str = "", log_base: int | None = None,
+                bands: Mapping[str, Sequence[tuple[float, float, float]]] | None = None
+                ) -> str | None:
+  """Several named (x, y) curves on one axis (e.g. accuracy vs N per method).
+
+  `bands` optionally gives (x, low, high) per name, drawn as a shaded spread.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if not is_lead_process() or not any(series.values()):
+    return None
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for name, pts in series.items():
+    pts = sorted((x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y))
+    if not pts:
+      continue
+    xs, ys = zip(*pts)
+    line, = ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    if bands and bands.get(name):
+      bx, lo, hi = zip(*sorted(bands[name]))
+      ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.2)
+  if log_base:
+    ax.set_xscale("log", base=log_base)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

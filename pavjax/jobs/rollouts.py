@@ -90,7 +90,7 @@ def _require_planted(task, field):
     raise config_lib.ConfigError(field, f"'procedural' needs the planted task, not {task.name!r}")
 
 
-def _segment(task: base.Task, prompt: Sequence[int], response: Sequence[int], max_steps: int):
+def segment_ends(task: base.Task, prompt: Sequence[int], response: Sequence[int], max_steps: int):
   """Step end indices (in the prompt+response sequence) of a response."""
   spans = task.segment_steps(response)[:max_steps]
   return [len(prompt) + end - 1 for _, end in spans]
@@ -135,7 +135,7 @@ class RolloutRunner:
         outcome = task.is_correct(resp, problem)
         self.budget["seed_tokens"] += len(resp)
         rows.append(dict(problem=first_index + p_i, seed=s_i, prompt=prompt, response=list(resp),
-                         ends=_segment(task, prompt, resp, self.max_steps), outcome=outcome,
+                         ends=segment_ends(task, prompt, resp, self.max_steps), outcome=outcome,
                          problem_obj=problem))
     h = self.max_steps
     n = len(rows)

@@ -71,7 +71,8 @@ class SearchResult:
 
   pools: list[list[dict]]  # each: tokens (response), q, score, step, finished
   answers: list[list[int]]  # chosen response tokens per problem
-  counters: dict[str, int]
+  counters: dict[str, int]  # totals over problems
+  per_problem: dict[str, np.ndarray]  # the same counters, [P] each
 
 
 def _dedupe(hist: jax.Array, valid: jax.Array, group: int) -> jax.Array:
@@ -172,8 +173,9 @@ class StepBeamSearch:
       tokens = jax.device_put(tokens, prompt_sharding)
     beam = self._init(params, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
                       cache_size=cache_size)
-    counters = {"prefill_tokens": int(lengths.sum()), "policy_tokens": 0,
-                "verifier_tokens": int(lengths.sum()), "candidates": 0}
+    per_problem = {"prefill_tokens": lengths.astype(np.int64), "verifier_tokens":
+                   lengths.astype(np.int64), **{k: np.zeros(len(prompts), np.int64) for k in
+                                                ("policy_tokens", "candidates")}}
     pools: list[list[dict]] = [[] for _ in prompts]
     group = self.n * self.c
     for step in range(self.max_steps):
@@ -189,10 +191,11 @@ class StepBeamSearch:
       host = jax.device_get({"alive": cand.alive, "len": step_len, "q": q, "s": scores,
                              "done": done, "eos": is_eos, "start": cand.cache.start,
                              "index": cand.cache.index})
-      counters["policy_tokens"] += int(host["len"][host["alive"]].sum())
-      seq_len = host["index"] - host["start"]
-      counters["verifier_tokens"] += int(seq_len[host["alive"]].sum())
-      counters["candidates"] += int(host["alive"].sum())
+      alive = host["alive"].reshape(-1, group)
+      per_problem["policy_tokens"] += np.where(alive, host["len"].reshape(-1, group), 0).sum(1)
+      seq_len = (host["index"] - host["start"]).reshape(-1, group)
+      per_problem["verifier_tokens"] += np.where(alive, seq_len, 0).sum(1)
+      per_problem["candidates"] += alive.sum(1)
       done_rows = np.flatnonzero(host["done"])
       if done_rows.size:
         hist = np.asarray(jax.device_get(cand.hist))
@@ -205,5 +208,29 @@ class StepBeamSearch:
       beam = self._select(cand.replace(q=q), scores, cont)
       if not bool(jax.device_get(jnp.any(beam.alive))):
         break
-    answers = [max(pool, key=lambda e: e["q"])["tokens"] if pool else [] for pool in pools]
-    return SearchResult(pools, answers, counters)
+    return _result(pools, per_problem)
+
+
+def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray]) -> SearchResult:
+  """Chooses each problem's answer: the pool member with the highest Q."""
+  answers = [max(pool, key=lambda e: e["q"])["tokens"] if pool else [] for pool in pools]
+  counters = {k: int(v.sum()) for k, v in per_problem.items()}
+  return SearchResult(pools, answers, counters, per_problem)
+
+
+def run_dvts(search: StepBeamSearch, params, vparams, prompts: Sequence[Sequence[int]],
+             rng: jax.Array, subtrees: int, prompt_sharding=None) -> SearchResult:
+  """Diverse verifier tree search: `subtrees` independent beams per prompt.
+
+  A budget of N beam rows becomes `subtrees` beams of `search.n = N / subtrees`
+  rows each, run side by side as separate problems (their own prefill, their
+  own keys, no merging of identical candidates across them). Their pools are
+  joined and the answer is the joined pool's top Q; counters add up.
+  """
+  if subtrees < 1:
+    raise ValueError(f"subtrees={subtrees} must be >= 1")
+  repeated = [p for p in prompts for _ in range(subtrees)]
+  res = search.run(params, vparams, repeated, rng, prompt_sharding)
+  pools = [sum(res.pools[i * subtrees:(i + 1) * subtrees], []) for i in range(len(prompts))]
+  per_problem = {k: v.reshape(len(prompts), subtrees).sum(1) for k, v in res.per_problem.items()}
+  return _result(pools, per_problem)

@@ -321,6 +321,17 @@ class ArithTask(tokenizer_lib.TextTask):
                               answer_re=ANSWER_RE)
 
 
+  def answer_key(self, response: Sequence[int]) -> str | None:
+    """The canonical number on the response's answer line, or None."""
+    body, _ = base.response_until_eos([int(t) for t in np.asarray(response).reshape(-1)],
+                                      self.eos_id)
+    text = self.tokenizer.decode([t for t in body if t != self.pad_id])
+    parsed = answers.parse_final_answer(text, max_chars=64 * self.max_response_len)
+    if parsed.answer is None or not ANSWER_RE.fullmatch(parsed.answer):
+      return None
+    return answers.normalize_number(parsed.answer)
+
+
 def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> ArithTask:
   """Builds the task from `task_cfg` (missing fields take `default_config()` values)."""
   cfg = default_config()

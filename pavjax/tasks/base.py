@@ -102,6 +102,16 @@ class Task(abc.ABC):
   def is_correct(self, response: Sequence[int], problem: Problem) -> Outcome:
     """Outcome reward of a sampled response (token ids, padding allowed after EOS)."""
 
+  def answer_key(self, response: Sequence[int]) -> str | None:
+    """The final answer a vote groups this response under (None: it states none).
+
+    Default: the response's tokens up to EOS, so only identical responses agree.
+    Text tasks override it with their normalized final answer.
+    """
+    body, _ = response_until_eos(response, self.eos_id)
+    body = [t for t in body if t != self.pad_id]
+    return " ".join(map(str, body)) if body else None
+
   def data_report(self) -> dict:
     """What loading the data skipped or counted (per-reason counts); job summaries include it."""
     return {}

@@ -232,6 +232,12 @@ class JsonlMathTask(tokenizer_lib.TextTask):
     return base.Outcome(float(ok), base.CORRECT if ok else base.WRONG)
 
 
+  def answer_key(self, response: Sequence[int]) -> str | None:
+    """The normalized final answer of the response, or None."""
+    body, _ = base.response_until_eos(response, self.eos_id)
+    return answers.extract_final_answer(self.tokenizer.decode(body))[0]
+
+
 def problems_from_records(records: Sequence[Mapping[str, Any]]) -> list[base.Problem]:
   """Problems of prepared records (as returned by `load_split`)."""
   return [base.Problem(uid=r["uid"], prompt=r["question"], steps=tuple(r["steps"]),

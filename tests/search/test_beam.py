@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from pavjax import sharding as shd
 from pavjax.models import Transformer, TransformerConfig
 from pavjax.sampling import TransformerLM
-from pavjax.search import StepBeamSearch
+from pavjax.search import StepBeamSearch, run_dvts
 from pavjax.testing import BigramLM
 
 PAD, BOS, EOS = 0, 1, 2
@@ -81,6 +81,24 @@ def test_compute_counters_match_hand_counts():
   # The root prompt once, then every candidate's whole prefix: lengths 2, 3, 4.
   assert result.counters["verifier_tokens"] == 4 * (1 + 64 * (2 + 3 + 4))
   assert result.counters["prefill_tokens"] == 4
+  for name, total in result.counters.items():  # per problem: a quarter of each total
+    np.testing.assert_array_equal(result.per_problem[name], [total // 4] * 4)
+
+
+def test_dvts_runs_independent_subtrees_and_joins_their_pools():
+  search = StepBeamSearch(BigramLM(), _value_fn, beam_width=1, expansions=32, max_steps=3,
+                          max_step_tokens=1, step_end_ids=ACTIONS, eos_id=EOS, score="q",
+                          bok_k=1)
+  result = run_dvts(search, _policy_table(), _qtab(), [[BOS]] * 3, jax.random.PRNGKey(0),
+                    subtrees=2)
+  for pool in result.pools:
+    # Each width-1 subtree keeps the best Q step, (4, 8), and pools the root's early stop.
+    assert sorted(tuple(e["tokens"]) for e in pool) == [(EOS,), (EOS,), (4, 8, EOS), (4, 8, EOS)]
+  assert all(a == [4, 8, EOS] for a in result.answers)
+  # Two subtrees, each: its own prefill, 3 steps x 1 row x 32 candidates of one token.
+  np.testing.assert_array_equal(result.per_problem["prefill_tokens"], [2, 2, 2])
+  np.testing.assert_array_equal(result.per_problem["policy_tokens"], [2 * 3 * 32] * 3)
+  assert result.counters["policy_tokens"] == 3 * 2 * 3 * 32
 
 
 def test_results_do_not_depend_on_the_number_of_devices():

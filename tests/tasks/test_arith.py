@@ -218,6 +218,18 @@ HOSTILE = [
 ]
 
 
+def test_answer_key_is_the_canonical_answer_for_votes(task):
+  p = task.split("test")[0]
+  ans = int(p.answer)
+  body = "\n".join(p.steps[:-1])
+  key = lambda text: task.answer_key(_respond(task, text) + [task.pad_id])
+  assert key(f"{body}\nanswer: {ans:03d}") == key(f"answer: {ans}") == str(ans)
+  assert key(f"{body}\nanswer: {ans + 1}") == str(ans + 1)
+  assert key(body) is None
+  assert key(f"answer: {ans}.5") is None
+  assert key(f"answer: 1\nanswer: 2") is None
+
+
 def test_hostile_responses_get_zero_fast_without_side_effects(task, tmp_path):
   sentinel = tmp_path / "sentinel"
   p = task.split("test")[0]

@@ -1,0 +1,332 @@
+"""Test-time search evaluation: best-of-N, votes, beam search and DVTS against compute.
+
+Inputs: a policy checkpoint, a Q^pi verifier (`train_verifier` with kind=q) and an
+ORM (kind=orm). For every problem of `search.split`:
+
+* one pool of max(ns) sampled responses, scored once by both verifiers, gives
+  every best-of-N rule at every N (`pavjax.search.best_of_n`);
+* beam searches (`q_beam`, `pav_beam`, `orm_beam`) and DVTS run once per N in
+  `beam_ns`;
+* at `sweep_n`, PAV beam over `alphas` (K fixed) and over `bok_ks` (alpha fixed).
+
+Each (method, N) result is one line of `rows.jsonl`, written when it finishes;
+a restarted job skips the lines already there (same config hash) and the pool
+is cached in `pool.npz`, so an interrupted evaluation resumes. At the end:
+`results.json` (curves and compute-efficiency ratios against ORM best-of-max(N)),
+`results.md` (tables), `accuracy_vs_n.png`, `accuracy_vs_flops.png`, sweep plots.
+
+Compute per problem is counted in tokens (policy generated, prefill, verifier
+scored) and FLOPs = 2 x params x tokens (`pavjax.search.compute`). Best-of-N wall
+time is the pool's sampling + scoring time scaled by N / max(N) (the pool is
+drawn once); beam wall time is measured per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pavjax import config_lib
+from pavjax import metrics
+from pavjax import rewards
+from pavjax import rollout_data
+from pavjax import verifiers
+from pavjax.jobs import common
+from pavjax.jobs import rollouts as rollouts_job
+from pavjax.jobs import train_verifier
+from pavjax.sampling import Sampler, Temperature, TransformerLM, evaluate
+from pavjax.search import best_of_n, compute
+from pavjax.search.beam import StepBeamSearch, run_dvts
+
+BEAM_SCORES = {"q_beam": "q", "pav_beam": "pav", "orm_beam": "orm", "dvts": "pav"}
+
+
+def parse_list(text: str, field: str, kind=int) -> list:
+  """'2,4,8' -> [2, 4, 8]; names the config field on a bad entry."""
+  try:
+    return [kind(x) for x in str(text).split(",") if x.strip()]
+  except ValueError as e:
+    raise config_lib.ConfigError(field, f"{text!r} is not a comma-separated list: {e}") from e
+
+
+def value_fn(model):
+  """Beam-search verifier: Q of each right-padded prefix, read at its last token."""
+  def fn(vparams, tokens, lengths):
+    return verifiers.score(model, vparams, tokens, (lengths - 1)[:, None])[:, 0]
+  return fn
+
+
+class SearchRunner:
+  """Loads policy and verifiers once; runs the pool and the beams on a problem set."""
+
+  def __init__(self, env: common.JobEnv, config: ml_collections.ConfigDict):
+    self.env, self.config, self.cfg = env, config, config.search
+    task = env.task
+    self.params = rollouts_job.load_params(env, config.policy.checkpoint, "policy")
+    self.vparams = {k: rollouts_job.load_params(env, getattr(config.verifiers, k),
+                                                f"verifiers.{k}") for k in ("q", "orm")}
+    self.sampler = Sampler(TransformerLM(env.model), pad_id=task.pad_id)
+    self.problems = list(task.split(self.cfg.split))
+    if self.cfg.num_problems:
+      self.problems = self.problems[:self.cfg.num_problems]
+    self.prompts = [task.encode_prompt(p) for p in self.problems]
+    self.num_params = env.model_cfg.num_params()  # policy and verifiers share the trunk size
+    self.max_steps = self.cfg.max_steps or task.max_response_len
+
+  # --- best-of-N pool ------------------------------------------------------------
+
+  def sample_pool(self, m: int, rng) -> dict[str, np.ndarray]:
+    """m responses per problem with outcomes, answers and both verifiers' prefix Q."""
+    env, task = self.env, self.env.task
+    t0 = time.time()
+    groups = evaluate.sample_responses(
+        task, self.sampler, self.params, self.problems, rng=rng, mesh=env.mesh,
+        method=Temperature(self.config.sample.temperature), max_new_tokens=task.max_response_len,
+        batch_size=self.config.sample.batch_size, num_samples=m, progress=True)
+    p, h = len(self.problems), self.max_steps
+    width = max(len(pr) for pr in self.prompts) + task.max_response_len
+    tokens = np.zeros((p * m, width), np.int32)
+    positions = np.full((p * m, h + 1), -1, np.int32)
+    correct = np.zeros((p, m), bool)
+    gen = np.zeros((p, m), np.int64)
+    keys = []
+    for i, (prompt, group) in enumerate(zip(self.prompts, groups)):
+      keys.append([task.answer_key(r.tokens) for r in group])
+      for j, r in enumerate(group):
+        row = i * m + j
+        seq = prompt + r.tokens
+        tokens[row, :len(seq)] = seq
+        ends = rollouts_job.segment_ends(task, prompt, r.tokens, h)
+        positions[row, 0] = len(prompt) - 1
+        positions[row, 1:len(ends) + 1] = ends
+        correct[i, j] = r.outcome.reward > 0
+        gen[i, j] = len(r.tokens)
+    sample_s = time.time() - t0
+    q = {k: train_verifier.predict(env.model, v, tokens, positions, env.mesh,
+                                   self.cfg.score_batch) for k, v in self.vparams.items()}
+    return {"correct": correct, "answers": best_of_n.answer_ids(keys), "policy_tokens": gen,
+            "prompt_tokens": np.array([len(pr) for pr in self.prompts], np.int64),
+            "positions": positions.reshape(p, m, h + 1), "q_pi": q["q"].reshape(p, m, h + 1),
+            "orm": q["orm"].reshape(p, m, h + 1), "sample_s": np.float64(sample_s),
+            "wall_s": np.float64(time.time() - t0)}
+
+  def pool_scores(self, pool: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Response scores: orm, prm_min / prm_last / prm_prod, and pav (PAV-as-ORM)."""
+    mask = pool["positions"] >= 0  # [P, M, H + 1]; column 0 is the question
+    steps = mask[..., 1:]
+    last = np.maximum(mask.sum(-1) - 1, 0)
+    orm = np.take_along_axis(pool["orm"], last[..., None], -1)[..., 0]
+    out = {"orm": orm}
+    for how in best_of_n.AGGREGATES:
+      out[f"prm_{how}"] = best_of_n.aggregate_steps(pool["q_pi"][..., 1:], steps, how)
+    q_pi = pool["q_pi"].reshape(-1, mask.shape[-1])
+    m2 = mask.reshape(-1, mask.shape[-1])
+    eff = np.asarray(verifiers.pav_step_scores(
+        jnp.asarray(q_pi), rewards.bok_q(jnp.asarray(q_pi), self.cfg.bok_k), jnp.asarray(m2),
+        self.cfg.alpha)).reshape(steps.shape)
+    out["pav"] = best_of_n.aggregate_steps(eff, steps, "min")
+    return out
+
+  # --- beams ---------------------------------------------------------------------
+
+  def beam(self, method: str, n: int, rng, *, alpha=None, bok_k=None) -> dict[str, Any]:
+    """One beam method at budget n over every problem: accuracy and per-problem compute."""
+    cfg, task, model = self.cfg, self.env.task, self.env.model
+    score = BEAM_SCORES[method]
+    subtrees = max(n // cfg.dvts_width, 1) if method == "dvts" else 1
+    width = n // subtrees
+    search = StepBeamSearch(
+        TransformerLM(model), value_fn(model), beam_width=width, expansions=cfg.expansions,
+        max_steps=self.max_steps, max_step_tokens=cfg.max_step_tokens,
+        step_end_ids=task.step_end_ids, eos_id=task.eos_id, score=score,
+        alpha=cfg.alpha if alpha is None else alpha,
+        bok_k=cfg.bok_k if bok_k is None else bok_k,
+        method=Temperature(self.config.sample.temperature), pad_id=task.pad_id)
+    vparams = self.vparams["orm" if score == "orm" else "q"]
+    per_call = max(cfg.max_rows // (n * cfg.expansions), 1)
+    t0 = time.time()
+    results, per_problem = [], {}
+    for c, start in enumerate(range(0, len(self.prompts), per_call)):
+      chunk = self.prompts[start:start + per_call]
+      padded = chunk + [chunk[0]] * (per_call - len(chunk))  # fixed rows: one compile
+      key = jax.random.fold_in(rng, c)
+      if method == "dvts":
+        res = run_dvts(search, self.params, vparams, padded, key, subtrees)
+      else:
+        res = search.run(self.params, vparams, padded, key)
+      results.extend(res.answers[:len(chunk)])
+      for k, v in res.per_problem.items():
+        per_problem.setdefault(k, []).extend(v[:len(chunk)].tolist())
+    wall = time.time() - t0
+    hits = [task.is_correct(a, p).reward for a, p in zip(results, self.problems)]
+    return {"accuracy": float(np.mean(hits)), "per_problem": hits, "wall_s": wall,
+            **{k: float(np.mean(v)) for k, v in per_problem.items()}}
+
+
+def _with_flops(row: dict, num_params: int) -> dict:
+  return {**row, "flops": compute.flops(row, num_params, num_params)}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates every search method of `config.search` and writes curves and tables."""
+  env = common.setup(config, workdir)
+  cfg = config.search
+  ns = parse_list(cfg.ns, "search.ns")
+  beam_ns = parse_list(cfg.beam_ns, "search.beam_ns")
+  beam_methods = [m for m in parse_list(cfg.beam_methods, "search.beam_methods", str)]
+  for m in beam_methods:
+    if m not in BEAM_SCORES:
+      raise config_lib.ConfigError("search.beam_methods", f"{m!r} is not in {sorted(BEAM_SCORES)}")
+  alphas = parse_list(cfg.alphas, "search.alphas", float)
+  bok_ks = parse_list(cfg.bok_ks, "search.bok_ks")
+  t0 = time.time()
+  runner = SearchRunner(env, config)
+  rng = jax.random.PRNGKey(config.seed)
+  out_dir = env.workdir
+  chash = rollout_data.config_hash(config.to_dict())
+  rows_path = os.path.join(out_dir, "rows.jsonl")
+  done = {}
+  if os.path.exists(rows_path):
+    for r in metrics.read_jsonl(rows_path):
+      if r.get("config_hash") == chash:
+        done[(r["method"], r["n"], r.get("variant", ""))] = r
+
+  def record(row: dict) -> dict:
+    row = {**row, "config_hash": chash}
+    done[(row["method"], row["n"], row.get("variant", ""))] = row
+    if metrics.is_lead_process():
+      with open(rows_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+  # Best-of-N family from one pool.
+  m = max(ns)
+  pool_path = os.path.join(out_dir, "pool.npz")
+  pool = None
+  if os.path.exists(pool_path):
+    with np.load(pool_path, allow_pickle=False) as z:
+      if str(z["config_hash"]) == chash:
+        pool = {k: z[k] for k in z.files}
+  if pool is None:
+    pool = runner.sample_pool(m, jax.random.fold_in(rng, 0))
+    if metrics.is_lead_process():
+      np.savez(pool_path + ".tmp.npz", config_hash=chash, **pool)
+      os.replace(pool_path + ".tmp.npz", pool_path)
+  scores = runner.pool_scores(pool)
+  bon_pool = best_of_n.Pool(correct=pool["correct"], answers=pool["answers"], scores=scores,
+                            policy_tokens=pool["policy_tokens"], prompt_tokens=pool["prompt_tokens"])
+  methods = ["pass", "majority", "weighted:orm", "bon:orm", "bon:prm_min", "bon:prm_last",
+             "bon:prm_prod", "bon:pav"]
+  for name, curve in best_of_n.evaluate(bon_pool, ns, num_subsets=cfg.num_subsets,
+                                        seed=config.seed, methods=methods).items():
+    for row in curve:
+      if (name, row["n"], "") not in done:
+        record(_with_flops({"method": name, **row,
+                            "wall_s": float(pool["wall_s"]) * row["n"] / m}, runner.num_params))
+
+  # Beams, then the alpha and K sweeps at sweep_n.
+  jobs = [(meth, n, {}) for meth in beam_methods for n in beam_ns]
+  if cfg.sweep_n:
+    jobs += [("pav_beam", cfg.sweep_n, {"alpha": a}) for a in alphas]
+    jobs += [("pav_beam", cfg.sweep_n, {"bok_k": k}) for k in bok_ks]
+  bar = metrics.progress(len(jobs), desc="search")
+  for j, (meth, n, kw) in enumerate(jobs):
+    variant = ",".join(f"{k}={v}" for k, v in kw.items())
+    if (meth, n, variant) not in done:
+      res = runner.beam(meth, n, jax.random.fold_in(rng, 1 + j), **kw)
+      record(_with_flops({"method": meth, "n": n, "variant": variant, **res}, runner.num_params))
+    bar.update(1)
+  bar.close()
+
+  results = summarize(done, ns, beam_ns, cfg, runner.num_params)
+  results.update({"job": "search", "problems": len(runner.problems), "params": runner.num_params,
+                  "seconds": time.time() - t0})
+  common.write_json(os.path.join(out_dir, "results.json"), results)
+  if metrics.is_lead_process():
+    write_report(results, out_dir)
+  return results
+
+
+def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_params: int
+              ) -> dict[str, Any]:
+  """Curves per method, efficiency vs ORM best-of-max(N), and the sweeps."""
+  curves: dict[str, list[dict]] = {}
+  sweeps: dict[str, list[dict]] = {"alpha": [], "bok_k": []}
+  for (method, n, variant), row in sorted(done.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    slim = {k: v for k, v in row.items() if k not in ("per_problem", "config_hash")}
+    if variant:
+      key, _, value = variant.partition("=")
+      sweeps[key].append({**slim, key: float(value)})
+    elif n in (ns if ":" in method or method in ("pass", "majority") else beam_ns):
+      curves.setdefault(method, []).append(slim)
+  ref = [(r["flops"], r["accuracy"]) for r in curves.get("bon:orm", [])]
+  eff = {}
+  if ref:
+    for method, rows in curves.items():
+      if method not in ("bon:orm", "pass"):
+        eff[method] = compute.efficiency(ref, [(r["flops"], r["accuracy"]) for r in rows])
+  return {"curves": curves, "efficiency_vs_orm": eff, "sweeps": sweeps,
+          "settings": {"alpha": cfg.alpha, "bok_k": cfg.bok_k, "expansions": cfg.expansions,
+                       "dvts_width": cfg.dvts_width,
+                       "sweep_n": cfg.sweep_n, "flops_per_token": 2 * num_params}}
+
+
+def _fmt(x, digits=3):
+  return "n/a" if x is None else (f"{x:.{digits}g}" if isinstance(x, float) else str(x))
+
+
+def write_report(results: dict, out_dir: str) -> None:
+  """results.md with the accuracy tables and plots of the curves and sweeps."""
+  curves = results["curves"]
+  ns = sorted({r["n"] for rows in curves.values() for r in rows})
+  lines = ["# Search results", "",
+           f"{results['problems']} problems, policy/verifier {results['params']:,} params; "
+           f"FLOPs = 2 x params x tokens per problem.", "",
+           "## Accuracy by N", "", "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
+           "|---|" + "---|" * len(ns)]
+  for method, rows in curves.items():
+    by_n = {r["n"]: r["accuracy"] for r in rows}
+    lines.append(f"| {method} | " + " | ".join(_fmt(by_n.get(n)) for n in ns) + " |")
+  lines += ["", "## Compute at the largest N (per problem)", "",
+            "| method | N | accuracy | policy tokens | verifier tokens | FLOPs | wall s (all problems) |",
+            "|---|---|---|---|---|---|---|"]
+  for method, rows in curves.items():
+    r = max(rows, key=lambda r: r["n"])
+    lines.append(f"| {method} | {r['n']} | {r['accuracy']:.3f} | {r['policy_tokens']:.0f} | "
+                 f"{r['verifier_tokens']:.0f} | {r['flops']:.3g} | {r['wall_s']:.1f} |")
+  lines += ["", "## Compute efficiency vs ORM best-of-N at its largest N", "",
+            "| method | target accuracy | FLOPs needed / ORM's | speed-up |", "|---|---|---|---|"]
+  for method, e in results["efficiency_vs_orm"].items():
+    lines.append(f"| {method} | {e['target_accuracy']:.3f} | {_fmt(e['compute_ratio'])} | "
+                 f"{_fmt(e['speedup'])} |")
+  for key, rows in results["sweeps"].items():
+    if rows:
+      lines += ["", f"## PAV beam sweep over {key} (N={rows[0]['n']})", "",
+                f"| {key} | accuracy | FLOPs |", "|---|---|---|"]
+      lines += [f"| {r[key]:g} | {r['accuracy']:.3f} | {r['flops']:.3g} |"
+                for r in sorted(rows, key=lambda r: r[key])]
+  series_n = {m: [(r["n"], r["accuracy"]) for r in rows] for m, rows in curves.items()}
+  series_f = {m: [(r["flops"], r["accuracy"]) for r in rows] for m, rows in curves.items()
+              if m != "pass"}
+  metrics.plot_series(series_n, os.path.join(out_dir, "accuracy_vs_n.png"), xlabel="N",
+                      ylabel="accuracy", log_base=2, title="accuracy vs N")
+  metrics.plot_series(series_f, os.path.join(out_dir, "accuracy_vs_flops.png"),
+                      xlabel="FLOPs per problem", ylabel="accuracy", log_base=10,
+                      title="accuracy vs compute")
+  for key, rows in results["sweeps"].items():
+    if rows:
+      metrics.plot_series({"pav_beam": [(r[key], r["accuracy"]) for r in rows]},
+                          os.path.join(out_dir, f"sweep_{key}.png"), xlabel=key,
+                          ylabel="accuracy", log_base=2 if key == "bok_k" else None,
+                          title=f"PAV beam, N={rows[0]['n']}")
+  lines += ["", "![accuracy vs N](accuracy_vs_n.png)", "",
+            "![accuracy vs FLOPs](accuracy_vs_flops.png)", ""]
+  with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
