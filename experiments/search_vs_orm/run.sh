@@ -21,7 +21,8 @@ for kind in q orm; do
   $MAIN --config=configs/train_verifier.py:task=arith,size=$SIZE,kind=$kind \
     --workdir=$R/verifier_$kind --config.init_from=$SFT/checkpoints \
     --config.verifier.train_data=$R/rollouts/rollouts/train \
-    --config.verifier.eval_data=$R/rollouts/rollouts/validation
+    --config.verifier.eval_data=$R/rollouts/rollouts/validation \
+    --config.train.num_steps=800 --config.checkpoint.every=200
 done
 $MAIN --config=configs/search.py:task=arith,size=$SIZE --workdir=$R/search \
   --config.policy.checkpoint=$SFT/checkpoints \

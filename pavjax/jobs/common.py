@@ -89,6 +89,18 @@ def make_trainer(env: JobEnv, step: Callable) -> Trainer:
   return Trainer(spec, checkpointer, state, origin, step_fn)
 
 
+def load_params(env: JobEnv, path: str, field: str):
+  """Parameters of a transformer checkpoint, placed with the config's shardings.
+
+  `field` names the config field that gave `path`, for the error when it is empty.
+  """
+  if not path:
+    raise config_lib.ConfigError(field, "needs a checkpoint directory")
+  dp = shd.data_parallel_size(env.mesh)
+  abstract = training.params_spec(env.model, jnp.zeros((dp, 8), jnp.int32), env.mesh, env.rules)
+  return ckpt_lib.restore_params(path, abstract)
+
+
 def write_json(path: str, obj: Any) -> None:
   """Atomically writes JSON (process 0 only): a reader never sees half a file."""
   if not metrics.is_lead_process():
@@ -101,11 +113,14 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def train_loop(state, step_fn: Callable, batch_fn: Callable[[int], Mapping[str, Any]], *,
+def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[str, Any]], *,
                train_cfg, checkpointer: ckpt_lib.Checkpointer, writer: metrics.MetricWriter,
                eval_fn: Callable[[Any, int], Any] | None = None,
                desc: str = "train"):
-  """Runs `step_fn(state, batch)` from the state's step to `train_cfg.num_steps`.
+  """Runs `step_fn(state, batch_fn(step, state))` from the state's step to `train_cfg.num_steps`.
+
+  `batch_fn` gets the 0-based step and the current state (RL samples its batch
+  from the current policy; supervised jobs ignore the state).
 
   Metrics stay on device and are fetched every `log_every` steps (and before
   every checkpoint) in one `device_get`. The non-finite guard runs on each fetch:
@@ -153,7 +168,7 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int], Mapping[str, 
 
   try:
     for step in range(start + 1, total + 1):
-      state, step_metrics = step_fn(state, batch_fn(step - 1))
+      state, step_metrics = step_fn(state, batch_fn(step - 1, state))
       pending.append(step_metrics)
       bar.update(1)
       is_last = step == total or step == halt

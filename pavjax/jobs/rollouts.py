@@ -32,25 +32,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pavjax import checkpoint as ckpt_lib
 from pavjax import config_lib
 from pavjax import metrics
 from pavjax import rollout_data
 from pavjax import sharding as shd
-from pavjax import training
 from pavjax.jobs import common
 from pavjax.sampling import Sampler, Temperature, TransformerLM, bucket_length, evaluate
 from pavjax.tasks import base
-
-
-def load_params(env: common.JobEnv, path: str, what: str):
-  """Parameters of a transformer checkpoint, placed with the config's shardings."""
-  if not path:
-    raise config_lib.ConfigError(f"{what}.checkpoint",
-                                 "needs a checkpoint directory for kind='checkpoint'")
-  dp = shd.data_parallel_size(env.mesh)
-  abstract = training.params_spec(env.model, jnp.zeros((dp, 8), jnp.int32), env.mesh, env.rules)
-  return ckpt_lib.restore_params(path, abstract)
 
 
 class _Policy:
@@ -60,7 +48,7 @@ class _Policy:
     self.kind = cfg.kind
     self.env = env
     if cfg.kind == "checkpoint":
-      self.params = load_params(env, cfg.checkpoint, "policy")
+      self.params = common.load_params(env, cfg.checkpoint, "policy.checkpoint")
       self.sampler = Sampler(TransformerLM(env.model), pad_id=env.task.pad_id)
     elif cfg.kind == "procedural":
       _require_planted(env.task, "policy.kind")
@@ -113,7 +101,7 @@ class RolloutRunner:
           raise config_lib.ConfigError("prover.kind", "'policy' needs policy.kind='checkpoint'")
         self.prover_params = self.policy.params
       else:
-        self.prover_params = load_params(env, config.prover.checkpoint, "prover")
+        self.prover_params = common.load_params(env, config.prover.checkpoint, "prover.checkpoint")
       self.sampler = Sampler(TransformerLM(env.model), pad_id=task.pad_id)
     else:
       raise config_lib.ConfigError("prover.kind",

@@ -69,8 +69,8 @@ class SearchRunner:
   def __init__(self, env: common.JobEnv, config: ml_collections.ConfigDict):
     self.env, self.config, self.cfg = env, config, config.search
     task = env.task
-    self.params = rollouts_job.load_params(env, config.policy.checkpoint, "policy")
-    self.vparams = {k: rollouts_job.load_params(env, getattr(config.verifiers, k),
+    self.params = common.load_params(env, config.policy.checkpoint, "policy.checkpoint")
+    self.vparams = {k: common.load_params(env, getattr(config.verifiers, k),
                                                 f"verifiers.{k}") for k in ("q", "orm")}
     self.sampler = Sampler(TransformerLM(env.model), pad_id=task.pad_id)
     self.problems = list(task.split(self.cfg.split))

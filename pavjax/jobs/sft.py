@@ -45,15 +45,26 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> n
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the policy by SFT; returns the summary it also writes to summary.json."""
   env = common.setup(config, workdir)
-  task, mesh, rules, model = env.task, env.mesh, env.rules, env.model
   t0 = time.time()
-  data = tasks.sft_arrays(task, task.split("train"), config.model.max_len)
-  logging.info("SFT on %d %s examples", len(data), task.name)
+  data = tasks.sft_arrays(env.task, env.task.split("train"), config.model.max_len)
+  return train(env, data, job="sft", t0=t0)
+
+
+def train(env: common.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
+          extra: dict | None = None) -> dict:
+  """Next-token training on `data` (SFT, or RFT on the policy's own correct samples).
+
+  Evaluates on the validation split, writes samples.md, loss.png and summary.json
+  (with `extra` merged in) and returns the summary.
+  """
+  config = env.config
+  task, mesh, rules, model = env.task, env.mesh, env.rules, env.model
+  logging.info("%s on %d %s examples", job, len(data), task.name)
 
   trainer = common.make_trainer(env, sft_train_step)
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
 
-  def batch_fn(step):
+  def batch_fn(step, _):
     idx = batch_indices(config.seed, step, len(data), config.train.batch_size)
     return shd.shard_batch({"inputs": data.inputs[idx], "targets": data.targets[idx],
                             "mask": data.mask[idx]}, mesh)
@@ -77,7 +88,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with shd.activate(mesh, rules):
     state, last = common.train_loop(
         state, trainer.step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
-        writer=writer, eval_fn=eval_fn, desc="sft")
+        writer=writer, eval_fn=eval_fn, desc=job)
   step = int(jax.device_get(state.step))
   responses, summary = eval_fn(state, step)
   checkpointer.close()
@@ -86,14 +97,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if metrics.is_lead_process():
     with open(os.path.join(env.workdir, "samples.md"), "w", encoding="utf-8") as f:
-      f.write(f"# SFT samples at step {step} ({config.sample.method} decoding)\n\n")
+      f.write(f"# {job} samples at step {step} ({config.sample.method} decoding)\n\n")
       f.write(evaluate.sample_table(task, responses))
     metrics.plot_curves(metrics.read_jsonl(writer.path), ["train/loss", "train/token_accuracy"],
-                        os.path.join(env.workdir, "loss.png"), title=f"SFT on {task.name}")
-  out = {"job": "sft", "task": task.name, "step": step, "origin": origin,
+                        os.path.join(env.workdir, "loss.png"), title=f"{job} on {task.name}")
+  out = {**(extra or {}), "job": job, "task": task.name, "step": step, "origin": origin,
          "params": env.model_cfg.num_params(), "seconds": time.time() - t0,
          "final_train": last, "eval": summary, "data": task.data_report(),
          "halted": step < config.train.num_steps}
   common.write_json(os.path.join(env.workdir, "summary.json"), out)
-  logging.info("SFT done: %s", {k: out[k] for k in ("step", "eval")})
+  logging.info("%s done: %s", job, {k: out[k] for k in ("step", "eval")})
   return out

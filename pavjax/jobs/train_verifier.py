@@ -115,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       verifier_train_step, loss=vcfg.loss, balance=vcfg.balance))
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
 
-  def batch_fn(step):
+  def batch_fn(step, _):
     idx = batch_indices(config.seed, step, len(train["tokens"]), config.train.batch_size)
     return shd.shard_batch({k: v[idx] for k, v in train.items()}, mesh)
 

@@ -194,7 +194,14 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, *, cache: KVCache | None = None,
-               logits: bool = True, values: bool = False) -> ModelOutput:
+               logits: bool = True, values: bool = False,
+               detach_values: bool = False) -> ModelOutput:
+    """Runs the trunk and the requested heads.
+
+    `detach_values=True` stops the value head's gradient at the trunk, so a value
+    baseline trained beside the policy (RL) fits the policy's features without
+    changing them.
+    """
     cfg = self.cfg
     dt = cfg.compute_dtype
     b, t = tokens.shape
@@ -244,7 +251,8 @@ class Transformer(nn.Module):
     if values or self.is_initializing():
       w = _param(self, "value_w", (cfg.embed_dim,), ("embed",), nn.initializers.zeros)
       bias = _param(self, "value_b", (), (), nn.initializers.zeros)
-      out_values = (jnp.einsum("BTD,D->BT", x, w.astype(dt)).astype(jnp.float32) + bias)
+      xv = jax.lax.stop_gradient(x) if detach_values else x
+      out_values = (jnp.einsum("BTD,D->BT", xv, w.astype(dt)).astype(jnp.float32) + bias)
 
     new_cache = None
     if cache is not None:

@@ -163,16 +163,24 @@ class SFTArrays:
 
 def sft_arrays(task: Task, problems: Sequence[Problem], seq_len: int) -> SFTArrays:
   """Prompt + reference solution per problem; the loss covers the solution only."""
-  n = len(problems)
-  inputs = np.full((n, seq_len), task.pad_id, np.int32)
-  targets = np.full((n, seq_len), task.pad_id, np.int32)
+  pairs = [(task.encode_prompt(p), task.encode_solution(p)) for p in problems]
+  return sequence_arrays(pairs, seq_len, task.pad_id,
+                         names=[f"task {task.name!r} problem {p.uid}" for p in problems])
+
+
+def sequence_arrays(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int,
+                    pad_id: int = 0, names: Sequence[str] | None = None) -> SFTArrays:
+  """Teacher-forcing arrays of (prompt, response) token pairs; loss on the response."""
+  n = len(pairs)
+  inputs = np.full((n, seq_len), pad_id, np.int32)
+  targets = np.full((n, seq_len), pad_id, np.int32)
   mask = np.zeros((n, seq_len), np.float32)
-  for i, problem in enumerate(problems):
-    prompt, solution = task.encode_prompt(problem), task.encode_solution(problem)
-    seq = prompt + solution
+  for i, (prompt, response) in enumerate(pairs):
+    seq = list(prompt) + list(response)
     if len(seq) - 1 > seq_len:
+      name = names[i] if names else f"sequence {i}"
       raise ValueError(
-          f"task {task.name!r} problem {problem.uid}: prompt+solution has {len(seq)} tokens, "
+          f"{name}: prompt+solution has {len(seq)} tokens, "
           f"more than model.max_len={seq_len} + 1; raise model.max_len")
     inputs[i, : len(seq) - 1] = seq[:-1]
     targets[i, : len(seq) - 1] = seq[1:]

@@ -1,0 +1,70 @@
+"""Online RL of the policy with dense PAV rewards (or outcome-only / the Q^mu control).
+
+Launch (after SFT or RFT):
+  python -m pavjax.main --config=configs/rl.py:task=arith,size=tiny,reward=pav,prover=bok \
+    --config.init_from=runs/rft_arith/checkpoints \
+    --config.rl.prover.verifier=runs/prm_arith/checkpoints --workdir=runs/rl_pav_arith
+The paper's didactic run (exact mu_10 prover, no verifier needed):
+  python -m pavjax.main --config=configs/rl.py:task=planted,size=test,reward=pav,prover=procedural \
+    --config.init_from=runs/sft_planted/checkpoints --workdir=runs/rl_planted
+Variants: task=..., size=..., reward=outcome|pav|q_bonus, prover=bok|verifier|procedural.
+"""
+
+import ml_collections
+
+from pavjax import config_lib
+from pavjax import tasks
+
+# Per task: (alpha, num_prompts, group_size, num_steps, lr). planted follows the
+# paper's didactic setting (alpha 1, batch 64, Adam 1e-3); arith is CPU-sized.
+_TASK_DEFAULTS = {
+    "planted": (1.0, 16, 4, 1000, 1e-3),
+    "arith": (3.0, 16, 4, 300, 2e-5),
+    "toy": (1.0, 8, 2, 20, 1e-3),
+    "jsonl_math": (3.0, 32, 4, 1000, 1e-6),
+}
+
+
+def get_config(arg=None):
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "reward": "pav",
+                                 "prover": "bok"})
+  config = config_lib.base_config("rl", v["size"])
+  config.task = tasks.default_task_config(v["task"])
+  config_lib.set_task_lengths(config, v["task"])
+  alpha, prompts, group, steps, lr = _TASK_DEFAULTS.get(v["task"], _TASK_DEFAULTS["arith"])
+
+  rl = config.rl = ml_collections.ConfigDict()
+  rl.reward = v["reward"]  # outcome | pav (Rex + alpha A^mu) | q_bonus (Rex + alpha Q^mu)
+  rl.alpha = alpha  # weight of the dense term (paper: 1 didactic, 3-5 on MATH)
+  rl.estimator = "reinforce_value"  # reinforce_value | rloo | group_mean | none
+  rl.num_prompts = prompts  # problems per batch
+  rl.group_size = group  # samples per problem (forked from one prefill)
+  rl.temperature = 1.0  # sampling temperature of RL rollouts
+  rl.kl_coef = 0.001  # KL penalty to the initial policy (paper: 0.001; 0 = off)
+  rl.value_coef = 0.5  # weight of the value-baseline regression (the head is detached)
+  rl.log_ratio_clamp = 10.0  # |log pi - log ref| clamp inside the KL estimate
+  rl.mask_truncated = False  # leave responses without EOS out of the loss
+  rl.max_steps = 0  # steps scored per response (0 = sample.max_new_tokens)
+  rl.monitor_window = 20  # steps per window of the reward-hacking monitor (0 = off)
+  rl.monitor_min_rise = 0.02  # dense-reward rise that, with flat accuracy, triggers it
+  rl.eval_pass_ns = "1,4,16"  # Pass@N at each evaluation ('' = greedy accuracy only)
+  rl.prover = ml_collections.ConfigDict()
+  rl.prover.kind = v["prover"]  # bok | verifier | procedural
+  rl.prover.verifier = ""  # checkpoints of a q verifier: Q^pi (bok) or the prover's Q^mu
+  rl.prover.bok_k = 4  # K of the Best-of-K prover
+  rl.prover.gamma = 10.0  # mu_gamma strength of the procedural prover (planted)
+
+  config.train.num_steps = steps
+  config.train.batch_size = prompts * group
+  config.train.log_every = 10
+  config.train.eval_every = max(steps // 10, 1)
+  config.checkpoint.every = max(steps // 5, 1)
+  config.optim.lr = lr
+  config.optim.warmup_steps = 0
+  config.optim.end_lr_frac = 1.0  # constant learning rate
+  if v["task"] == "planted":
+    config.sample.method = "temperature"  # one prompt: accuracy by sampling, not greedy
+    config.sample.num_eval = 256
+  else:
+    config.sample.num_eval = 64
+  return config

@@ -1,0 +1,289 @@
+"""Online RL with dense PAV rewards or outcome rewards (PAPER.md sections 3 and 6).
+
+Each iteration:
+  1. `rl.num_prompts` training problems (a pure function of seed and step, so a
+     resume is exact), `rl.group_size` samples each from the current policy
+     (one prefill per prompt, forked);
+  2. on the host: outcome Rex, steps, prefix positions (`pavjax.rl.batch`);
+  3. the frozen prover scores every prefix -> Q^mu, and step advantages
+     A^mu_h = Q^mu(after step h) - Q^mu(before it), the question-only prefix
+     being step 1's baseline;
+  4. per-token returns, Eq. 5: Rex + alpha * (step h's own term), shared by
+     every token of step h (`rewards.token_rewards`), never summed over later
+     steps;
+  5. one policy-gradient step with the named estimator (`pavjax.rl.estimators`),
+     an optional KL penalty to the initial policy and the value-head baseline.
+
+Reward variants (`rl.reward`):
+  outcome   alpha * 0: Rex only
+  pav       Rex + alpha * A^mu(s_h, a_h)
+  q_bonus   Rex + alpha * Q^mu(s_h, a_h), the paper's negative control (App. G)
+Provers (`rl.prover.kind`): bok (Best-of-K of a Q^pi verifier, closed form),
+verifier (a separate prover's Q verifier), procedural (planted's exact mu_gamma).
+
+Logs every step: outcome accuracy next to the dense verifier reward; a monitor
+warns when the dense reward rises over a window while accuracy does not (reward
+hacking). Evaluates greedy accuracy and Pass@N on validation problems.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pavjax import config_lib
+from pavjax import metrics
+from pavjax import rewards
+from pavjax import sharding as shd
+from pavjax import training
+from pavjax import verifiers
+from pavjax.jobs import common
+from pavjax.rl import batch as batch_lib
+from pavjax.rl import estimators
+from pavjax.sampling import Sampler, Temperature, TransformerLM, evaluate, left_pad
+from pavjax.sampling import methods as sampling_methods
+from pavjax.search import best_of_n
+
+REWARDS = ("outcome", "pav", "q_bonus")
+PROVERS = ("bok", "verifier", "procedural")
+
+
+def rl_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str,
+                  estimator: str, group_size: int, kl_coef: float, value_coef: float,
+                  log_ratio_clamp: float):
+  """One policy-gradient step on a [B, W] batch of sampled responses.
+
+  Position t of the arrays describes token t: its return, whether the loss
+  covers it, and its log-prob under the reference policy. The policy's log-prob
+  of token t comes from the logits at t - 1, and so does its value baseline.
+  """
+  est = estimators.get(estimator)
+
+  def loss_fn(params):
+    out = model.apply({"params": params}, batch["tokens"], values=True, detach_values=True)
+    logp_all = jax.nn.log_softmax(out.logits[:, :-1], axis=-1)
+    targets = batch["tokens"][:, 1:]
+    logp = jnp.take_along_axis(logp_all, targets[..., None], -1)[..., 0]  # [B, W - 1]
+    mask = batch["mask"][:, 1:]
+    returns = batch["returns"][:, 1:]
+    values = out.values[:, :-1]
+    adv = est(returns, mask, batch["outcome"][:, 0], values, group_size)
+    loss, stats = estimators.policy_loss(
+        logp, adv, mask, ref_logp=batch["ref_logp"][:, 1:], kl_coef=kl_coef,
+        log_ratio_clamp=log_ratio_clamp)
+    value_loss = estimators.masked_mean(jnp.square(values - returns), mask)
+    entropy = estimators.masked_mean(-jnp.sum(jnp.exp(logp_all) * logp_all, -1), mask)
+    stats.update({"rl/value_loss": value_loss, "rl/entropy": entropy,
+                  "rl/advantage": estimators.masked_mean(adv, mask)})
+    return loss + value_coef * value_loss, stats
+
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state, grad_norm = training.apply_update(state, grads, tx, loss=loss, nonfinite=nonfinite)
+  stats.update({"train/loss": loss, "train/grad_norm": grad_norm,
+                "rl/accuracy": jnp.mean(batch["outcome"]),
+                "rl/dense_reward": jnp.mean(batch["dense"]),
+                "rl/response_tokens": jnp.sum(batch["mask"]) / batch["mask"].shape[0]})
+  return new_state, stats
+
+
+def token_logprobs(model, params, tokens: jax.Array) -> jax.Array:
+  """[B, W] log-prob of token t given tokens < t (0 at t = 0)."""
+  logits = model.apply({"params": params}, tokens).logits[:, :-1]
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
+  return jnp.pad(logp, ((0, 0), (1, 0)))
+
+
+class Prover:
+  """Q^mu of every prefix of a batch, from a verifier (BoK or another policy's) or exactly."""
+
+  def __init__(self, env: common.JobEnv, cfg):
+    self.kind, self.k = cfg.kind, cfg.bok_k
+    self.env = env
+    if cfg.kind not in PROVERS:
+      raise config_lib.ConfigError("rl.prover.kind", f"{cfg.kind!r} is not one of {PROVERS}")
+    if cfg.kind == "procedural":
+      if not hasattr(env.task, "prover"):
+        raise config_lib.ConfigError("rl.prover.kind", "'procedural' needs the planted task")
+      self.mu = env.task.prover(cfg.gamma)
+    else:
+      self.params = common.load_params(env, cfg.verifier, "rl.prover.verifier")
+
+  def q_values(self, ro: batch_lib.Rollouts) -> np.ndarray:
+    """[B, H + 1] Q^mu after the question (column 0) and after each step (0 where absent)."""
+    mask = ro.positions >= 0
+    if self.kind == "procedural":
+      task = self.env.task
+      width = ro.positions.shape[1]
+      raw = np.full((len(ro.responses), width - 1), -1, np.int64)
+      for i, r in enumerate(ro.responses):
+        t = task.from_ids(r)[:width - 1]
+        raw[i, :len(t)] = t
+      values = self.mu.prefix_values_batch(raw)  # one token per step: column h = h tokens
+      return np.where(mask, values, 0.0)
+    batch = shd.shard_batch({"tokens": ro.tokens, "positions": ro.positions}, self.env.mesh)
+    q = np.asarray(jax.device_get(verifiers.score(self.env.model, self.params, batch["tokens"],
+                                                  batch["positions"])))
+    if self.kind == "bok":
+      q = np.asarray(rewards.bok_q(jnp.asarray(q), self.k))
+    return np.where(mask, q, 0.0)
+
+
+def dense_terms(kind: str, q_mu: np.ndarray, step_mask: np.ndarray) -> np.ndarray:
+  """[B, H] the per-step term alpha multiplies: A^mu (pav), Q^mu (q_bonus) or 0 (outcome)."""
+  if kind == "outcome":
+    return np.zeros(step_mask.shape, np.float32)
+  if kind == "q_bonus":
+    return np.where(step_mask, q_mu[:, 1:], 0.0).astype(np.float32)
+  return np.asarray(rewards.step_advantages(jnp.asarray(q_mu[:, 1:]), jnp.asarray(q_mu[:, 0]),
+                                            jnp.asarray(step_mask)), np.float32)
+
+
+class HackingMonitor:
+  """Warns when the dense reward rises over a window while outcome accuracy does not."""
+
+  def __init__(self, window: int, min_rise: float):
+    self.window, self.min_rise = window, min_rise
+    self.acc: list[float] = []
+    self.dense: list[float] = []
+    self.alerts: list[int] = []
+
+  def update(self, step: int, accuracy: float, dense: float) -> bool:
+    self.acc.append(accuracy)
+    self.dense.append(dense)
+    w = self.window
+    if w <= 0 or len(self.acc) < 2 * w or step % w:
+      return False
+    d_now, d_before = np.mean(self.dense[-w:]), np.mean(self.dense[-2 * w:-w])
+    a_now, a_before = np.mean(self.acc[-w:]), np.mean(self.acc[-2 * w:-w])
+    if d_now - d_before > self.min_rise and a_now <= a_before:
+      logging.warning("step %d: dense verifier reward rose %.4f -> %.4f while outcome accuracy "
+                      "went %.3f -> %.3f: the policy may be exploiting the verifier",
+                      step, d_before, d_now, a_before, a_now)
+      self.alerts.append(step)
+      return True
+    return False
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """RL from `config.init_from` (an SFT / RFT checkpoint) with the configured reward."""
+  env = common.setup(config, workdir)
+  cfg, task, mesh, rules, model = config.rl, env.task, env.mesh, env.rules, env.model
+  if cfg.reward not in REWARDS:
+    raise config_lib.ConfigError("rl.reward", f"{cfg.reward!r} is not one of {REWARDS}")
+  if cfg.estimator not in estimators.ESTIMATORS:
+    raise config_lib.ConfigError("rl.estimator", f"{cfg.estimator!r} is not one of "
+                                 f"{sorted(estimators.ESTIMATORS)}")
+  rows = cfg.num_prompts * cfg.group_size
+  if rows != config.train.batch_size:
+    raise config_lib.ConfigError("train.batch_size", f"{config.train.batch_size} must equal "
+                                 f"rl.num_prompts * rl.group_size = {rows}")
+  t0 = time.time()
+  prover = Prover(env, cfg.prover) if cfg.reward != "outcome" else None
+  trainer = common.make_trainer(env, functools.partial(
+      rl_train_step, estimator=cfg.estimator, group_size=cfg.group_size, kl_coef=cfg.kl_coef,
+      value_coef=cfg.value_coef, log_ratio_clamp=cfg.log_ratio_clamp))
+  state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
+  if origin == "scratch":
+    logging.warning("RL starts from random weights: set config.init_from to an SFT checkpoint")
+  ref_params = None
+  if cfg.kl_coef:  # the reference is the initial policy, also when a run resumes
+    ref_params = (common.load_params(env, config.init_from, "init_from") if config.init_from
+                  else jax.tree.map(jnp.copy, state.params))
+  logp_fn = jax.jit(functools.partial(token_logprobs, model))
+
+  sampler = Sampler(TransformerLM(model), pad_id=task.pad_id)
+  train_problems = list(task.split("train"))
+  max_new = config.sample.max_new_tokens
+  prompt_width = max(len(task.encode_prompt(p)) for p in train_problems[:4096])
+  width = prompt_width + max_new
+  max_steps = cfg.max_steps or max_new
+  monitor = HackingMonitor(cfg.monitor_window, cfg.monitor_min_rise)
+  method = Temperature(cfg.temperature)
+
+  def batch_fn(step, st):
+    rng = np.random.default_rng([config.seed, step])
+    idx = rng.choice(len(train_problems), cfg.num_prompts, replace=False)
+    problems = [train_problems[i] for i in idx]
+    prompts = [task.encode_prompt(p) for p in problems]
+    tokens, lengths = left_pad(prompts, task.pad_id, buckets=(prompt_width,))
+    out = sampler.generate(
+        st.params, jax.device_put(tokens, shd.batch_sharding(mesh, 2)),
+        jax.device_put(lengths, shd.batch_sharding(mesh, 1)),
+        jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), max_new_tokens=max_new,
+        method=method, stop_tokens=(task.eos_id,), num_samples=cfg.group_size)
+    out = jax.device_get(out)
+    g = cfg.group_size
+    responses = [[int(t) for t in out.tokens[r, :int(out.lengths[r])]] for r in range(rows)]
+    ro = batch_lib.assemble(task, [prompts[r // g] for r in range(rows)], responses,
+                            [problems[r // g] for r in range(rows)], width=width,
+                            max_steps=max_steps, mask_truncated=cfg.mask_truncated)
+    if prover is not None:
+      terms = dense_terms(cfg.reward, prover.q_values(ro), ro.step_mask)
+    else:
+      terms = np.zeros(ro.step_mask.shape, np.float32)
+    alpha = cfg.alpha if cfg.reward != "outcome" else 0.0
+    returns = np.asarray(rewards.token_rewards(ro.outcome, terms, ro.step_ids, alpha))
+    dense = alpha * terms.sum(1)
+    arrays = {"tokens": ro.tokens, "mask": ro.loss_mask, "returns": returns.astype(np.float32),
+              "outcome": ro.outcome[:, None], "dense": dense[:, None].astype(np.float32)}
+    arrays = shd.shard_batch(arrays, mesh)
+    arrays["ref_logp"] = (logp_fn(ref_params, arrays["tokens"]) if ref_params is not None
+                          else jnp.zeros_like(arrays["returns"]))
+    monitor.update(step + 1, float(ro.outcome.mean()), float(dense.mean()))
+    return arrays
+
+  eval_problems = list(task.split("validation"))[:config.sample.num_eval]
+  eval_writer = metrics.MetricWriter(env.workdir, "eval")
+  pass_ns = [int(n) for n in str(cfg.eval_pass_ns).split(",") if n.strip()]
+
+  def eval_fn(st, step):
+    key = jax.random.PRNGKey(config.seed + 17)
+    greedy = evaluate.sample_responses(
+        task, sampler, st.params, eval_problems, rng=key, mesh=mesh,
+        method=sampling_methods.from_config(config.sample), max_new_tokens=max_new,
+        batch_size=config.sample.batch_size)
+    result = {"accuracy": evaluate.summarize(greedy)["accuracy"]}
+    if pass_ns:
+      pool = evaluate.sample_responses(
+          task, sampler, st.params, eval_problems, rng=key, mesh=mesh, method=method,
+          max_new_tokens=max_new, batch_size=config.sample.batch_size * max(pass_ns),
+          num_samples=max(pass_ns))
+      correct = np.array([[r.outcome.reward > 0 for r in g] for g in pool])
+      curve = best_of_n.evaluate(
+          best_of_n.Pool(correct, np.zeros(correct.shape, np.int64), {},
+                         np.zeros(correct.shape), np.zeros(len(correct))),
+          pass_ns, methods=["pass"], seed=config.seed)["pass"]
+      result.update({f"pass_at_{r['n']}": r["accuracy"] for r in curve})
+      result["sample_accuracy"] = float(correct.mean())
+    eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+    return result
+
+  writer = metrics.MetricWriter(env.workdir, "metrics")
+  with shd.activate(mesh, rules):
+    resumed = origin.startswith("checkpoint")
+    first = None if resumed else eval_fn(state, int(jax.device_get(state.step)))
+    state, last = common.train_loop(state, trainer.step_fn, batch_fn, train_cfg=config.train,
+                                    checkpointer=checkpointer, writer=writer, eval_fn=eval_fn,
+                                    desc=f"rl/{cfg.reward}")
+    step = int(jax.device_get(state.step))
+    final = eval_fn(state, step)
+  checkpointer.close()
+  writer.close()
+  eval_writer.close()
+  if metrics.is_lead_process():
+    metrics.plot_curves(metrics.read_jsonl(writer.path),
+                        ["rl/accuracy", "rl/dense_reward", "rl/kl", "rl/entropy"],
+                        os.path.join(env.workdir, "rl.png"), title=f"RL ({cfg.reward})")
+  out = {"job": "rl", "reward": cfg.reward, "alpha": cfg.alpha, "estimator": cfg.estimator,
+         "step": step, "origin": origin, "initial_eval": first, "eval": final,
+         "final_train": last, "hacking_alerts": monitor.alerts, "seconds": time.time() - t0,
+         "halted": step < config.train.num_steps}
+  common.write_json(os.path.join(env.workdir, "summary.json"), out)
+  return out

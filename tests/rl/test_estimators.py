@@ -1,0 +1,82 @@
+"""Advantage estimators, the RL loss and batch assembly on hand-computed arrays."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pavjax.rl import batch as batch_lib
+from pavjax.rl import estimators
+from pavjax.testing import ToyTask
+
+RETURNS = jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 1.0], [0.5, 0.0, 0.0]])
+MASK = jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]], jnp.float32)
+OUTCOME = jnp.array([1.0, 0.0, 1.0, 0.0])
+
+
+def test_group_baselines_by_hand():
+  # Groups of 2: outcomes (1, 0) and (1, 0). group_mean subtracts 0.5 from every row.
+  got = estimators.get("group_mean")(RETURNS, MASK, OUTCOME, None, 2)
+  np.testing.assert_allclose(got, (RETURNS - 0.5) * MASK)
+  # rloo: each row's baseline is the other row's outcome: 0 for rows 0, 2 and 1 for 1, 3.
+  got = estimators.get("rloo")(RETURNS, MASK, OUTCOME, None, 2)
+  np.testing.assert_allclose(got, (RETURNS - jnp.array([0.0, 1.0, 0.0, 1.0])[:, None]) * MASK)
+  np.testing.assert_allclose(estimators.get("none")(RETURNS, MASK, OUTCOME, None, 2),
+                             RETURNS * MASK)
+  values = jnp.full(RETURNS.shape, 0.25)
+  np.testing.assert_allclose(estimators.get("reinforce_value")(RETURNS, MASK, OUTCOME, values, 2),
+                             (RETURNS - 0.25) * MASK)
+  with pytest.raises(ValueError, match="group_size"):
+    estimators.get("rloo")(RETURNS, MASK, OUTCOME, None, 3)
+  with pytest.raises(KeyError, match="registered"):
+    estimators.get("ppo")
+
+
+def test_value_baseline_passes_no_gradient_to_the_policy_term():
+  values = jnp.full(RETURNS.shape, 0.25)
+  g = jax.grad(lambda v: jnp.sum(estimators.get("reinforce_value")(RETURNS, MASK, OUTCOME, v, 2)))
+  np.testing.assert_array_equal(g(values), 0.0)
+
+
+def test_policy_loss_by_hand_and_empty_mask_is_a_finite_zero():
+  logp = jnp.log(jnp.array([[0.5, 0.25, 1.0]]))
+  adv = jnp.array([[1.0, -2.0, 7.0]])
+  mask = jnp.array([[1.0, 1.0, 0.0]])
+  loss, stats = estimators.policy_loss(logp, adv, mask)
+  np.testing.assert_allclose(loss, -(np.log(0.5) - 2 * np.log(0.25)) / 2, rtol=1e-6)
+  assert "rl/kl" not in stats
+  # KL term: exp(-d) - 1 + d with d = logp - ref: zero where equal, positive elsewhere.
+  ref = logp.at[0, 1].set(jnp.log(0.5))
+  _, stats = estimators.policy_loss(logp, adv, mask, ref_logp=ref, kl_coef=0.1)
+  d = np.log(0.25) - np.log(0.5)
+  np.testing.assert_allclose(stats["rl/kl"], (np.exp(-d) - 1 + d) / 2, rtol=1e-5)
+  # Every row excluded (all truncated): loss and gradient are finite zeros.
+  empty = jnp.zeros_like(mask)
+  f = lambda lp: estimators.policy_loss(lp, adv, empty, ref_logp=ref, kl_coef=0.1)[0]
+  assert float(f(logp)) == 0.0
+  np.testing.assert_array_equal(jax.grad(f)(logp), 0.0)
+  # The clamp bounds a runaway log-ratio.
+  big = estimators.kl_to_reference(jnp.array([100.0]), jnp.array([0.0]), clamp=10.0)
+  np.testing.assert_allclose(big, np.exp(-10.0) - 1 + 10.0, rtol=1e-6)
+
+
+def test_assemble_marks_steps_prefixes_and_truncation():
+  task = ToyTask()
+  nl, eos = task.step_end_ids[0], task.eos_id
+  prompt = [1, 7]  # BOS, a digit
+  finished = [5, 6, nl, 8, eos]  # two steps: [5 6 NL] and [8 EOS]
+  truncated = [5, nl, 9]  # a step, then an unfinished one
+  problem = task.split("train")[0]
+  for mask_truncated in (False, True):
+    ro = batch_lib.assemble(task, [prompt, prompt], [finished, truncated], [problem, problem],
+                            width=10, max_steps=3, mask_truncated=mask_truncated)
+    np.testing.assert_array_equal(ro.tokens[0, :7], prompt + finished)
+    np.testing.assert_array_equal(ro.step_ids[0], [-1, -1, 0, 0, 0, 1, 1, -1, -1, -1])
+    np.testing.assert_array_equal(ro.positions[0], [1, 4, 6, -1])
+    np.testing.assert_array_equal(ro.loss_mask[0], [0, 0, 1, 1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(ro.step_ids[1, :5], [-1, -1, 0, 0, 1])
+    np.testing.assert_array_equal(ro.positions[1], [1, 3, 4, -1])
+    assert list(ro.finished) == [True, False]
+    want = 0.0 if mask_truncated else 1.0
+    np.testing.assert_array_equal(ro.loss_mask[1], np.array([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]) * want)
+    np.testing.assert_array_equal(ro.step_mask, [[1, 1, 0], [1, 1, 0]])
