@@ -244,3 +244,17 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = "c
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
     f.write(to_json(config) + "\n")
+
+
+def sibling_config(this_file: str, name: str):
+  """The `configs/<name>.py` module beside `this_file` (configs build on each other).
+
+  Loaded by path, so it works wherever the config file is and whatever the cwd.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"pavjax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
