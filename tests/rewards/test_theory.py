@@ -92,3 +92,40 @@ def test_bok_prover_raises_distinguishability_when_q_pi_is_small():
     assert 0 < align[k] <= k * align[1] * (1 + 1e-5)
   # A prover that is too strong (Q^{BoK} -> 1 for every action) stops telling actions apart.
   assert dist[32] < dist[16]
+
+
+def test_npg_on_a_two_level_tree_matches_the_predicted_first_order_gain():
+  """Root state 0 picks child state 1 or 2; each child picks one of 3 leaves (reward table).
+
+  The NPG step updates every state at once. By the performance-difference lemma
+  the first-order gain of V(root) is sum_s d^pi(s) * (E_pi[(A^pi)^2] + alpha *
+  E_pi[A^mu A^pi]): the theorem's terms, weighted by the occupancy d^pi.
+  """
+  leaf = np.array([[0.9, 0.1, 0.4], [0.2, 0.6, 0.0]])  # reward of (child, action)
+  pi = jnp.array([[0.3, 0.7, 0.0], [0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+  mu = jnp.array([[0.5, 0.5, 0.0], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1]])
+
+  def q_table(policy):
+    q_children = jnp.asarray(leaf)  # [2, 3]
+    v_children = jnp.sum(policy[1:] * q_children, 1)
+    q_root = jnp.array([v_children[0], v_children[1], 0.0])
+    return jnp.concatenate([q_root[None], q_children])  # [3 states, 3 actions]
+
+  q_pi, q_mu = q_table(pi), q_table(mu)
+  adv_mu = rewards.tabular_advantages(q_mu, policy=mu)
+  occupancy = jnp.array([1.0, pi[0, 0], pi[0, 1]])  # d^pi: root, then its children
+  alpha = 1.5
+
+  def root_value(lr):
+    new = rewards.npg_update(pi, q_pi, adv_mu, lr, alpha)
+    return float(rewards.policy_value(new, q_table(new))[0])
+
+  g = 1e-3
+  slope = (root_value(g) - root_value(-g)) / (2 * g)
+  mass = float(occupancy.sum())
+  second_moment = rewards.alignment(pi, q_pi, q_pi, mu=pi, state_weights=occupancy)
+  align = rewards.alignment(pi, q_mu, q_pi, mu=mu, state_weights=occupancy)
+  np.testing.assert_allclose(slope, mass * (float(second_moment) + alpha * float(align)),
+                             rtol=1e-3)
+  # Distinguishability of the same prover is a separate, non-negative term.
+  assert float(rewards.distinguishability(pi, q_mu, mu=mu, state_weights=occupancy)) > 0
