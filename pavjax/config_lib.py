@@ -46,6 +46,7 @@ class ConfigError(ValueError):
     else:
       super().__init__(f"config.{field}: {message}")
       self.field = field
+    self.message = message
 
 
 def parse_arg(arg: str | None, defaults: dict[str, str]) -> dict[str, str]:

@@ -60,7 +60,8 @@ def run_job(config, workdir: str) -> dict:
   except ModuleNotFoundError as e:
     raise config_lib.ConfigError("job", f"no job module pavjax/jobs/{config.job}.py") from e
   import jax  # pylint: disable=g-import-not-at-top
-  config_lib.validate(config, jax.device_count())
+  # A job may validate its own config (the pipeline checks each stage's).
+  getattr(job, "validate", config_lib.validate)(config, jax.device_count())
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)
   return job.run(config, workdir)

@@ -111,7 +111,8 @@ class SearchRunner:
     sample_s = time.time() - t0
     q = {k: train_verifier.predict(env.model, v, tokens, positions, env.mesh,
                                    self.cfg.score_batch) for k, v in self.vparams.items()}
-    return {"correct": correct, "answers": best_of_n.answer_ids(keys), "policy_tokens": gen,
+    return {"tokens": tokens.reshape(p, m, width), "correct": correct,
+            "answers": best_of_n.answer_ids(keys), "policy_tokens": gen,
             "prompt_tokens": np.array([len(pr) for pr in self.prompts], np.int64),
             "positions": positions.reshape(p, m, h + 1), "q_pi": q["q"].reshape(p, m, h + 1),
             "orm": q["orm"].reshape(p, m, h + 1), "sample_s": np.float64(sample_s),

@@ -1,0 +1,97 @@
+"""The whole method in one command (README quick start):
+
+  python -m pavjax.main --config=configs/pipeline.py:size=tiny --workdir=runs/demo  # 2-core CPU
+  python -m pavjax.main --config=configs/pipeline.py --workdir=runs/pipeline        # one GPU
+
+Stages (each in <workdir>/<stage>/, skipped when complete, resumed when started,
+rerun with everything downstream when its config changes): sft, rft,
+rollouts_train, rollouts_validation, verifier_q, verifier_orm, search, rl_pav,
+rl_outcome; then report.md. Override a stage's field with
+--config.stages.<stage>.<field>=..., e.g. --config.stages.rl_pav.rl.alpha=5.
+
+Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes),
+gpu (default: one GPU), pod (a TPU pod slice: FSDP over every chip, larger model
+and batches; launch with launch_tpu.sh).
+"""
+
+import ml_collections
+
+from pavjax import config_lib
+
+# size -> (model size, step/budget scale). tiny is hand-tuned below for 2 CPU cores.
+SIZES = {"tiny": ("tiny", 0), "gpu": ("25m", 1), "pod": ("350m", 4)}
+
+
+def _load(name):
+  return config_lib.sibling_config(__file__, name)
+
+
+def get_config(arg=None):
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu"})
+  task, size = v["task"], v["size"]
+  if size not in SIZES:
+    raise config_lib.ConfigError("size", f"{size!r} is not one of {sorted(SIZES)}")
+  model, scale = SIZES[size]
+  spec = f"task={task},size={model}"
+  s = ml_collections.ConfigDict()
+  s.sft = _load("sft").get_config(spec)
+  s.rft = _load("rft").get_config(spec)
+  for split in ("train", "validation"):
+    r = _load("rollouts").get_config(spec)
+    r.rollouts.split = split
+    s[f"rollouts_{split}"] = r
+  s.verifier_q = _load("train_verifier").get_config(spec + ",kind=q")
+  s.verifier_orm = _load("train_verifier").get_config(spec + ",kind=orm")
+  s.search = _load("search").get_config(spec)
+  s.rl_pav = _load("rl").get_config(spec + ",reward=pav,prover=bok")
+  s.rl_outcome = _load("rl").get_config(spec + ",reward=outcome")
+
+  if size == "tiny":
+    s.sft.train.num_steps = 1000
+    s.rft.rft.num_problems, s.rft.rft.num_samples = 256, 4
+    s.rft.train.num_steps = 100
+    s.rollouts_train.rollouts.num_problems = 96
+    s.rollouts_validation.rollouts.num_problems = 32
+    for name in ("rollouts_train", "rollouts_validation"):
+      s[name].rollouts.n_cov, s[name].rollouts.n_mc = 4, 4
+    for name in ("verifier_q", "verifier_orm"):
+      s[name].train.num_steps = 300
+      s[name].checkpoint.every = 100
+    s.search.search.num_problems = 32
+    s.search.search.ns, s.search.search.beam_ns = "1,2,4,8,16", "2,4"
+    s.search.search.sweep_n = 0
+    for name in ("rl_pav", "rl_outcome"):
+      s[name].train.num_steps = 40
+      s[name].train.eval_every = 20
+      s[name].checkpoint.every = 20
+      s[name].rl.eval_pass_ns = "1,4,16"
+  else:
+    s.sft.train.num_steps = 5000 * scale
+    s.rft.train.num_steps = 500 * scale
+    s.rollouts_train.rollouts.num_problems = 4096 * scale
+    s.rollouts_validation.rollouts.num_problems = 256
+    for name in ("verifier_q", "verifier_orm"):
+      s[name].train.num_steps = 5000 * scale
+    s.search.search.num_problems = 256
+    for name in ("rl_pav", "rl_outcome"):
+      s[name].train.num_steps = 500 * scale
+      s[name].rl.num_prompts = 32 * scale
+      s[name].train.batch_size = s[name].rl.num_prompts * s[name].rl.group_size
+      s[name].rl.eval_pass_ns = "1,4,16,64"
+  if size == "pod":
+    for cfg in s.values():  # parameters and batch sharded over every chip
+      cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
+      cfg.model.dtype = "bfloat16"
+      cfg.model.remat = True
+    for name in ("sft", "rft", "verifier_q", "verifier_orm"):
+      s[name].train.batch_size = 256
+    for cfg in s.values():
+      cfg.sample.batch_size = max(cfg.sample.batch_size, 1024)
+
+  config = ml_collections.ConfigDict()
+  config.job = "pipeline"
+  config.task = task
+  config.size = size
+  config.only = ""  # comma-separated stages to run ('' = all, then the report)
+  config.stages = s
+  return config

@@ -1,0 +1,149 @@
+"""The whole method in one job: SFT -> RFT -> rollouts -> verifiers -> search -> RL -> report.
+
+Every stage is an ordinary job with its own config (`config.stages.<name>`, built
+from configs/<job>.py) and its own sub-directory of the workdir. A stage's
+inputs from earlier stages (checkpoints, rollout datasets) are filled in here,
+and its identity is the hash of its resolved config plus its inputs' hashes:
+
+* a stage whose `stage.json` records `complete` with the same hash is skipped;
+* a stage that started with the same hash resumes (the jobs resume themselves);
+* a stage whose hash changed (its config, or anything upstream) is moved aside
+  to `<name>.stale-<time>` and rerun, and so is everything downstream of it.
+
+At the end `report.md` gathers accuracies, compute and sample efficiency, the
+prover diagnostics, plots, sampled solutions with per-step scores and timings.
+Numbers come from the stages' own summaries.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import ml_collections
+
+from pavjax import config_lib
+from pavjax import metrics
+from pavjax import rollout_data
+from pavjax.jobs import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  # field in this stage's config -> (upstream stage, path inside its workdir)
+  links: tuple[tuple[str, str, str], ...] = ()
+
+  @property
+  def deps(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(up for _, up, _ in self.links))
+
+
+CKPT = "checkpoints"
+STAGES = (
+    Stage("sft"),
+    Stage("rft", (("init_from", "sft", CKPT),)),
+    Stage("rollouts_train", (("policy.checkpoint", "rft", CKPT),)),
+    Stage("rollouts_validation", (("policy.checkpoint", "rft", CKPT),)),
+    Stage("verifier_q", (("init_from", "rft", CKPT),
+                         ("verifier.train_data", "rollouts_train", "rollouts/train"),
+                         ("verifier.eval_data", "rollouts_validation", "rollouts/validation"))),
+    Stage("verifier_orm", (("init_from", "rft", CKPT),
+                           ("verifier.train_data", "rollouts_train", "rollouts/train"),
+                           ("verifier.eval_data", "rollouts_validation", "rollouts/validation"))),
+    Stage("search", (("policy.checkpoint", "rft", CKPT), ("verifiers.q", "verifier_q", CKPT),
+                     ("verifiers.orm", "verifier_orm", CKPT))),
+    Stage("rl_pav", (("init_from", "rft", CKPT), ("rl.prover.verifier", "verifier_q", CKPT))),
+    Stage("rl_outcome", (("init_from", "rft", CKPT),)),
+)
+STATE_FILE = "stage.json"
+
+
+def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    cfg = cfg[p]
+  cfg[leaf] = value
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Validates every stage's config; errors name the field as `stages.<name>.<field>`."""
+  for stage in STAGES:
+    try:
+      config_lib.validate(config.stages[stage.name], num_devices)
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f"stages.{stage.name}.{e.field}", e.message) from None
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[Any, str]]:
+  """Each stage's config with its inputs filled in, and its hash (config + inputs)."""
+  out: dict[str, tuple[Any, str]] = {}
+  for stage in STAGES:
+    cfg = copy.deepcopy(config.stages[stage.name])
+    for field, up, sub in stage.links:
+      _set(cfg, field, os.path.join(workdir, up, sub))
+    ident = {"config": cfg.to_dict(), "inputs": {d: out[d][1] for d in stage.deps}}
+    out[stage.name] = (cfg, rollout_data.config_hash(ident))
+  return out
+
+
+def _read_state(sdir: str) -> dict | None:
+  path = os.path.join(sdir, STATE_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_stage(name: str, cfg, chash: str, workdir: str) -> tuple[dict, float, str]:
+  """Runs (or skips, or resumes) one stage. Returns its summary, seconds and what happened."""
+  from pavjax.main import run_job  # pylint: disable=g-import-not-at-top
+  sdir = os.path.join(workdir, name)
+  state = _read_state(sdir)
+  if state is not None and state["hash"] == chash and state.get("complete"):
+    return state["summary"], state["seconds"], "skipped (complete)"
+  action = "ran"
+  if state is not None and state["hash"] != chash:
+    stale = f"{sdir}.stale-{int(time.time())}"
+    logging.warning("stage %s: its config or an input changed; moving %s to %s", name, sdir,
+                    stale)
+    if metrics.is_lead_process():
+      os.rename(sdir, stale)
+    state = None
+    action = "reran (changed)"
+  elif state is not None:
+    action = "resumed"
+  common.write_json(os.path.join(sdir, STATE_FILE), {"hash": chash, "complete": False})
+  t0 = time.time()
+  summary = run_job(cfg, sdir)
+  seconds = time.time() - t0 + (state or {}).get("seconds", 0.0)
+  common.write_json(os.path.join(sdir, STATE_FILE),
+                    {"hash": chash, "complete": True, "seconds": seconds, "summary": summary})
+  return summary, seconds, action
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  from pavjax import report  # pylint: disable=g-import-not-at-top
+  workdir = config_lib.check_workdir(workdir)
+  resolved = resolve(config, workdir)
+  only = [s for s in str(config.only).split(",") if s]
+  summaries, timings, actions = {}, {}, {}
+  for stage in STAGES:
+    if only and stage.name not in only:
+      continue
+    cfg, chash = resolved[stage.name]
+    logging.info("pipeline stage %s (%s)", stage.name, chash)
+    summaries[stage.name], timings[stage.name], actions[stage.name] = run_stage(
+        stage.name, cfg, chash, workdir)
+    logging.info("pipeline stage %s: %s in %.0f s", stage.name, actions[stage.name],
+                 timings[stage.name])
+  out = {"job": "pipeline", "stages": actions, "seconds": timings}
+  if not only:
+    out["report"] = report.write(workdir, summaries, timings, actions)
+  common.write_json(os.path.join(workdir, "pipeline.json"), out)
+  return out

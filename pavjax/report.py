@@ -1,0 +1,205 @@
+"""report.md of a pipeline run: every number is read from the stages' own outputs.
+
+Sections: accuracies (SFT, RFT, best-of-N rules, beams, ORM-RL, PAV-RL), compute
+efficiency of search vs ORM best-of-N, sample efficiency of PAV-RL vs outcome RL,
+Pass@N of the RL policies vs their RFT start, verifier quality, prover
+diagnostics (Theorem 3.1 terms of BoK provers from the rollouts), sampled
+solutions with per-step Q^pi, and stage timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from pavjax import metrics
+from pavjax import prover_diagnostics
+from pavjax import rollout_data
+from pavjax import tasks
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+  if x is None:
+    return "n/a"
+  if isinstance(x, float):
+    return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:.3g}"
+  return str(x)
+
+
+def _last(curve: list[dict] | None) -> dict | None:
+  return max(curve, key=lambda r: r["n"]) if curve else None
+
+
+def rl_sample_efficiency(pav: list[dict], outcome: list[dict], key: str = "eval/accuracy"
+                         ) -> dict[str, Any]:
+  """Iterations PAV-RL needs to reach outcome-RL's final accuracy, and the ratio.
+
+  From the runs' eval rows (step, accuracy). `ratio` = outcome-RL's iterations /
+  PAV-RL's (the paper's "5-6x"); None when PAV-RL never reaches it.
+  """
+  out_rows = [r for r in outcome if key in r]
+  pav_rows = sorted((r for r in pav if key in r), key=lambda r: r["step"])
+  if not out_rows or not pav_rows:
+    return {"target": None, "pav_steps": None, "outcome_steps": None, "ratio": None}
+  final = max(out_rows, key=lambda r: r["step"])
+  hit = next((r["step"] for r in pav_rows if r[key] >= final[key] and r["step"] > 0), None)
+  return {"target": final[key], "pav_steps": hit, "outcome_steps": final["step"],
+          "ratio": None if not hit else final["step"] / hit}
+
+
+def _samples(workdir: str, stage_cfg, num: int = 3) -> list[str]:
+  """Highest-ORM pool responses of a few problems, with Q^pi after each step."""
+  path = os.path.join(workdir, "search", "pool.npz")
+  if not os.path.exists(path):
+    return []
+  task = tasks.make_task(stage_cfg.task, os.path.join(workdir, "search"))
+  with np.load(path, allow_pickle=False) as z:
+    pool = {k: z[k] for k in ("tokens", "correct", "positions", "q_pi", "orm", "prompt_tokens")}
+  lines = []
+  for i in range(min(num, len(pool["tokens"]))):
+    mask = pool["positions"][i] >= 0
+    last = np.maximum(mask.sum(-1) - 1, 0)
+    orm = pool["orm"][i][np.arange(len(last)), last]
+    j = int(np.argmax(orm))
+    plen = int(pool["prompt_tokens"][i])
+    seq = pool["tokens"][i, j]
+    ends = pool["positions"][i, j]
+    lines.append(f"**Problem {i}** `{task.decode(seq[:plen])!r}` - ORM {orm[j]:.3f}, "
+                 f"correct: {bool(pool['correct'][i, j])}")
+    lines.append("")
+    lines.append("| step | text | Q^pi after it |")
+    lines.append("|---|---|---|")
+    lines.append(f"| 0 | (question) | {pool['q_pi'][i, j, 0]:.3f} |")
+    prev = plen
+    for h in range(1, int(mask[j].sum())):
+      end = int(ends[h]) + 1
+      text = task.decode(seq[prev:end]).replace("\n", "⏎").replace("|", "\\|")
+      lines.append(f"| {h} | `{text}` | {pool['q_pi'][i, j, h]:.3f} |")
+      prev = end
+    lines.append("")
+  return lines
+
+
+def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, float],
+          actions: Mapping[str, str]) -> str:
+  """Writes <workdir>/report.md (and its plots); returns its path."""
+  cfgs = {}
+  for name in summaries:
+    path = os.path.join(workdir, name, "config.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        cfgs[name] = ml_collections.ConfigDict(json.load(f))
+  dev = jax.devices()[0]
+  lines = ["# pavjax pipeline report", "",
+           f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: "
+           f"{jax.device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}.",
+           "Every number below is read from the stage outputs in this directory.", ""]
+
+  # --- accuracies -------------------------------------------------------------------
+  search = summaries.get("search", {})
+  curves = search.get("curves", {})
+  rows = []
+  for name, label in (("sft", "SFT"), ("rft", "RFT")):
+    if name in summaries:
+      cfg = cfgs.get(name)
+      what = (f"{cfg.sample.method} decoding, {cfg.sample.num_eval} validation problems"
+              if cfg else "validation")
+      rows.append((label, summaries[name]["eval"]["accuracy"], what))
+  labels = {"bon:orm": "ORM best-of-N", "bon:prm_min": "PRM-Q best-of-N (min over steps)",
+            "bon:pav": "PAV-as-ORM best-of-N", "majority": "majority vote",
+            "weighted:orm": "ORM-weighted vote", "pass": "Pass@N (oracle)",
+            "q_beam": "Q^pi beam search", "pav_beam": "PAV beam search", "dvts": "PAV DVTS"}
+  for method, label in labels.items():
+    r = _last(curves.get(method))
+    if r:
+      rows.append((f"{label}, N={r['n']}", r["accuracy"],
+                   f"{search.get('problems')} test problems, T=1 samples"))
+  for name, label in (("rl_outcome", "ORM-RL (outcome reward)"), ("rl_pav", "PAV-RL")):
+    if name in summaries:
+      s = summaries[name]
+      rows.append((f"{label}, {s['step']} iterations", s["eval"]["accuracy"],
+                   "greedy decoding, validation problems"))
+  lines += ["## Accuracy", "", "| policy / method | accuracy | evaluated on |", "|---|---|---|"]
+  lines += [f"| {a} | {_fmt(b)} | {c} |" for a, b, c in rows]
+
+  # --- compute efficiency -------------------------------------------------------------
+  eff = search.get("efficiency_vs_orm", {})
+  if eff:
+    lines += ["", "## Compute efficiency vs ORM best-of-N (search stage)", "",
+              "FLOPs = 2 x params x (policy + verifier tokens) per problem. `speed-up` is "
+              "ORM best-of-max(N)'s FLOPs divided by the FLOPs a method needs to reach the same "
+              "accuracy (interpolated on its curve; n/a = never reached).", "",
+              "| method | target accuracy | speed-up |", "|---|---|---|"]
+    lines += [f"| {m} | {_fmt(e['target_accuracy'])} | {_fmt(e['speedup'], 2)} |"
+              for m, e in eff.items()]
+    lines += ["", "![accuracy vs N](search/accuracy_vs_n.png)",
+              "![accuracy vs FLOPs](search/accuracy_vs_flops.png)"]
+
+  # --- RL ------------------------------------------------------------------------------
+  if "rl_pav" in summaries and "rl_outcome" in summaries:
+    ev = {n: metrics.read_jsonl(os.path.join(workdir, n, "eval.jsonl"))
+          for n in ("rl_pav", "rl_outcome")}
+    se = rl_sample_efficiency(ev["rl_pav"], ev["rl_outcome"])
+    lines += ["", "## RL: sample efficiency and Pass@N", "",
+              f"Outcome-RL's final greedy accuracy {_fmt(se['target'])} at iteration "
+              f"{se['outcome_steps']}; PAV-RL first reached it at iteration {se['pav_steps']} "
+              f"(evaluations every few iterations): ratio **{_fmt(se['ratio'], 2)}**.", ""]
+    metrics.plot_series(
+        {n: [(r["step"], r["eval/accuracy"]) for r in ev[n] if "eval/accuracy" in r]
+         for n in ev}, os.path.join(workdir, "rl_accuracy.png"), xlabel="RL iteration",
+        ylabel="greedy accuracy (validation)", title="PAV-RL vs outcome-only RL")
+    pass_rows = {"RFT (RL start)": summaries["rl_pav"].get("initial_eval") or {},
+                 "ORM-RL": summaries["rl_outcome"]["eval"], "PAV-RL": summaries["rl_pav"]["eval"]}
+    ns = sorted({int(k.split("_")[-1]) for d in pass_rows.values() for k in d
+                 if k.startswith("pass_at_")})
+    if ns:
+      lines += ["| policy | " + " | ".join(f"Pass@{n}" for n in ns) + " |",
+                "|---|" + "---|" * len(ns)]
+      for label, d in pass_rows.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(d.get(f"pass_at_{n}")) for n in ns) + " |")
+      metrics.plot_series({k: [(n, d[f"pass_at_{n}"]) for n in ns if f"pass_at_{n}" in d]
+                           for k, d in pass_rows.items()}, os.path.join(workdir, "pass_at_n.png"),
+                          xlabel="N", ylabel="Pass@N", log_base=2, title="Pass@N")
+    lines += ["", "![RL accuracy](rl_accuracy.png) ![Pass@N](pass_at_n.png)",
+              "", f"Reward-hacking monitor alerts (PAV-RL): {summaries['rl_pav'].get('hacking_alerts')}"]
+
+  # --- verifiers and provers --------------------------------------------------------------
+  vq, vo = summaries.get("verifier_q"), summaries.get("verifier_orm")
+  if vq or vo:
+    lines += ["", "## Verifiers (held-out rollouts)", "", "| verifier | metric | value |",
+              "|---|---|---|"]
+    for label, s in (("PRM-Q", vq), ("ORM", vo)):
+      for k, val in sorted((s or {}).get("eval", {}).items()):
+        lines.append(f"| {label} | {k} | {_fmt(val, 4)} |")
+    budget = (vq or vo or {}).get("budget", {})
+    if budget:
+      lines += ["", "Rollout budget: " + ", ".join(f"{k} {v}" for k, v in sorted(budget.items()))]
+  train_data = os.path.join(workdir, "rollouts_train", "rollouts", "train")
+  if rollout_data.read_manifest(train_data):
+    sweep = prover_diagnostics.rollout_sweep(rollout_data.load(train_data))
+    lines += ["", "## Prover diagnostics (Theorem 3.1 terms of BoK(pi) from the train rollouts)",
+              "", "| K | distinguishability | alignment |", "|---|---|---|"]
+    lines += [f"| {r['param']} | {r['distinguishability']:.4g} | {r['alignment']:.4g} |"
+              for r in sweep]
+
+  # --- samples and timings -----------------------------------------------------------------
+  if "search" in cfgs:
+    samples = _samples(workdir, cfgs["search"])
+    if samples:
+      lines += ["", "## Sampled solutions (highest ORM score in the pool) with per-step Q^pi", ""]
+      lines += samples
+  lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+  lines += [f"| {n} | {actions.get(n, '')} | {timings.get(n, 0.0):.0f} |" for n in summaries]
+  lines.append(f"| total | | {sum(timings.values()):.0f} |")
+  path = os.path.join(workdir, "report.md")
+  if metrics.is_lead_process():
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+  return path
