@@ -32,5 +32,7 @@ setuptools.setup(
         # On a GPU machine: pip install -e .[gpu]  (CUDA 12 wheels from PyPI).
         "gpu": ["jax[cuda12]>=0.7,<0.12"],
         "tpu": ["jax[tpu]>=0.7,<0.12"],
+        # The peer benchmark (python -m pavjax.bench.peer) runs HF transformers beside pavjax.
+        "bench": ["torch", "transformers"],
     },
 )

@@ -1,0 +1,298 @@
+"""Prefix-forked Monte-Carlo rollouts against independent ones (one prefill per rollout).
+
+  python -m pavjax.bench.rollouts               # GPU: 125m, 512 trajectories x 8 x 4
+  python -m pavjax.bench.rollouts --trajectories=128 --size=25m
+
+Workload: `trajectories` synthetic seed responses (random prompt, then 8 steps of
+`step_len` tokens, each ending with a step delimiter), a random-init prover, and
+`n_mc` continuations of each of the 8 non-terminal step prefixes (the question,
+then after steps 1..7), up to `max_response_len` new tokens at temperature 1,
+each continuation scored on the host by the task, as the rollouts job does.
+
+  * forked: `pavjax.jobs.rollouts.RolloutRunner._mc_q`, the job's own code: one
+    `prefill_sequences` per block of `seq_batch` trajectories, then
+    `fork_prefixes` of `fork_batch` prefixes x `n_mc` rows per call;
+  * independent: every rollout prefills its own prefix (`Sampler.generate` over
+    `fork_batch` x `n_mc` left-padded prefixes, one sample each), same decode
+    batch, same prefill width, same host scoring;
+  * per-prefix: in between, one prefill per prefix forked `n_mc` ways
+    (`generate(num_samples=n_mc)`).
+
+Check first (greedy, on the first prefixes): the continuations that
+`prefill_sequences` + `fork_prefixes` give, and those of an independent
+`generate`, against the uncached model (`common.check_greedy`).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pavjax import sharding as shd
+from pavjax.bench import common
+from pavjax.jobs import rollouts as rollouts_job
+from pavjax.models import Transformer
+from pavjax.sampling import Greedy, Sampler, Temperature, TransformerLM, bucket_length, left_pad
+from pavjax.tasks import base
+
+GPU = {"size": ("125m",), "dtype": "bfloat16", "vocab": 32000,
+       "trajectories": 512, "prompt_len": 64, "step_len": 16, "n_mc": 4,
+       "seq_batch": 64, "fork_batch": 128}
+CPU = {"size": ("test",), "dtype": "float32", "vocab": 512,
+       "trajectories": 16, "prompt_len": 8, "step_len": 4, "n_mc": 4,
+       "seq_batch": 8, "fork_batch": 16}
+
+NUM_STEPS = 8
+PAD, EOS, DELIM = 0, 1, 2
+
+
+class SyntheticStepTask(base.Task):
+  """Random prompts and responses of NUM_STEPS fixed-length steps (bench data only).
+
+  A response is correct iff its last token before EOS equals the reference's: a
+  cheap host-side rule standing in for answer checking.
+  """
+
+  name = "bench_steps"
+  pad_id = PAD
+  eos_id = EOS
+  step_end_ids = (DELIM,)
+
+  def __init__(self, num_problems: int, prompt_len: int, step_len: int, vocab: int, seed=0):
+    self._vocab, self._prompt_len, self._step_len = vocab, prompt_len, step_len
+    rng = np.random.default_rng(seed)
+    self.problems = []
+    for i in range(num_problems):
+      prompt = tuple(int(t) for t in rng.integers(3, vocab, prompt_len))
+      steps = []
+      for h in range(NUM_STEPS):
+        body = tuple(int(t) for t in rng.integers(3, vocab, step_len - 1))
+        steps.append(body + ((EOS,) if h == NUM_STEPS - 1 else (DELIM,)))
+      self.problems.append(base.Problem(uid=f"bench-{i}", prompt=prompt, steps=tuple(steps),
+                                        answer=str(steps[-1][-2])))
+
+  @property
+  def vocab_size(self):
+    return self._vocab
+
+  @property
+  def max_prompt_len(self):
+    return self._prompt_len
+
+  @property
+  def max_response_len(self):
+    return NUM_STEPS * self._step_len
+
+  def split(self, name):
+    return self.problems
+
+  def encode_prompt(self, problem):
+    return list(problem.prompt)
+
+  def encode_solution(self, problem):
+    return [t for s in problem.steps for t in s]
+
+  def decode(self, tokens):
+    return " ".join(map(str, tokens))
+
+  def is_correct(self, response, problem):
+    body, _ = base.response_until_eos(response, self.eos_id)
+    ok = bool(body) and str(body[-1]) == problem.answer
+    return base.Outcome(float(ok), base.CORRECT if ok else base.WRONG)
+
+
+def add_flags(p):
+  p.add_argument("--trajectories", type=int, default=None, help="seed responses")
+  p.add_argument("--prompt_len", type=int, default=None, help="prompt tokens")
+  p.add_argument("--step_len", type=int, default=None, help=f"tokens per step ({NUM_STEPS} steps)")
+  p.add_argument("--n_mc", type=int, default=None, help="continuations per prefix")
+  p.add_argument("--seq_batch", type=int, default=None, help="trajectories prefilled per call")
+  p.add_argument("--fork_batch", type=int, default=None, help="prefixes continued per call")
+  p.add_argument("--skip_per_prefix", action="store_true", help="skip the per-prefix variant")
+
+
+def make_runner(task, model, params, args) -> rollouts_job.RolloutRunner:
+  """The job's RolloutRunner around bench data (its __init__ wants checkpoints and a config)."""
+  mesh = shd.make_mesh({"data": -1}, devices=jax.devices()[:1])
+  runner = object.__new__(rollouts_job.RolloutRunner)
+  runner.env = types.SimpleNamespace(task=task, mesh=mesh, rules=shd.DEFAULT_RULES)
+  runner.config = types.SimpleNamespace(
+      rollouts=types.SimpleNamespace(n_mc=args.n_mc, temperature=1.0))
+  runner.policy = None
+  runner.prover_kind = "checkpoint"
+  runner.prover_params = params
+  runner.sampler = Sampler(TransformerLM(model), pad_id=task.pad_id)
+  runner.max_steps = task.max_response_len
+  runner.width = bucket_length(task.max_prompt_len + task.max_response_len)
+  runner.seq_rows = shd.round_to_data_parallel(args.seq_batch, mesh)
+  runner.fork_rows = shd.round_to_data_parallel(args.fork_batch, mesh)
+  runner.budget = {"seed_tokens": 0, "mc_tokens": 0, "prefill_tokens": 0, "mc_rollouts": 0}
+  return runner
+
+
+def seed_rows(task: SyntheticStepTask) -> list[dict]:
+  """Rows as `RolloutRunner.shard` builds them, with the reference solutions as seeds."""
+  segment = rollouts_job.segment_ends  # the job's step segmentation
+  rows = []
+  for i, problem in enumerate(task.problems):
+    prompt, resp = task.encode_prompt(problem), task.encode_solution(problem)
+    rows.append(dict(problem=i, seed=0, prompt=prompt, response=resp,
+                     ends=segment(task, prompt, resp, task.max_response_len),
+                     outcome=task.is_correct(resp, problem), problem_obj=problem))
+  return rows
+
+
+def prefix_list(rows) -> list[tuple[int, int, int]]:
+  """(row, column, prefix length) of every non-terminal prefix, in `_mc_q`'s order."""
+  out, seen = [], set()
+  for i, r in enumerate(rows):
+    if r["problem"] not in seen:
+      seen.add(r["problem"])
+      out.append((i, 0, len(r["prompt"])))
+    for col in range(1, len(r["ends"])):
+      out.append((i, col, r["ends"][col - 1] + 1))
+  return out
+
+
+def forked(runner, rows, rng):
+  """The job's Monte-Carlo Q: returns (successes, counts, q_hat) per prefix column."""
+  n, h = len(rows), runner.max_steps
+  success, count = np.zeros((n, h + 1), np.int32), np.zeros((n, h + 1), np.int32)
+  q_hat = np.full((n, h + 1), np.nan, np.float32)
+  with shd.activate(runner.env.mesh, runner.env.rules):
+    runner._mc_q(rows, success, count, q_hat, rng)  # pylint: disable=protected-access
+  return success, count, q_hat
+
+
+def independent(runner, rows, rng, *, per_prefix: bool):
+  """Rollouts without forking: every rollout (or every prefix) prefills on its own."""
+  task, n_mc = runner.env.task, runner.config.rollouts.n_mc
+  temp = Temperature(runner.config.rollouts.temperature)
+  n, h = len(rows), runner.max_steps
+  success, count = np.zeros((n, h + 1), np.int32), np.zeros((n, h + 1), np.int32)
+  todo = prefix_list(rows)
+  for call, f in enumerate(range(0, len(todo), runner.fork_rows)):
+    chunk = todo[f:f + runner.fork_rows]
+    fill = chunk + [chunk[0]] * (runner.fork_rows - len(chunk))
+    ctx = [rows[i]["prompt"] + rows[i]["response"][:plen - len(rows[i]["prompt"])]
+           for i, _, plen in fill]
+    prompts = ctx if per_prefix else [c for c in ctx for _ in range(n_mc)]
+    tokens, lengths = left_pad(prompts, task.pad_id, buckets=(runner.width,))
+    out = runner.sampler.generate(
+        runner.prover_params, jnp.asarray(tokens), jnp.asarray(lengths),
+        jax.random.fold_in(rng, call), max_new_tokens=task.max_response_len, method=temp,
+        stop_tokens=(task.eos_id,), num_samples=n_mc if per_prefix else 1)
+    out = jax.device_get(out)
+    for k, (i, col, plen) in enumerate(chunk):
+      r = rows[i]
+      done = r["response"][:plen - len(r["prompt"])]
+      wins = 0
+      for m in range(n_mc):
+        row = k * n_mc + m
+        cont = [int(t) for t in out.tokens[row, :int(out.lengths[row])]]
+        wins += task.is_correct((done + cont)[:task.max_response_len + 1],
+                                r["problem_obj"]).reward
+      success[i, col], count[i, col] = int(wins), n_mc
+  return success, count
+
+
+def check(runner, rows, model, params, args, size):
+  """Greedy continuations of the first prefixes, forked and independent, vs the reference."""
+  task = runner.env.task
+  sampler = runner.sampler
+  block = list(range(min(runner.seq_rows, len(rows))))
+  seqs = [rows[i]["prompt"] + rows[i]["response"] for i in block]
+  tokens, lengths = left_pad(seqs, task.pad_id, buckets=(runner.width,))
+  cache, logits = sampler.prefill_sequences(runner.prover_params, jnp.asarray(tokens),
+                                            jnp.asarray(lengths),
+                                            cache_size=runner.width + task.max_response_len)
+  todo = [p for p in prefix_list(rows) if p[0] in block][:min(args.check_rows, runner.fork_rows)]
+  ends = np.array([runner.width - lengths[i] + plen - 1 for i, _, plen in todo], np.int32)
+  out = sampler.fork_prefixes(runner.prover_params, cache, logits,
+                              jnp.asarray([i for i, _, _ in todo], jnp.int32), jnp.asarray(ends),
+                              jax.random.PRNGKey(0), max_new_tokens=task.max_response_len,
+                              method=Greedy(), stop_tokens=(task.eos_id,))
+  ctx = [rows[i]["prompt"] + rows[i]["response"][:plen - len(rows[i]["prompt"])]
+         for i, _, plen in todo]
+  msgs = [common.check_greedy(model, params, ctx, np.asarray(out.tokens), dtype=args.dtype,
+                              gen_len=np.asarray(out.lengths), what=f"forked {size}")]
+  ptoks, plens = left_pad(ctx, task.pad_id, buckets=(runner.width,))
+  ind = sampler.generate(runner.prover_params, jnp.asarray(ptoks), jnp.asarray(plens),
+                         jax.random.PRNGKey(0), max_new_tokens=task.max_response_len,
+                         method=Greedy(), stop_tokens=(task.eos_id,))
+  msgs.append(common.check_greedy(model, params, ctx, np.asarray(ind.tokens), dtype=args.dtype,
+                                  gen_len=np.asarray(ind.lengths), what=f"independent {size}",
+                                  literal_rows=0))
+  return msgs
+
+
+def bench_one(args, size: str) -> dict:
+  task = SyntheticStepTask(args.trajectories, args.prompt_len, args.step_len, args.vocab)
+  cfg = common.model_config(size, args.vocab, args.dtype,
+                            max_len=bucket_length(args.prompt_len + NUM_STEPS * args.step_len)
+                            + NUM_STEPS * args.step_len)
+  model = Transformer(cfg)
+  params = common.cast_params(common.init_params(model), args.dtype)
+  runner = make_runner(task, model,
+                       common.perturbed(params) if args.fault == "params" else params, args)
+  rows = seed_rows(task)
+  for msg in check(runner, rows, model, params, args, size):
+    print(msg, flush=True)
+
+  rng = jax.random.PRNGKey(1)
+  timing = dict(warmup=args.warmup, runs=args.runs)
+  t_fork = common.time_fn(lambda: forked(runner, rows, rng), **timing)
+  _, count, _ = forked(runner, rows, rng)
+  num_prefixes = len(prefix_list(rows))
+  total = num_prefixes * args.n_mc
+  if int(count.sum()) != total:
+    raise common.CorrectnessError(f"forked rollouts: {int(count.sum())} continuations "
+                                  f"counted, expected {total}")
+  t_ind = common.time_fn(lambda: independent(runner, rows, rng, per_prefix=False), **timing)
+  t_pp = None if args.skip_per_prefix else common.time_fn(
+      lambda: independent(runner, rows, rng, per_prefix=True), **timing)
+  rate = lambda t: total / t.median if t else None
+  return {"size": size, "params": cfg.num_params(), "trajectories": len(rows),
+          "prefixes": num_prefixes, "n_mc": args.n_mc, "rollouts": total,
+          "prompt_len": args.prompt_len, "response_len": task.max_response_len,
+          "prefill_width": runner.width, "forked_rollouts_s": rate(t_fork),
+          "independent_rollouts_s": rate(t_ind), "per_prefix_rollouts_s": rate(t_pp),
+          "ratio": t_ind.median / t_fork.median,
+          "ratio_per_prefix": t_pp.median / t_fork.median if t_pp else None,
+          "spread": max(t.spread for t in (t_fork, t_ind, t_pp) if t)}
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+  args = common.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
+  ceilings = None if args.skip_ceilings else common.measure_ceilings(args.dtype)
+  if ceilings:
+    common.print_ceilings(ceilings)
+  results = [bench_one(args, size) for size in args.size]
+  rows = [[r["size"], common.fmt_si(r["params"]),
+           f"{r['trajectories']} x {r['prefixes'] // r['trajectories']} x {r['n_mc']}",
+           f"{r['prompt_len']}+{r['response_len']}", common.fmt_si(r["forked_rollouts_s"]),
+           common.fmt_si(r["independent_rollouts_s"]), common.fmt_ratio(r["ratio"]),
+           common.fmt_si(r["per_prefix_rollouts_s"]), common.fmt_ratio(r["ratio_per_prefix"])]
+          for r in results]
+  common.print_table(
+      f"rollouts: {common.device_info().describe()}, {args.dtype}, temperature 1",
+      ["model", "params", "trajectories x prefixes x samples", "prompt+response",
+       "forked rollouts/s", "independent rollouts/s", "forked / independent",
+       "per-prefix rollouts/s", "forked / per-prefix"], rows,
+      notes=[f"forked = the rollouts job's RolloutRunner._mc_q (seq_batch {args.seq_batch}, "
+             f"fork_batch {args.fork_batch}); independent = one prefill per rollout; per-prefix "
+             "= one prefill per prefix, forked n_mc ways. Same decode batch (fork_batch x n_mc), "
+             "prefill width, continuation budget and host-side scoring in all three.",
+             f"largest (max - min) / median over timed runs: "
+             f"{max(r['spread'] for r in results):.0%}"])
+  common.write_json(args.json, {"bench": "rollouts", "ceilings": ceilings and ceilings.to_dict(),
+                                "results": results})
+  return results
+
+
+if __name__ == "__main__":
+  common.run_main(main)
