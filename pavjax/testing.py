@@ -7,6 +7,7 @@ step's digit equals `s_k`. Cheap to learn, so jobs can be smoke-tested in second
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import ml_collections
@@ -109,3 +110,12 @@ class BigramLM:
 
   def __call__(self, params, tokens, cache):
     return params[tokens], cache.replace(index=cache.index + tokens.shape[1])
+
+
+def restore_state(workdir: str, step: int):
+  """The full train state a job checkpointed at `step` in `workdir` (for exact-resume tests)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  state = mgr.restore(step, args=ocp.args.StandardRestore())
+  mgr.close()
+  return state

@@ -1,29 +1,14 @@
 """RFT: trains only on the policy's own correct samples, and caches them for a resume."""
 
-import os
 import sys
 
 import numpy as np
-import pytest
 
 from pavjax import tasks
 from pavjax.main import run_job
 
 sys.path.insert(0, ".")
 from configs import rft as rft_config  # noqa: E402
-from configs import sft as sft_config  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def sft_ckpt(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("sft"))
-  config = sft_config.get_config("task=toy,size=test")
-  config.train.num_steps = 120
-  config.train.batch_size = 32
-  config.sample.num_eval = 8
-  config.sample.batch_size = 8
-  run_job(config, workdir)
-  return os.path.join(workdir, "checkpoints")
 
 
 def _config(ckpt, steps=4):
@@ -39,8 +24,8 @@ def _config(ckpt, steps=4):
   return config
 
 
-def test_rft_keeps_distinct_correct_samples_and_resumes_from_its_cache(tmp_path, sft_ckpt):
-  out = run_job(_config(sft_ckpt), str(tmp_path))
+def test_rft_keeps_distinct_correct_samples_and_resumes_from_its_cache(tmp_path, toy_policy):
+  out = run_job(_config(toy_policy), str(tmp_path))
   stats = out["rft_data"]
   assert out["job"] == "rft" and out["step"] == 4
   assert stats["samples"] == 64 * 4 and 0 < stats["distinct_correct"] <= stats["correct"]
@@ -58,5 +43,5 @@ def test_rft_keeps_distinct_correct_samples_and_resumes_from_its_cache(tmp_path,
     assert (prompt, tuple(response)) not in seen
     seen.add((prompt, tuple(response)))
   # More steps in the same workdir: the cached samples are reused, training resumes.
-  again = run_job(_config(sft_ckpt, steps=6), str(tmp_path))
+  again = run_job(_config(toy_policy, steps=6), str(tmp_path))
   assert again["rft_data"] == stats and again["origin"] == "checkpoint step 4"

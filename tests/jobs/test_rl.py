@@ -1,13 +1,11 @@
 """RL job: a toy smoke run with every reward variant, exact resume, and 8 devices == 1."""
 
 import functools
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from pavjax import config_lib
@@ -17,25 +15,12 @@ from pavjax import tasks
 from pavjax import training
 from pavjax.jobs import rl
 from pavjax.main import run_job
+from pavjax.testing import restore_state
 from pavjax.models import Transformer, TransformerConfig
 from pavjax.rl import batch as batch_lib
 
 sys.path.insert(0, ".")
 from configs import rl as rl_config  # noqa: E402
-from configs import sft as sft_config  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def sft_ckpt(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("sft"))
-  config = sft_config.get_config("task=toy,size=test")
-  config.train.num_steps = 30
-  config.train.batch_size = 16
-  config.checkpoint.every = 30
-  config.sample.num_eval = 8
-  config.sample.batch_size = 8
-  run_job(config, workdir)
-  return os.path.join(workdir, "checkpoints")
 
 
 def _config(ckpt, reward="pav", prover="bok", **train):
@@ -55,8 +40,8 @@ def _config(ckpt, reward="pav", prover="bok", **train):
 
 
 @pytest.mark.parametrize("reward", ["outcome", "pav", "q_bonus"])
-def test_smoke_logs_accuracy_beside_dense_reward(tmp_path, sft_ckpt, reward):
-  out = run_job(_config(sft_ckpt, reward), str(tmp_path))
+def test_smoke_logs_accuracy_beside_dense_reward(tmp_path, toy_policy, reward):
+  out = run_job(_config(toy_policy, reward), str(tmp_path))
   assert out["step"] == 4 and out["origin"].startswith("init_from")
   rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -69,29 +54,22 @@ def test_smoke_logs_accuracy_beside_dense_reward(tmp_path, sft_ckpt, reward):
   assert out["initial_eval"] is not None and (tmp_path / "rl.png").exists()
 
 
-def test_bad_reward_and_batch_name_the_field(tmp_path, sft_ckpt):
-  config = _config(sft_ckpt)
+def test_bad_reward_and_batch_name_the_field(tmp_path, toy_policy):
+  config = _config(toy_policy)
   config.rl.reward = "bonus"
   with pytest.raises(config_lib.ConfigError, match="rl.reward"):
     run_job(config, str(tmp_path / "a"))
-  config = _config(sft_ckpt, batch_size=24)
+  config = _config(toy_policy, batch_size=24)
   with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
     run_job(config, str(tmp_path / "b"))
 
 
-def _restore(workdir, step):
-  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  state = mgr.restore(step, args=ocp.args.StandardRestore())
-  mgr.close()
-  return state
-
-
-def test_halt_and_resume_equals_an_uninterrupted_run(tmp_path, sft_ckpt):
-  run_job(_config(sft_ckpt), str(tmp_path / "full"))
-  run_job(_config(sft_ckpt, halt_at_step=2), str(tmp_path / "cut"))
-  resumed = run_job(_config(sft_ckpt), str(tmp_path / "cut"))
+def test_halt_and_resume_equals_an_uninterrupted_run(tmp_path, toy_policy):
+  run_job(_config(toy_policy), str(tmp_path / "full"))
+  run_job(_config(toy_policy, halt_at_step=2), str(tmp_path / "cut"))
+  resumed = run_job(_config(toy_policy), str(tmp_path / "cut"))
   assert resumed["origin"] == "checkpoint step 2" and resumed["step"] == 4
-  a, b = _restore(str(tmp_path / "full"), 4), _restore(str(tmp_path / "cut"), 4)
+  a, b = restore_state(str(tmp_path / "full"), 4), restore_state(str(tmp_path / "cut"), 4)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -1,32 +1,14 @@
 """Search job end to end on the toy task: every method runs, counters add up, resume skips."""
 
-import json
-import os
 import sys
 
 import numpy as np
 import pytest
 
-from pavjax import metrics
 from pavjax.main import run_job
 
 sys.path.insert(0, ".")
 from configs import search as search_config  # noqa: E402
-from configs import sft as sft_config  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-  """A briefly trained toy policy; its untrained value head serves as both verifiers."""
-  workdir = str(tmp_path_factory.mktemp("sft"))
-  config = sft_config.get_config("task=toy,size=test")
-  config.train.num_steps = 20
-  config.train.batch_size = 16
-  config.checkpoint.every = 20
-  config.sample.num_eval = 8
-  config.sample.batch_size = 8
-  run_job(config, workdir)
-  return os.path.join(workdir, "checkpoints")
 
 
 def _config(ckpt):
@@ -43,8 +25,8 @@ def _config(ckpt):
   return config
 
 
-def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, policy_dir):
-  out = run_job(_config(policy_dir), str(tmp_path))
+def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_policy):
+  out = run_job(_config(toy_policy), str(tmp_path))
   curves = out["curves"]
   assert set(curves) == {"pass", "majority", "weighted:orm", "bon:orm", "bon:prm_min",
                          "bon:prm_last", "bon:prm_prod", "bon:pav", "q_beam", "pav_beam", "dvts"}
@@ -75,17 +57,17 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, policy_d
 
   # A rerun finds every row and the pool: nothing is recomputed, results are equal.
   lines = (tmp_path / "rows.jsonl").read_text().splitlines()
-  again = run_job(_config(policy_dir), str(tmp_path))
+  again = run_job(_config(toy_policy), str(tmp_path))
   assert (tmp_path / "rows.jsonl").read_text().splitlines() == lines
   assert again["curves"] == curves
 
 
-def test_bad_lists_and_methods_name_the_field(tmp_path, policy_dir):
-  config = _config(policy_dir)
+def test_bad_lists_and_methods_name_the_field(tmp_path, toy_policy):
+  config = _config(toy_policy)
   config.search.beam_methods = "q_beam,best_beam"
   with pytest.raises(Exception, match=r"search.beam_methods"):
     run_job(config, str(tmp_path))
-  config = _config(policy_dir)
+  config = _config(toy_policy)
   config.search.ns = "2,four"
   with pytest.raises(Exception, match=r"search.ns"):
     run_job(config, str(tmp_path))

@@ -5,12 +5,12 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from pavjax import metrics
 from pavjax import sharding as shd
 from pavjax.main import run_job
+from pavjax.testing import restore_state
 
 sys.path.insert(0, ".")
 from configs import sft as sft_config  # noqa: E402
@@ -31,13 +31,6 @@ def _config(**overrides):
     section, field = dotted.split("__")
     config[section][field] = value
   return config
-
-
-def _restore(workdir, step):
-  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  state = mgr.restore(step, args=ocp.args.StandardRestore())
-  mgr.close()
-  return state
 
 
 def _assert_bitwise_equal(a, b):
@@ -73,7 +66,7 @@ def test_halt_and_resume_equals_uninterrupted_run_bitwise(tmp_path):
   assert second["origin"] == "checkpoint step 3" and second["step"] == 6
   assert not os.path.exists(bogus)
   assert any(n.startswith("incomplete_5_") for n in os.listdir(os.path.dirname(bogus)))
-  _assert_bitwise_equal(_restore(straight, 6), _restore(interrupted, 6))
+  _assert_bitwise_equal(restore_state(straight, 6), restore_state(interrupted, 6))
 
 
 def _poison_steps(monkeypatch, bad_steps):
@@ -101,7 +94,7 @@ def test_nonfinite_skip_leaves_state_unchanged_then_gives_up(tmp_path, monkeypat
   _poison_steps(monkeypatch, {3})
   out = run_job(_config(train__nonfinite="skip", checkpoint__every=1), str(tmp_path / "a"))
   assert out["step"] == 6
-  s2, s3 = _restore(str(tmp_path / "a"), 2), _restore(str(tmp_path / "a"), 3)
+  s2, s3 = restore_state(str(tmp_path / "a"), 2), restore_state(str(tmp_path / "a"), 3)
   _assert_bitwise_equal(s2["params"], s3["params"])
   _assert_bitwise_equal(s2["opt_state"], s3["opt_state"])
   rows = metrics.read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))
