@@ -10,7 +10,6 @@ Multi-host: set PAVJAX_DISTRIBUTED=1 (launch_tpu.sh does) and every process call
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -18,6 +17,8 @@ import sys
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from pavjax.jobs import run_job  # noqa: F401  (re-exported: `from pavjax.main import run_job`)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Job config file (with :variants).",
@@ -49,22 +50,6 @@ def serialize_fake_cpu_devices() -> None:
     if count.isdigit() and int(count) > 1:
       import jax  # pylint: disable=g-import-not-at-top
       jax.config.update("jax_cpu_enable_async_dispatch", False)
-
-
-def run_job(config, workdir: str) -> dict:
-  """Validates, records the resolved config, and runs `config.job`."""
-  from pavjax import config_lib  # pylint: disable=g-import-not-at-top
-  workdir = config_lib.check_workdir(workdir)
-  try:
-    job = importlib.import_module(f"pavjax.jobs.{config.job}")
-  except ModuleNotFoundError as e:
-    raise config_lib.ConfigError("job", f"no job module pavjax/jobs/{config.job}.py") from e
-  import jax  # pylint: disable=g-import-not-at-top
-  # A job may validate its own config (the pipeline checks each stage's).
-  getattr(job, "validate", config_lib.validate)(config, jax.device_count())
-  if jax.process_index() == 0:
-    config_lib.write_config(config, workdir)
-  return job.run(config, workdir)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -102,7 +102,7 @@ def _read_state(sdir: str) -> dict | None:
 
 def run_stage(name: str, cfg, chash: str, workdir: str) -> tuple[dict, float, str]:
   """Runs (or skips, or resumes) one stage. Returns its summary, seconds and what happened."""
-  from pavjax.main import run_job  # pylint: disable=g-import-not-at-top
+  from pavjax.jobs import run_job  # pylint: disable=g-import-not-at-top
   sdir = os.path.join(workdir, name)
   state = _read_state(sdir)
   if state is not None and state["hash"] == chash and state.get("complete"):

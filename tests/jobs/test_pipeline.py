@@ -1,6 +1,8 @@
 """Pipeline: all stages on the toy task, report.md, skip when complete, rerun what changed."""
 
 import json
+import subprocess
+import sys
 import os
 
 import pytest
@@ -72,3 +74,17 @@ def test_a_bad_stage_field_is_named_with_its_stage(tmp_path):
   config.stages.rl_pav.mesh.data = 8
   with pytest.raises(config_lib.ConfigError, match=r"stages\.rl_pav\.train\.batch_size"):
     run_job(config, str(tmp_path))
+
+
+def test_the_command_line_runs_a_stage(tmp_path):
+  """`python -m pavjax.main` with the pipeline config: stages run in the same process."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  args = [sys.executable, "-m", "pavjax.main", "--config=configs/pipeline.py:task=toy,size=tiny",
+          f"--workdir={tmp_path}", "--config.only=sft", "--config.stages.sft.train.num_steps=2",
+          "--config.stages.sft.sample.num_eval=8", "--config.stages.sft.checkpoint.every=2"]
+  proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "pipeline.json") as f:
+    assert json.load(f)["stages"] == {"sft": "ran"}
+  assert (tmp_path / "sft" / "checkpoints").is_dir()
