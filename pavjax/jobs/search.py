@@ -151,7 +151,7 @@ class SearchRunner:
         bok_k=cfg.bok_k if bok_k is None else bok_k,
         method=Temperature(self.config.sample.temperature), pad_id=task.pad_id)
     vparams = self.vparams["orm" if score == "orm" else "q"]
-    per_call = max(cfg.max_rows // (n * cfg.expansions), 1)
+    per_call = min(max(cfg.max_rows // (n * cfg.expansions), 1), len(self.prompts))
     t0 = time.time()
     results, per_problem = [], {}
     for c, start in enumerate(range(0, len(self.prompts), per_call)):
