@@ -26,5 +26,6 @@ for kind in q orm; do
 done
 $MAIN --config=configs/search.py:task=arith,size=$SIZE --workdir=$R/search \
   --config.policy.checkpoint=$SFT/checkpoints \
-  --config.verifiers.q=$R/verifier_q/checkpoints --config.verifiers.orm=$R/verifier_orm/checkpoints
+  --config.verifiers.q=$R/verifier_q/checkpoints --config.verifiers.orm=$R/verifier_orm/checkpoints \
+  --config.search.beam_ns=${BEAM_NS:-2,4,8,16} --config.search.sweep_n=${SWEEP_N:-4}
 cat $R/search/results.md

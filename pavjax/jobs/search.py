@@ -175,6 +175,26 @@ def _with_flops(row: dict, num_params: int) -> dict:
   return {**row, "flops": compute.flops(row, num_params, num_params)}
 
 
+# Fields that only choose which (method, N) rows run: changing them keeps finished rows.
+SELECTION_FIELDS = ("ns", "beam_ns", "beam_methods", "sweep_n", "alphas", "bok_ks", "max_rows",
+                    "num_subsets", "score_batch")
+
+
+def result_hashes(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """(hash a finished row must match, hash the cached pool must match).
+
+  A row depends on everything but the selection fields; the pool on the policy,
+  task, model, seed, sampling settings, problems and the pool size max(ns).
+  """
+  d = config.to_dict()
+  s = d["search"]
+  rows = {**d, "search": {k: v for k, v in s.items() if k not in SELECTION_FIELDS}}
+  pool = {k: d[k] for k in ("policy", "verifiers", "task", "model", "seed", "sample")}
+  pool.update(split=s["split"], num_problems=s["num_problems"], max_steps=s["max_steps"],
+              pool_size=max(parse_list(s["ns"], "search.ns")))
+  return rollout_data.config_hash(rows), rollout_data.config_hash(pool)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates every search method of `config.search` and writes curves and tables."""
   env = common.setup(config, workdir)
@@ -191,7 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   runner = SearchRunner(env, config)
   rng = jax.random.PRNGKey(config.seed)
   out_dir = env.workdir
-  chash = rollout_data.config_hash(config.to_dict())
+  chash, pool_hash = result_hashes(config)
   rows_path = os.path.join(out_dir, "rows.jsonl")
   done = {}
   if os.path.exists(rows_path):
@@ -213,12 +233,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pool = None
   if os.path.exists(pool_path):
     with np.load(pool_path, allow_pickle=False) as z:
-      if str(z["config_hash"]) == chash:
+      if str(z["config_hash"]) == pool_hash:
         pool = {k: z[k] for k in z.files}
   if pool is None:
     pool = runner.sample_pool(m, jax.random.fold_in(rng, 0))
     if metrics.is_lead_process():
-      np.savez(pool_path + ".tmp.npz", config_hash=chash, **pool)
+      np.savez(pool_path + ".tmp.npz", config_hash=pool_hash, **pool)
       os.replace(pool_path + ".tmp.npz", pool_path)
   scores = runner.pool_scores(pool)
   bon_pool = best_of_n.Pool(correct=pool["correct"], answers=pool["answers"], scores=scores,

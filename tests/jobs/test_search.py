@@ -60,6 +60,17 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_poli
   again = run_job(_config(toy_policy), str(tmp_path))
   assert (tmp_path / "rows.jsonl").read_text().splitlines() == lines
   assert again["curves"] == curves
+  # Choosing fewer rows (a selection field) keeps the finished ones; a real change does not.
+  fewer = _config(toy_policy)
+  fewer.search.beam_ns, fewer.search.sweep_n = "2", 0
+  third = run_job(fewer, str(tmp_path))
+  assert (tmp_path / "rows.jsonl").read_text().splitlines() == lines
+  assert third["curves"]["q_beam"] == [r for r in curves["q_beam"] if r["n"] == 2]
+  changed = _config(toy_policy)
+  changed.search.beam_ns, changed.search.sweep_n = "2", 0
+  changed.search.expansions = 2
+  run_job(changed, str(tmp_path))
+  assert len((tmp_path / "rows.jsonl").read_text().splitlines()) > len(lines)
 
 
 def test_bad_lists_and_methods_name_the_field(tmp_path, toy_policy):
