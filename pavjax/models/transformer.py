@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pavjax.models.kv_cache import KVCache
+from pavjax.models.kv_cache import KV_AXES, KVCache
 
 Array = jax.Array
 
@@ -96,12 +96,17 @@ def apply_rope(x: Array, positions: Array, base: float) -> Array:
 
 
 class Attention(nn.Module):
-  """Grouped-query attention that reads and writes an optional KV cache layer."""
+  """Grouped-query attention that reads and writes an optional stacked KV cache."""
 
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, layer_cache, write_index):
+  def __call__(self, x, positions, mask, cache_kv, layer, write_index):
+    """`cache_kv` is None or the (k, v) caches of all layers [L, B, S, K, H].
+
+    This layer's T new keys and values are written into row `layer` at slot
+    `write_index` of the stacked buffers, which are returned (the rest untouched).
+    """
     cfg = self.cfg
     dt = cfg.compute_dtype
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -118,15 +123,19 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, cfg.rope_base)
     kk = apply_rope(kk, positions, cfg.rope_base)
 
-    if layer_cache is not None:
-      # Write this chunk at the shared write index; the cache buffer is donated by
-      # the caller, so XLA updates it in place.
-      ck, cv = layer_cache
-      kk = jax.lax.dynamic_update_slice(ck, kk.astype(ck.dtype), (0, write_index, 0, 0))
-      vv = jax.lax.dynamic_update_slice(cv, vv.astype(cv.dtype), (0, write_index, 0, 0))
-      new_cache = (kk, vv)
-    else:
-      new_cache = None
+    if cache_kv is not None:
+      # Only the T new slots of this layer are written. The stacked buffers are
+      # loop-carried (layer scan, decode loop) and donated by the caller, so XLA
+      # updates them in place; this layer's keys are then read back out of them.
+      all_k, all_v = cache_kv
+      at = (layer, 0, write_index, 0, 0)
+      all_k = jax.lax.dynamic_update_slice(all_k, kk[None].astype(all_k.dtype), at)
+      all_v = jax.lax.dynamic_update_slice(all_v, vv[None].astype(all_v.dtype), at)
+      all_k = nn.with_logical_constraint(all_k, KV_AXES)
+      all_v = nn.with_logical_constraint(all_v, KV_AXES)
+      kk = jax.lax.dynamic_index_in_dim(all_k, layer, axis=0, keepdims=False)
+      vv = jax.lax.dynamic_index_in_dim(all_v, layer, axis=0, keepdims=False)
+      cache_kv = (all_k, all_v)
     kk = nn.with_logical_constraint(kk, ("batch", "length", "kv_heads", "kv"))
     vv = nn.with_logical_constraint(vv, ("batch", "length", "kv_heads", "kv"))
 
@@ -138,7 +147,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv.astype(dt)).reshape(b, t, n, h)
     y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
-    return y, new_cache
+    return y, cache_kv
 
 
 class SwiGLU(nn.Module):
@@ -159,20 +168,25 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; scanned over layers (carry = residual stream)."""
+  """Pre-norm residual block, scanned over layers.
+
+  The carry is (residual stream, stacked KV cache or None); the scanned input is
+  the layer's index, which says where in the stacked cache this layer lives.
+  """
 
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, mask, write_index):
+  def __call__(self, carry, layer, positions, mask, write_index):
     cfg = self.cfg
+    x, cache_kv = carry
     h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, name="attn_norm")(x)
-    a, new_layer_cache = Attention(cfg, name="attn")(h, positions, mask, layer_cache, write_index)
+    a, cache_kv = Attention(cfg, name="attn")(h, positions, mask, cache_kv, layer, write_index)
     x = x + a
     h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, name="mlp_norm")(x)
     x = x + SwiGLU(cfg, name="mlp")(h)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    return x, new_layer_cache
+    return (x, cache_kv), None
 
 
 class ModelOutput(NamedTuple):
@@ -195,12 +209,17 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, *, cache: KVCache | None = None,
                logits: bool = True, values: bool = False,
-               detach_values: bool = False) -> ModelOutput:
+               detach_values: bool = False, logits_at: Array | None = None) -> ModelOutput:
     """Runs the trunk and the requested heads.
 
     `detach_values=True` stops the value head's gradient at the trunk, so a value
     baseline trained beside the policy (RL) fits the policy's features without
     changing them.
+
+    `logits_at` [B, R] int32 (optional) restricts the LM head to those query
+    positions of each row: the logits are then [B, R, V], row b's r-th entry at
+    position `logits_at[b, r]`. A prefill that needs only the last prompt token's
+    logits skips the [B, T, V] head this way. Values are unaffected.
     """
     cfg = self.cfg
     dt = cfg.compute_dtype
@@ -209,7 +228,7 @@ class Transformer(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
       mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
       write_index = 0
-      layer_caches = None
+      cache_kv = None
     else:
       slots = cache.index + jnp.arange(t, dtype=jnp.int32)  # [T] slots being written
       positions = jnp.maximum(slots[None, :] - cache.start[:, None], 0)  # [B, T]
@@ -217,7 +236,7 @@ class Transformer(nn.Module):
       mask = (keys[None, None, :] >= cache.start[:, None, None]) & (
           keys[None, None, :] <= slots[None, :, None])  # [B, T, S]
       write_index = cache.index
-      layer_caches = (cache.k, cache.v)
+      cache_kv = (cache.k, cache.v)
 
     # Embeddings start at std D^-1/2 so tied output logits start near unit scale;
     # the input lookup is scaled back up by sqrt(D) to a unit-scale residual stream.
@@ -226,6 +245,10 @@ class Transformer(nn.Module):
     x = jnp.take(embedding, tokens, axis=0).astype(dt) * jnp.asarray(cfg.embed_dim**0.5, dt)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
+    # The stacked cache rides in the scan carry (not as a scanned input / stacked
+    # output): each layer writes only its T new slots, so a decode step neither
+    # copies nor rebuilds the [L, B, S, K, H] buffers. The scanned input is the
+    # layer index, used to address them.
     block = nn.remat(Block) if cfg.remat else Block
     layers = nn.scan(
         block,
@@ -235,17 +258,21 @@ class Transformer(nn.Module):
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
-    x, new_layer_caches = layers(x, layer_caches, positions, mask, write_index)
+    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    (x, cache_kv), _ = layers((x, cache_kv), layer_ids, positions, mask, write_index)
     x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
 
     out_logits = out_values = None
     if logits or self.is_initializing():
+      xl = x
+      if logits_at is not None:
+        xl = jnp.take_along_axis(x, logits_at.astype(jnp.int32)[:, :, None], axis=1)
       if cfg.tie_embeddings:
-        out_logits = jnp.einsum("BTD,VD->BTV", x, embedding.astype(dt))
+        out_logits = jnp.einsum("BTD,VD->BTV", xl, embedding.astype(dt))
       else:
         head = _param(self, "lm_head", (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
                       nn.initializers.normal(cfg.embed_dim**-0.5))
-        out_logits = jnp.einsum("BTD,DV->BTV", x, head.astype(dt))
+        out_logits = jnp.einsum("BTD,DV->BTV", xl, head.astype(dt))
       out_logits = nn.with_logical_constraint(out_logits.astype(jnp.float32),
                                               ("batch", "length", "vocab"))
     if values or self.is_initializing():
@@ -256,6 +283,5 @@ class Transformer(nn.Module):
 
     new_cache = None
     if cache is not None:
-      new_cache = cache.replace(k=new_layer_caches[0], v=new_layer_caches[1],
-                                index=cache.index + t)
+      new_cache = cache.replace(k=cache_kv[0], v=cache_kv[1], index=cache.index + t)
     return ModelOutput(out_logits, out_values, new_cache)

@@ -6,6 +6,9 @@ The sampler talks to the model through one seam, a `CachedLM`:
   lm.init_cache(batch, size, start) -> cache
 
 so tests can drive it with a hand-made logit table and jobs with the transformer.
+A model may also offer `lm.last_logits(params, tokens, cache) -> (logits [B, V],
+cache)`, the same call with only the last position's logits: `prefill` then skips
+the LM head over the rest of the prompt.
 
 Layout: prompts are left-padded to a bucket length P, so every row writes at the
 same cache slot each step; the cache holds P + max_new_tokens slots. Shapes depend
@@ -55,6 +58,13 @@ class TransformerLM:
   def __call__(self, params, tokens, cache):
     out = self.model.apply({"params": params}, tokens, cache=cache)
     return out.logits, out.cache
+
+  def last_logits(self, params, tokens, cache):
+    """Like `__call__`, but the LM head runs on the last token only: logits [B, V]."""
+    b, t = tokens.shape
+    last = jnp.full((b, 1), t - 1, jnp.int32)
+    out = self.model.apply({"params": params}, tokens, cache=cache, logits_at=last)
+    return out.logits[:, 0], out.cache
 
 
 @flax.struct.dataclass
@@ -107,8 +117,13 @@ def prefill(lm: CachedLM, params, prompts: Array, lengths: Array, *, cache_size:
   """
   b, p = prompts.shape
   cache = lm.init_cache(b, cache_size, p - lengths)
-  logits, cache = lm(params, prompts, cache)
-  return cache, logits[:, -1, :].astype(jnp.float32)
+  last_logits = getattr(lm, "last_logits", None)
+  if last_logits is not None:
+    logits, cache = last_logits(params, prompts, cache)
+  else:
+    logits, cache = lm(params, prompts, cache)
+    logits = logits[:, -1, :]
+  return cache, logits.astype(jnp.float32)
 
 
 def prefill_sequences(lm: CachedLM, params, tokens: Array, lengths: Array, *,
