@@ -3,13 +3,23 @@
 Orbax treats any integer-named step directory as a checkpoint, including one a
 kill left half-written without its temporary suffix. Before opening the manager
 we move every step directory that lacks orbax's commit marker aside, so a resume
-only ever sees finalized steps.
+only ever sees finalized steps. (A kill during an ordinary save leaves
+`<step>.orbax-checkpoint-tmp`, which orbax never lists and replaces when that
+step is saved again.)
+
+A finalized step can still be damaged later (a truncated or deleted array file,
+an edited tree). Restoring it raises `CorruptCheckpointError`, naming the step
+and its directory; orbax itself refuses missing data rather than reading zeros.
+With `fallback_on_corrupt`, the newest older step that restores is used instead
+and the damaged newer ones are moved aside, with a warning. Nothing here ever
+falls back to fresh weights.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -17,6 +27,34 @@ import jax
 import orbax.checkpoint as ocp
 
 COMMIT_MARKER = "commit_success.txt"
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A finalized checkpoint step that cannot be restored into the requested target."""
+
+  def __init__(self, message: str, *, step: int | None = None, path: str | None = None):
+    super().__init__(message)
+    self.step = step
+    self.path = path
+
+
+def _short(exc: BaseException, limit: int = 240) -> str:
+  """`Type: first line [array name]` of an exception (tensorstore errors run to pages)."""
+  full = str(exc)
+  text = full.strip().splitlines()
+  first = (text[0] if text else "").split(" See full TensorStore details")[0]
+  if len(first) > limit:
+    first = first[:limit] + "..."
+  # Tensorstore specs name the array inside the step as 'path': 'params.layers.w/'.
+  arrays = re.findall(r"'path': '([^'/]+)/'", full)
+  return f"{type(exc).__name__}: {first}" + (f" [array {arrays[-1]}]" if arrays else "")
+
+
+def _sync(name: str) -> None:
+  """A barrier across processes (no-op with one), after process 0 renamed things."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def is_finalized(step_dir: str) -> bool:
@@ -40,13 +78,32 @@ def quarantine_unfinalized(directory: str) -> list[str]:
   return moved
 
 
-class Checkpointer:
-  """Async, keep-N, fixed-interval checkpoints of a TrainState pytree."""
+def _set_aside(directory: str, step: int, label: str) -> str | None:
+  """Renames step directory `step` to `<label>_<step>_<time>` (process 0); returns the new path."""
+  source = os.path.join(directory, str(step))
+  if jax.process_index() != 0 or not os.path.isdir(source):
+    return None
+  target = os.path.join(directory, f"{label}_{step}_{int(time.time())}")
+  os.rename(source, target)
+  return target
 
-  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+
+class Checkpointer:
+  """Async, keep-N, fixed-interval checkpoints of a TrainState pytree.
+
+  `fallback_on_corrupt`: when the step asked for cannot be restored, resume from
+  the newest older finalized step that can (see `restore`); off by default, so a
+  damaged checkpoint stops the run with an error that names it.
+  """
+
+  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True,
+               fallback_on_corrupt: bool = False):
     self.directory = os.path.abspath(directory)
     self.every = every
+    self.fallback_on_corrupt = fallback_on_corrupt
+    self.restored_step: int | None = None  # the step the last `restore` really used
     quarantine_unfinalized(self.directory)
+    _sync("pavjax_checkpoint_quarantine")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save,
         create=True)
@@ -65,9 +122,70 @@ class Checkpointer:
     """Starts an (async) save of `state` at `step`; the previous save is awaited first."""
     self._mgr.save(step, args=ocp.args.StandardSave(state), force=True)
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def restore(self, step: int, abstract: Any) -> Any:
-    """Restores into `abstract` (ShapeDtypeStructs carrying the target shardings)."""
-    return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    """Restores `step` into `abstract` (ShapeDtypeStructs carrying the target shardings).
+
+    Raises CorruptCheckpointError (step and directory in the message) when the
+    step cannot be read into `abstract`: missing or truncated array data, a tree
+    or shape that does not match. With `fallback_on_corrupt`, older finalized
+    steps are tried newest first; the first that restores is returned (its step
+    in `restored_step`), and the newer ones that failed are moved aside as
+    `corrupt_<step>_<time>` with a warning. If no older step restores either,
+    the target itself may be what changed (another model config): nothing is
+    moved, and the error lists every step tried.
+    """
+    try:
+      state = self._restore_one(step, abstract)
+    except CorruptCheckpointError as err:
+      if not self.fallback_on_corrupt:
+        raise
+      state, used = self._fall_back(step, err, abstract)
+      self.restored_step = used
+      return state
+    self.restored_step = step
+    return state
+
+  def _restore_one(self, step: int, abstract: Any) -> Any:
+    path = self.step_dir(step)
+    if not is_finalized(path):
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} at {path} is missing or was never finalized "
+          f"(no {COMMIT_MARKER})", step=step, path=path)
+    try:
+      return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (KeyboardInterrupt, SystemExit):
+      raise
+    except Exception as e:  # orbax and tensorstore raise many types; name the step
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} at {path} cannot be restored ({_short(e)}). Move that "
+          "step directory aside, or set config.checkpoint.fallback_on_corrupt=True to "
+          "resume from the previous finalized step", step=step, path=path) from e
+
+  def _fall_back(self, step: int, first: CorruptCheckpointError, abstract: Any):
+    failed = [first]
+    for older in sorted((s for s in self.all_steps() if s < step), reverse=True):
+      try:
+        state = self._restore_one(older, abstract)
+      except CorruptCheckpointError as e:
+        failed.append(e)
+        continue
+      for bad in failed:
+        moved = _set_aside(self.directory, bad.step, "corrupt")
+        logging.warning("%s; moved to %s (checkpoint.fallback_on_corrupt)", bad,
+                        moved or "(by process 0)")
+      _sync("pavjax_checkpoint_fallback")
+      self._mgr.reload()
+      logging.warning("resuming from checkpoint step %d instead of step %d, which is damaged",
+                      older, step)
+      return state, older
+    raise CorruptCheckpointError(
+        f"no finalized checkpoint under {self.directory} restores into this run's state "
+        f"(tried steps {[e.step for e in failed]}; nothing was moved, since the model or "
+        f"optimizer config may be what changed): " + " | ".join(str(e) for e in failed),
+        step=step, path=self.step_dir(step)) from first
 
   def wait(self) -> None:
     self._mgr.wait_until_finished()
@@ -95,11 +213,30 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     step = max(steps)
   elif step not in steps:
     raise FileNotFoundError(f"init_from={path}: step {step} is missing or not finalized")
-  restored = mgr.restore(step, args=ocp.args.PyTreeRestore(
-      item={"params": abstract_params},
-      restore_args=jax.tree.map(
-          lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
-                                         dtype=a.dtype), {"params": abstract_params}),
-      partial_restore=True))
-  mgr.close()
+  try:
+    restored = mgr.restore(step, args=ocp.args.PyTreeRestore(
+        item={"params": abstract_params},
+        restore_args=jax.tree.map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
+                                           dtype=a.dtype), {"params": abstract_params}),
+        partial_restore=True))
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as e:  # name the step, whatever orbax or tensorstore raised
+    step_path = os.path.join(directory, str(step))
+    raise CorruptCheckpointError(
+        f"init_from: parameters of checkpoint step {step} at {step_path} cannot be "
+        f"restored ({_short(e)})", step=step, path=step_path) from e
+  finally:
+    mgr.close()
+  # partial_restore leaves a parameter the checkpoint lacks as its abstract value:
+  # refuse it here rather than train from a ShapeDtypeStruct (or zeros) later.
+  missing = [jax.tree_util.keystr(p) for p, leaf in
+             jax.tree_util.tree_flatten_with_path(restored["params"])[0]
+             if not isinstance(leaf, jax.Array)]
+  if missing:
+    step_path = os.path.join(directory, str(step))
+    raise CorruptCheckpointError(
+        f"init_from: checkpoint step {step} at {step_path} has no data for parameters "
+        f"{missing[:5]}{' ...' if len(missing) > 5 else ''}", step=step, path=step_path)
   return restored["params"]

@@ -118,6 +118,7 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.checkpoint.every = 200  # steps between checkpoints (0 = only at the end)
   c.checkpoint.keep = 3  # checkpoints kept
   c.checkpoint.async_save = True  # write in the background while training continues
+  c.checkpoint.fallback_on_corrupt = False  # a damaged latest step: resume from an older one
 
   c.sample = ml_collections.ConfigDict()
   c.sample.method = "greedy"  # greedy | temperature | top_k | top_p

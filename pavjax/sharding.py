@@ -157,3 +157,22 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     out[key] = jax.make_array_from_process_local_data(
         batch_sharding(mesh, value.ndim), local, value.shape)
   return out
+
+
+def to_host(tree: Any) -> Any:
+  """Numpy values of (possibly batch-sharded) arrays, the same on every process.
+
+  One process: `jax.device_get`. Several: an array whose shards live partly on
+  other processes is all-gathered first (`device_get` cannot read those), so
+  host-side code (scoring responses, beam bookkeeping) sees every row.
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(fetch, tree)

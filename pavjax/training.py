@@ -101,7 +101,9 @@ def restore_or_init(spec: StateSpec, checkpointer, init_from: str = "") -> tuple
   from pavjax import checkpoint  # pylint: disable=g-import-not-at-top
   step = checkpointer.latest_step() if checkpointer is not None else None
   if step is not None:
-    return checkpointer.restore(step, spec.abstract), f"checkpoint step {step}"
+    state = checkpointer.restore(step, spec.abstract)
+    # With fallback_on_corrupt an older step may have been used instead.
+    return state, f"checkpoint step {checkpointer.restored_step or step}"
   state = spec.init()
   if init_from:
     params = checkpoint.restore_params(init_from, spec.abstract.params)

@@ -79,7 +79,8 @@ def make_trainer(env: JobEnv, step: Callable) -> Trainer:
                                    env.mesh, env.rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
                                        every=config.checkpoint.every, keep=config.checkpoint.keep,
-                                       async_save=config.checkpoint.async_save)
+                                       async_save=config.checkpoint.async_save,
+                                       fallback_on_corrupt=config.checkpoint.fallback_on_corrupt)
   state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
   logging.info("%s state from %s", config.job, origin)
   step_fn = jax.jit(

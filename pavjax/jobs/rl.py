@@ -128,7 +128,7 @@ class Prover:
       values = self.mu.prefix_values_batch(raw)  # one token per step: column h = h tokens
       return np.where(mask, values, 0.0)
     batch = shd.shard_batch({"tokens": ro.tokens, "positions": ro.positions}, self.env.mesh)
-    q = np.asarray(jax.device_get(verifiers.score(self.env.model, self.params, batch["tokens"],
+    q = np.asarray(shd.to_host(verifiers.score(self.env.model, self.params, batch["tokens"],
                                                   batch["positions"])))
     if self.kind == "bok":
       q = np.asarray(rewards.bok_q(jnp.asarray(q), self.k))
@@ -218,7 +218,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         jax.device_put(lengths, shd.batch_sharding(mesh, 1)),
         jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), max_new_tokens=max_new,
         method=method, stop_tokens=(task.eos_id,), num_samples=cfg.group_size)
-    out = jax.device_get(out)
+    out = shd.to_host(out)
     g = cfg.group_size
     responses = [[int(t) for t in out.tokens[r, :int(out.lengths[r])]] for r in range(rows)]
     ro = batch_lib.assemble(task, [prompts[r // g] for r in range(rows)], responses,

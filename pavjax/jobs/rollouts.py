@@ -200,7 +200,7 @@ class RolloutRunner:
             method=Temperature(cfg.temperature), stop_tokens=(task.eos_id,),
             num_samples=cfg.n_mc)
         call += 1
-        out = jax.device_get(out)
+        out = shd.to_host(out)
         for k, (i, col, plen) in enumerate(chunk):
           r = rows[i]
           done = r["response"][:plen - len(r["prompt"])]

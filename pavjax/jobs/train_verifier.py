@@ -89,7 +89,7 @@ def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batc
       p = np.concatenate([p, -np.ones((batch_size - n, p.shape[1]), p.dtype)])
     batch = shd.shard_batch({"tokens": t, "positions": p}, mesh)
     q = verifiers.score(model, params, batch["tokens"], batch["positions"])
-    out.append(np.asarray(jax.device_get(q))[:n])
+    out.append(np.asarray(shd.to_host(q))[:n])
   return np.concatenate(out)
 
 

@@ -51,7 +51,7 @@ def sample_responses(task: Task, sampler: Sampler, params, problems: Sequence[Pr
     res = sampler.generate(params, tokens, lengths, jax.random.fold_in(rng, call),
                            max_new_tokens=max_new_tokens, method=method, stop_tokens=stop,
                            num_samples=num_samples)
-    res = jax.device_get(res)
+    res = shd.to_host(res)
     for i in range(len(chunk)):
       problem = problems[start + i]
       group = []

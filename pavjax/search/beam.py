@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pavjax import rewards
+from pavjax import sharding as shd
 from pavjax.models.kv_cache import KVCache, shift_slots
 from pavjax.sampling import methods
 from pavjax.sampling import sampler as sampler_lib
@@ -188,7 +189,7 @@ class StepBeamSearch:
       final = step == self.max_steps - 1
       cont = valid & ended_step & ~is_eos & (not final)
       done = valid & ~cont
-      host = jax.device_get({"alive": cand.alive, "len": step_len, "q": q, "s": scores,
+      host = shd.to_host({"alive": cand.alive, "len": step_len, "q": q, "s": scores,
                              "done": done, "eos": is_eos, "start": cand.cache.start,
                              "index": cand.cache.index})
       alive = host["alive"].reshape(-1, group)
@@ -198,7 +199,7 @@ class StepBeamSearch:
       per_problem["candidates"] += alive.sum(1)
       done_rows = np.flatnonzero(host["done"])
       if done_rows.size:
-        hist = np.asarray(jax.device_get(cand.hist))
+        hist = np.asarray(shd.to_host(cand.hist))
         for r in done_rows:
           prob = r // group
           seq = hist[r, host["start"][r]:host["index"]]
@@ -206,7 +207,7 @@ class StepBeamSearch:
                               "q": float(host["q"][r]), "score": float(host["s"][r]),
                               "step": step + 1, "finished": bool(host["eos"][r])})
       beam = self._select(cand.replace(q=q), scores, cont)
-      if not bool(jax.device_get(jnp.any(beam.alive))):
+      if not bool(shd.to_host(jnp.any(beam.alive))):
         break
     return _result(pools, per_problem)
 
