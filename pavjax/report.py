@@ -49,6 +49,10 @@ def rl_sample_efficiency(pav: list[dict], outcome: list[dict], key: str = "eval/
   if not out_rows or not pav_rows:
     return {"target": None, "pav_steps": None, "outcome_steps": None, "ratio": None}
   final = max(out_rows, key=lambda r: r["step"])
+  start = min(out_rows, key=lambda r: r["step"])
+  if final[key] <= start[key]:  # outcome-RL made no progress: nothing to reach
+    return {"target": final[key], "pav_steps": None, "outcome_steps": final["step"],
+            "ratio": None, "note": "outcome-RL ended at or below its starting accuracy"}
   hit = next((r["step"] for r in pav_rows if r[key] >= final[key] and r["step"] > 0), None)
   return {"target": final[key], "pav_steps": hit, "outcome_steps": final["step"],
           "ratio": None if not hit else final["step"] / hit}
@@ -150,7 +154,8 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
     lines += ["", "## RL: sample efficiency and Pass@N", "",
               f"Outcome-RL's final greedy accuracy {_fmt(se['target'])} at iteration "
               f"{se['outcome_steps']}; PAV-RL first reached it at iteration {se['pav_steps']} "
-              f"(evaluations every few iterations): ratio **{_fmt(se['ratio'], 2)}**.", ""]
+              f"(evaluations every few iterations): ratio **{_fmt(se['ratio'], 2)}**"
+              + (f" ({se['note']})." if se.get("note") else "."), ""]
     metrics.plot_series(
         {n: [(r["step"], r["eval/accuracy"]) for r in ev[n] if "eval/accuracy" in r]
          for n in ev}, os.path.join(workdir, "rl_accuracy.png"), xlabel="RL iteration",
