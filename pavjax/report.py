@@ -139,8 +139,11 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
     lines += ["", "## Compute efficiency vs ORM best-of-N (search stage)", "",
               "FLOPs = 2 x params x (policy + verifier tokens) per problem. `speed-up` is "
               "ORM best-of-max(N)'s FLOPs divided by the FLOPs a method needs to reach the same "
-              "accuracy (interpolated on its curve; n/a = never reached).", "",
-              "| method | target accuracy | speed-up |", "|---|---|---|"]
+              "accuracy (interpolated on its curve; n/a = never reached).", ""]
+    if not next(iter(eff.values())).get("reference_rises", True):
+      lines += ["**The ORM best-of-N curve does not rise to its largest N**, so these ratios "
+                "do not measure efficiency.", ""]
+    lines += ["| method | target accuracy | speed-up |", "|---|---|---|"]
     lines += [f"| {m} | {_fmt(e['target_accuracy'])} | {_fmt(e['speedup'], 2)} |"
               for m, e in eff.items()]
     lines += ["", "![accuracy vs N](search/accuracy_vs_n.png)",

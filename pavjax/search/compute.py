@@ -47,9 +47,15 @@ def efficiency(reference: Sequence[tuple[float, float]], method: Sequence[tuple[
   best-of-128 in the paper). Returns the target accuracy, the compute each
   needs, `compute_ratio` = method / reference (< 1: cheaper) and `speedup` =
   reference / method (the paper's "5x"); ratios are None when never reached.
+  `reference_rises` is False when the reference's own cheaper points already reach
+  its final accuracy (a flat or falling curve): then no ratio means anything.
   """
   ref_compute, target = max(reference)
   need = compute_to_reach(method, target)
+  # A reference curve that does not rise (its own cheaper points already reach the
+  # target) makes the ratio meaningless: `reference_rises` says whether it does.
   return {"target_accuracy": target, "reference_compute": ref_compute, "method_compute": need,
           "compute_ratio": None if need is None else need / ref_compute,
-          "speedup": None if need is None else ref_compute / need}
+          "speedup": None if need is None else ref_compute / need,
+          "reference_rises": math.isclose(compute_to_reach(reference, target), ref_compute,
+                                          rel_tol=1e-9)}

@@ -100,3 +100,6 @@ def test_flops_and_compute_to_reach():
   assert out["compute_ratio"] == pytest.approx(200.0 / 800.0)
   assert out["speedup"] == pytest.approx(4.0)
   assert compute.efficiency(curve, ref)["speedup"] is None  # 0.7 is never reached
+  assert out["reference_rises"]
+  falling = [(50.0, 0.5), (800.0, 0.4)]  # its cheap point already beats its final one
+  assert not compute.efficiency(falling, curve)["reference_rises"]
