@@ -55,6 +55,14 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def read_json(path: str) -> Any | None:
+  """The JSON value in `path`, or None when the file does not exist."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def progress(total: int, initial: int = 0, desc: str = "") -> tqdm.tqdm:
   """A progress bar on process 0 (disabled elsewhere)."""
   return tqdm.tqdm(total=total, initial=initial, desc=desc, disable=not is_lead_process(),

@@ -31,6 +31,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pavjax import metrics
+
 MANIFEST = "manifest.json"
 FIELDS = ("tokens", "prompt_len", "length", "num_steps", "step_ends", "outcome", "reason",
           "mc_success", "mc_count", "q_hat", "problem", "seed")
@@ -57,11 +59,7 @@ def write_shard(directory: str, index: int, arrays: Mapping[str, np.ndarray]) ->
 
 
 def read_manifest(directory: str) -> dict | None:
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return metrics.read_json(os.path.join(directory, MANIFEST))
 
 
 def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:

@@ -119,3 +119,21 @@ def restore_state(workdir: str, step: int):
   state = mgr.restore(step, args=ocp.args.StandardRestore())
   mgr.close()
   return state
+
+
+def poison_loss_on_steps(monkeypatch, bad_steps) -> None:
+  """Makes a job's loss NaN on the given 1-based steps (its batch mask becomes NaN).
+
+  Patches `sharding.shard_batch`, which every training job calls once per step.
+  """
+  from pavjax import sharding as shd  # pylint: disable=g-import-not-at-top
+  real, calls = shd.shard_batch, []
+
+  def poisoned(batch, mesh):
+    calls.append(1)
+    if len(calls) in bad_steps:
+      batch = {**batch, "mask": batch["mask"] * np.nan}
+    return real(batch, mesh)
+
+  monkeypatch.setattr(shd, "shard_batch", poisoned)
+

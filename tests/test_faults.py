@@ -32,7 +32,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import types
 
 import jax
@@ -372,18 +371,10 @@ def test_job_restart_falls_back_to_previous_step_with_flag(sft_runs, tmp_path, c
 
 def _poison(monkeypatch, kind: str, bad_steps: set[int]):
   """NaN loss (mask * NaN) or Inf gradients (finite loss) on the given 1-based steps."""
-  from pavjax import sharding as shd  # pylint: disable=g-import-not-at-top
+  from pavjax import testing  # pylint: disable=g-import-not-at-top
   from pavjax import training  # pylint: disable=g-import-not-at-top
   if kind == "nan_loss":
-    real, calls = shd.shard_batch, []
-
-    def poisoned(batch, mesh):
-      calls.append(1)
-      if len(calls) in bad_steps:
-        batch = {**batch, "mask": batch["mask"] * np.nan}
-      return real(batch, mesh)
-
-    monkeypatch.setattr(shd, "shard_batch", poisoned)
+    testing.poison_loss_on_steps(monkeypatch, bad_steps)
   else:
     real_update = training.apply_update
     bad = jnp.asarray(sorted(bad_steps), jnp.int32)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -92,19 +91,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[
   return out
 
 
-def _read_state(sdir: str) -> dict | None:
-  path = os.path.join(sdir, STATE_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def run_stage(name: str, cfg, chash: str, workdir: str) -> tuple[dict, float, str]:
   """Runs (or skips, or resumes) one stage. Returns its summary, seconds and what happened."""
   from pavjax.jobs import run_job  # pylint: disable=g-import-not-at-top
   sdir = os.path.join(workdir, name)
-  state = _read_state(sdir)
+  state = metrics.read_json(os.path.join(sdir, STATE_FILE))
   if state is not None and state["hash"] == chash and state.get("complete"):
     return state["summary"], state["seconds"], "skipped (complete)"
   action = "ran"

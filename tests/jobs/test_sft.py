@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from pavjax import metrics
-from pavjax import sharding as shd
 from pavjax.main import run_job
-from pavjax.testing import restore_state
+from pavjax.testing import poison_loss_on_steps, restore_state
 
 sys.path.insert(0, ".")
 from configs import sft as sft_config  # noqa: E402
@@ -69,21 +68,8 @@ def test_halt_and_resume_equals_uninterrupted_run_bitwise(tmp_path):
   _assert_bitwise_equal(restore_state(straight, 6), restore_state(interrupted, 6))
 
 
-def _poison_steps(monkeypatch, bad_steps):
-  """Makes the loss NaN on the given (1-based) steps of a fresh run."""
-  real, calls = shd.shard_batch, []
-
-  def poisoned(batch, mesh):
-    calls.append(1)
-    if len(calls) in bad_steps:
-      batch = {**batch, "mask": batch["mask"] * np.nan}
-    return real(batch, mesh)
-
-  monkeypatch.setattr(shd, "shard_batch", poisoned)
-
-
 def test_nonfinite_stop_raises_before_a_bad_checkpoint(tmp_path, monkeypatch):
-  _poison_steps(monkeypatch, {5})
+  poison_loss_on_steps(monkeypatch, {5})
   with pytest.raises(metrics.NonFiniteError, match="step 5"):
     run_job(_config(train__log_every=100), str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
@@ -91,7 +77,7 @@ def test_nonfinite_stop_raises_before_a_bad_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nonfinite_skip_leaves_state_unchanged_then_gives_up(tmp_path, monkeypatch):
-  _poison_steps(monkeypatch, {3})
+  poison_loss_on_steps(monkeypatch, {3})
   out = run_job(_config(train__nonfinite="skip", checkpoint__every=1), str(tmp_path / "a"))
   assert out["step"] == 6
   s2, s3 = restore_state(str(tmp_path / "a"), 2), restore_state(str(tmp_path / "a"), 3)
@@ -104,7 +90,7 @@ def test_nonfinite_skip_leaves_state_unchanged_then_gives_up(tmp_path, monkeypat
   assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
 
   monkeypatch.undo()
-  _poison_steps(monkeypatch, {2, 3, 4, 5, 6})
+  poison_loss_on_steps(monkeypatch, {2, 3, 4, 5, 6})
   with pytest.raises(metrics.NonFiniteError, match="3 consecutive"):
     run_job(_config(train__nonfinite="skip", train__max_skips=3), str(tmp_path / "b"))
 
