@@ -281,6 +281,21 @@ def parse_flags(argv: Sequence[str] | None, *, description: str,
   return args
 
 
+def start(argv: Sequence[str] | None, *, description: str, gpu: Mapping[str, Any],
+          cpu: Mapping[str, Any], add_flags=None) -> tuple[argparse.Namespace, Ceilings | None]:
+  """Every bench's opening: parse the flags, then measure and print the ceilings."""
+  args = parse_flags(argv, description=description, gpu=gpu, cpu=cpu, add_flags=add_flags)
+  ceilings = None if args.skip_ceilings else measure_ceilings(args.dtype)
+  if ceilings:
+    print_ceilings(ceilings)
+  return args, ceilings
+
+
+def spread_note(results: Sequence[Mapping[str, Any]]) -> str:
+  """The table note on timing noise: the largest (max - min) / median of any result."""
+  return f"largest (max - min) / median over timed runs: {max(r['spread'] for r in results):.0%}"
+
+
 def _describe(defaults: Mapping[str, Any]) -> str:
   show = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
   return " ".join(f"--{k}={show(v)}" for k, v in defaults.items())

@@ -170,10 +170,7 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args = common.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  ceilings = None if args.skip_ceilings else common.measure_ceilings(args.dtype)
-  if ceilings:
-    common.print_ceilings(ceilings)
+  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size, batch, ceilings) for size in args.size for batch in args.batch]
   rows = []
   for r in results:
@@ -197,8 +194,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       notes=[f"floor = (batch x full-cache KV bytes per sequence + weight bytes) / {bw_note}; "
              "% of floor = floor / measured decode step. Naive loops are end to end, like "
              "generate. Correctness: greedy tokens checked against the uncached model first.",
-             f"largest (max - min) / median over timed runs: "
-             f"{max(r['spread'] for r in results):.0%}"]
+             common.spread_note(results)]
       + (["On a CPU these small caches and weights stay in the processor's caches, so the "
           "DRAM-copy floor is no bound there (% of floor can pass 100%); compare ratios."]
          if common.on_cpu() else []))

@@ -227,8 +227,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              "Sampler.generate, transformers = LlamaForCausalLM.generate(do_sample=False) with "
              "its default dynamic cache. Both frameworks' tokens passed the uncached-reference "
              "check first.",
-             f"largest (max - min) / median over timed runs: "
-             f"{max(r['spread'] for r in results):.0%}"])
+             common.spread_note(results)])
   common.write_json(args.json, {"bench": "peer", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
   return results

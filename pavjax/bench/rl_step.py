@@ -241,10 +241,7 @@ def bench_one(args, size: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args = common.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  ceilings = None if args.skip_ceilings else common.measure_ceilings(args.dtype)
-  if ceilings:
-    common.print_ceilings(ceilings)
+  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size) for size in args.size]
   pct = lambda r, k: f"{r[k]:.3g} s ({r[k] / r['iteration_s']:.0%})"
   rows = [[r["size"], common.fmt_si(r["params"]), f"{r['prompts']} x {r['samples']}",

@@ -267,10 +267,7 @@ def bench_one(args, size: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args = common.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  ceilings = None if args.skip_ceilings else common.measure_ceilings(args.dtype)
-  if ceilings:
-    common.print_ceilings(ceilings)
+  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size) for size in args.size]
   rows = [[r["size"], common.fmt_si(r["params"]),
            f"{r['trajectories']} x {r['prefixes'] // r['trajectories']} x {r['n_mc']}",
@@ -287,8 +284,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              f"fork_batch {args.fork_batch}); independent = one prefill per rollout; per-prefix "
              "= one prefill per prefix, forked n_mc ways. Same decode batch (fork_batch x n_mc), "
              "prefill width, continuation budget and host-side scoring in all three.",
-             f"largest (max - min) / median over timed runs: "
-             f"{max(r['spread'] for r in results):.0%}"])
+             common.spread_note(results)])
   common.write_json(args.json, {"bench": "rollouts", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
   return results

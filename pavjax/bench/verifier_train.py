@@ -131,10 +131,7 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args = common.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  ceilings = None if args.skip_ceilings else common.measure_ceilings(args.dtype)
-  if ceilings:
-    common.print_ceilings(ceilings)
+  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size, batch, ceilings) for size in args.size for batch in args.batch]
   rows = [[r["size"], common.fmt_si(r["params"]), common.fmt_si(r["matmul_params"]), r["batch"],
            r["seq_len"], f"{r['step_ms']:.3g}", common.fmt_si(r["tokens_s"]),
@@ -151,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              "backward; N excludes the embedding, which is a lookup here: the verifier reads "
              f"only the value head). Measured ceiling: {ceiling_note}. MFU vs 989 TFLOP/s "
              "is n/a off H100 SXM / H200.",
-             f"largest (max - min) / median over timed runs: "
-             f"{max(r['spread'] for r in results):.0%}"])
+             common.spread_note(results)])
   common.write_json(args.json, {"bench": "verifier_train",
                                 "ceilings": ceilings and ceilings.to_dict(), "results": results})
   return results
