@@ -11,12 +11,15 @@ rl_outcome; then report.md. Override a stage's field with
 
 Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes),
 gpu (default: one GPU), pod (a TPU pod slice: FSDP over every chip, larger model
-and batches; launch with launch_tpu.sh).
+and batches; launch with launch_tpu.sh); difficulty=default|easy (arith only;
+tiny uses `easy`, one-digit + and - problems, so that a 0.8M model trained for
+minutes is imperfect but not hopeless: see pavjax.tasks.arith.DIFFICULTIES).
 """
 
 import ml_collections
 
 from pavjax import config_lib
+from pavjax.tasks import arith
 
 # size -> (model size, step/budget scale). tiny is hand-tuned below for 2 CPU cores.
 SIZES = {"tiny": ("tiny", 0), "gpu": ("25m", 1), "pod": ("350m", 4)}
@@ -27,10 +30,17 @@ def _load(name):
 
 
 def get_config(arg=None):
-  v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu"})
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu", "difficulty": ""})
   task, size = v["task"], v["size"]
   if size not in SIZES:
     raise config_lib.ConfigError("size", f"{size!r} is not one of {sorted(SIZES)}")
+  level = v["difficulty"] or ("easy" if size == "tiny" else "default")
+  if task != "arith" and v["difficulty"]:
+    raise config_lib.ConfigError("difficulty", f"only task=arith has difficulties, not {task!r}")
+  try:
+    overrides = arith.difficulty(level) if task == "arith" else {}
+  except ValueError as e:
+    raise config_lib.ConfigError("difficulty", str(e)) from None
   model, scale = SIZES[size]
   spec = f"task={task},size={model}"
   s = ml_collections.ConfigDict()
@@ -45,9 +55,11 @@ def get_config(arg=None):
   s.search = _load("search").get_config(spec)
   s.rl_pav = _load("rl").get_config(spec + ",reward=pav,prover=bok")
   s.rl_outcome = _load("rl").get_config(spec + ",reward=outcome")
+  for cfg in s.values():
+    cfg.task.update(overrides)
 
   if size == "tiny":
-    s.sft.train.num_steps = 1000
+    s.sft.train.num_steps = 800
     s.rft.rft.num_problems, s.rft.rft.num_samples = 256, 4
     s.rft.train.num_steps = 100
     s.rollouts_train.rollouts.num_problems = 96
@@ -55,13 +67,14 @@ def get_config(arg=None):
     for name in ("rollouts_train", "rollouts_validation"):
       s[name].rollouts.n_cov, s[name].rollouts.n_mc = 4, 4
     for name in ("verifier_q", "verifier_orm"):
-      s[name].train.num_steps = 300
+      s[name].train.num_steps = 200
       s[name].checkpoint.every = 100
     s.search.search.num_problems = 32
     s.search.search.ns, s.search.search.beam_ns = "1,2,4,8,16", "2,4"
     s.search.search.sweep_n = 0
     for name in ("rl_pav", "rl_outcome"):
       s[name].train.num_steps = 40
+      s[name].optim.lr = 1e-4  # 40 iterations: the GPU default (2e-5) barely moves
       s[name].train.eval_every = 20
       s[name].checkpoint.every = 20
       s[name].rl.eval_pass_ns = "1,4,16"
@@ -92,6 +105,7 @@ def get_config(arg=None):
   config.job = "pipeline"
   config.task = task
   config.size = size
+  config.difficulty = level if task == "arith" else ""
   config.only = ""  # comma-separated stages to run ('' = all, then the report)
   config.stages = s
   return config

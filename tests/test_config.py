@@ -60,3 +60,18 @@ def test_cli_rejects_unknown_field_wrong_type_and_unknown_variant(tmp_path):
   variant = _main("--config=configs/sft.py:size=test,colour=red", w)
   assert variant.returncode != 0 and "unknown variant 'colour'" in variant.stderr
   assert not any(tmp_path.iterdir())
+
+
+def test_pipeline_difficulty_variant():
+  pipeline = config_lib.sibling_config("configs/x.py", "pipeline")
+  tiny = pipeline.get_config("size=tiny")
+  assert tiny.difficulty == "easy"
+  for cfg in tiny.stages.values():  # every stage sees the same task
+    assert (cfg.task.ops, cfg.task.max_operand, cfg.task.num_distractors) == ("+-", 9, 0)
+  gpu = pipeline.get_config("")
+  assert gpu.difficulty == "default" and gpu.stages.sft.task.ops == "+-*"
+  assert pipeline.get_config("size=tiny,difficulty=default").stages.rl_pav.task.ops == "+-*"
+  with pytest.raises(config_lib.ConfigError, match="difficulty"):
+    pipeline.get_config("size=tiny,difficulty=hard")
+  with pytest.raises(config_lib.ConfigError, match="difficulty"):
+    pipeline.get_config("task=toy,difficulty=easy")

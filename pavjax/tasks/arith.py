@@ -23,6 +23,7 @@ distractor given, random variable letters. Prompts are at most 48 tokens and
 responses 64 with the default tokenizer. Most of a small model's errors are
 look-ups (binding a letter to its value), not the arithmetic itself; the SFT
 accuracy measured on this default is in the README (Tasks).
+`DIFFICULTIES['easy']` is a CPU-sized variant (see there).
 Difficulty scales with `num_steps`, `max_operand`, `max_value`, `ops`,
 `num_distractors` and `shuffle_definitions`.
 
@@ -63,6 +64,25 @@ CHARSET = " " + _LETTERS + string.digits + "=+-*,.:"
 ANSWER_RE = re.compile(r"-?[0-9]{1,12}")  # the only answers compared at all
 _TOKENIZER_VERSION = 1  # bump when the tokenizer training changes (new cache key)
 _TEMP_WORKDIR: str | None = None
+
+
+# Named difficulties: overrides of default_config(). `easy` is sized for CPU runs: with
+# one-digit givens, + and - only and no distractor, the 0.8M-parameter `tiny` model
+# reaches ~27% greedy accuracy after 800 SFT steps (4 min on 2 CPU cores), where the
+# default difficulty leaves it at 4-9% after 1000-1500 steps: too few correct samples
+# for verifiers or RL to learn from. The errors left are the same kind (binding a
+# letter to the wrong value at some step), so process verifiers have work to do.
+DIFFICULTIES = {
+    "default": {},
+    "easy": dict(ops="+-", max_operand=9, max_value=50, num_distractors=0),
+}
+
+
+def difficulty(name: str) -> dict:
+  """Field overrides of the named difficulty (see DIFFICULTIES)."""
+  if name not in DIFFICULTIES:
+    raise ValueError(f"unknown arith difficulty {name!r}; known: {sorted(DIFFICULTIES)}")
+  return dict(DIFFICULTIES[name])
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -321,6 +341,10 @@ class ArithTask(tokenizer_lib.TextTask):
                               answer_re=ANSWER_RE)
 
 
+  def step_prover(self, p: float) -> StepProver:
+    """The exact procedural prover with per-line accuracy `p` (see StepProver)."""
+    return StepProver(p)
+
   def answer_key(self, response: Sequence[int]) -> str | None:
     """The canonical number on the response's answer line, or None."""
     body, _ = base.response_until_eos([int(t) for t in np.asarray(response).reshape(-1)],
@@ -330,6 +354,39 @@ class ArithTask(tokenizer_lib.TextTask):
     if parsed.answer is None or not ANSWER_RE.fullmatch(parsed.answer):
       return None
     return answers.normalize_number(parsed.answer)
+
+
+class StepProver:
+  """An exact procedural prover mu for arith (the analogue of planted's mu_gamma).
+
+  From a prefix whose lines all equal the reference solution's, mu writes each
+  remaining line (the answer line included) correctly with probability `p`, and a
+  line it gets wrong is never repaired. So, for a problem whose reference has L
+  lines, the exact value after h response lines is
+
+    Q^mu(prefix_h) = p ** (L - h)   if the h lines equal the reference's first h,
+                     0              otherwise,
+
+  so A^mu of line h is p^(L-h) (1 - p) > 0 when it is right, -p^(L-h+1) when it is
+  the first wrong line, and 0 after that: an exact process reward, for testing RL
+  apart from how well a learned verifier ranks steps. With p = 1 a right line
+  earns 0 and the first wrong one -1.
+  """
+
+  def __init__(self, p: float):
+    if not 0.0 < p <= 1.0:
+      raise ValueError(f"step prover accuracy must be in (0, 1], got {p}")
+    self.p = float(p)
+
+  def prefix_values(self, problem: base.Problem, lines: Sequence[str], width: int) -> np.ndarray:
+    """[width] Q^mu after 0, 1, ... lines of `lines` (0 past the response's last line)."""
+    ref = [line.strip() for line in problem.steps]
+    out = np.zeros(width, np.float64)
+    for h in range(min(len(lines), width - 1) + 1):
+      if h > 0 and (h > len(ref) or lines[h - 1].strip() != ref[h - 1]):
+        break  # a wrong (or surplus) line: every longer prefix is worth 0 too
+      out[h] = self.p ** (len(ref) - h)
+    return out
 
 
 def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> ArithTask:

@@ -146,6 +146,22 @@ def test_shuffled_definitions_and_hidden_values():
       assert re.fullmatch(r"[a-z]=[a-z][-+*][a-z]=[0-9]+", line), line
 
 
+def test_easy_difficulty_keeps_one_digit_givens_plus_minus_and_no_distractor():
+  splits = arith.generate_splits(_cfg(**arith.difficulty("easy")))
+  for p in splits["train"][:300]:
+    givens, definitions = p.prompt.split(". ", 1)
+    values = [int(g.split("=")[1]) for g in givens.split(", ")]
+    assert all(1 <= v <= 9 for v in values), p.prompt
+    assert "*" not in definitions, p.prompt
+    # no distractor: every given is an operand of some definition
+    names = [g.split("=")[0] for g in givens.split(", ")]
+    assert all(re.search(rf"\b{n}\b", definitions) for n in names), p.prompt
+    for line in p.steps[:-1]:
+      assert 0 <= int(line.rsplit("=", 1)[1]) <= 50, line
+  with pytest.raises(ValueError, match="unknown arith difficulty"):
+    arith.difficulty("hard")
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="ops"):
     arith.generate_splits(_cfg(ops="/"))
@@ -351,3 +367,24 @@ def test_registry_builds_default_task(tmp_path):
   seq_len = task.max_prompt_len + task.max_response_len
   arrays = base.sft_arrays(task, task.split("train")[:8], seq_len)
   assert arrays.inputs.shape[0] == 8 and arrays.mask.sum() > 0
+
+
+# ---------------------------------------------------------------- procedural prover
+
+
+def test_step_prover_values_by_hand(char_task):
+  problem = char_task.split("train")[0]
+  ref = list(problem.steps)  # two computed lines and the answer line: L = 3
+  assert len(ref) == 3
+  mu = char_task.step_prover(0.5)
+  right = char_task.step_texts(_respond(char_task, "\n".join(ref)))
+  np.testing.assert_allclose(mu.prefix_values(problem, right, 5), [0.125, 0.25, 0.5, 1.0, 0.0])
+  np.testing.assert_allclose(mu.prefix_values(problem, right, 3), [0.125, 0.25, 0.5])
+  wrong = ref[1][:-1] + str((int(ref[1][-1]) + 1) % 10)  # the second line's result changed
+  lines = char_task.step_texts(_respond(char_task, "\n".join([ref[0], wrong] + ref[2:])))
+  np.testing.assert_allclose(mu.prefix_values(problem, lines, 4), [0.125, 0.25, 0.0, 0.0])
+  surplus = char_task.step_texts(_respond(char_task, "\n".join(ref + [ref[0]])))
+  np.testing.assert_allclose(mu.prefix_values(problem, surplus, 5), [0.125, 0.25, 0.5, 1.0, 0.0])
+  assert mu.prefix_values(problem, [], 3).tolist() == [0.125, 0.0, 0.0]
+  with pytest.raises(ValueError, match="accuracy"):
+    char_task.step_prover(0.0)
