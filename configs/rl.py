@@ -7,7 +7,8 @@ Launch (after SFT or RFT):
 The paper's didactic run (exact mu_10 prover, no verifier needed):
   python -m pavjax.main --config=configs/rl.py:task=planted,size=test,reward=pav,prover=procedural \
     --config.init_from=runs/sft_planted/checkpoints --workdir=runs/rl_planted
-Variants: task=..., size=..., reward=outcome|pav|q_bonus, prover=bok|verifier|procedural.
+Variants: task=..., size=..., reward=outcome|pav|q_bonus, prover=bok|verifier|procedural
+(procedural: planted's mu_gamma, or arith's exact line prover, pavjax.tasks.arith.StepProver).
 """
 
 import ml_collections
@@ -53,6 +54,7 @@ def get_config(arg=None):
   rl.prover.verifier = ""  # checkpoints of a q verifier: Q^pi (bok) or the prover's Q^mu
   rl.prover.bok_k = 4  # K of the Best-of-K prover
   rl.prover.gamma = 10.0  # mu_gamma strength of the procedural prover (planted)
+  rl.prover.step_accuracy = 0.8  # per-line accuracy of the procedural prover (arith)
 
   config.train.num_steps = steps
   config.train.batch_size = prompts * group

@@ -109,15 +109,24 @@ class Prover:
     if cfg.kind not in PROVERS:
       raise config_lib.ConfigError("rl.prover.kind", f"{cfg.kind!r} is not one of {PROVERS}")
     if cfg.kind == "procedural":
-      if not hasattr(env.task, "prover"):
-        raise config_lib.ConfigError("rl.prover.kind", "'procedural' needs the planted task")
-      self.mu = env.task.prover(cfg.gamma)
+      if hasattr(env.task, "step_prover"):  # arith: exact mu over solution lines
+        self.mu = env.task.step_prover(cfg.step_accuracy)
+      elif hasattr(env.task, "prover"):  # planted: mu_gamma over tokens
+        self.mu = env.task.prover(cfg.gamma)
+      else:
+        raise config_lib.ConfigError(
+            "rl.prover.kind", f"'procedural' needs planted or arith, not {env.task.name!r}")
     else:
       self.params = common.load_params(env, cfg.verifier, "rl.prover.verifier")
 
   def q_values(self, ro: batch_lib.Rollouts) -> np.ndarray:
     """[B, H + 1] Q^mu after the question (column 0) and after each step (0 where absent)."""
     mask = ro.positions >= 0
+    if self.kind == "procedural" and hasattr(self.mu, "prefix_values"):
+      width = ro.positions.shape[1]
+      values = np.stack([self.mu.prefix_values(p, self.env.task.step_texts(r), width)
+                         for p, r in zip(ro.problems, ro.responses)])
+      return np.where(mask, values, 0.0)
     if self.kind == "procedural":
       task = self.env.task
       width = ro.positions.shape[1]

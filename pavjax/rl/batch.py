@@ -26,7 +26,8 @@ class Rollouts:
   positions: np.ndarray  # [B, H + 1] int32 prefix ends (-1 = no such prefix)
   outcome: np.ndarray  # [B] float32 Rex
   finished: np.ndarray  # [B] bool, the response emitted EOS
-  responses: list[list[int]]  # response tokens (for the procedural prover)
+  responses: list[list[int]]  # response tokens (for the procedural provers)
+  problems: list[base.Problem]  # the problem of each row (for the procedural provers)
 
   @property
   def step_mask(self) -> np.ndarray:
@@ -71,4 +72,4 @@ def assemble(task: base.Task, prompts: Sequence[Sequence[int]],
     if spans and (finished[i] or not mask_truncated):
       loss_mask[i, p:p + spans[-1][1]] = 1.0
   return Rollouts(tokens, loss_mask, step_ids, positions, outcome, finished,
-                  [list(r) for r in responses])
+                  [list(r) for r in responses], list(problems))

@@ -80,3 +80,28 @@ def test_assemble_marks_steps_prefixes_and_truncation():
     want = 0.0 if mask_truncated else 1.0
     np.testing.assert_array_equal(ro.loss_mask[1], np.array([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]) * want)
     np.testing.assert_array_equal(ro.step_mask, [[1, 1, 0], [1, 1, 0]])
+
+
+def test_arith_procedural_prover_gives_exact_step_advantages():
+  """rl.Prover(kind=procedural) on arith: Q^mu of each prefix and A^mu by hand (p = 0.5)."""
+  import types
+  import ml_collections
+  from pavjax.jobs import rl as rl_job
+  from pavjax.tasks import arith
+
+  cfg = arith.default_config()
+  cfg.update(tokenizer="char", num_steps=2, max_operand=9, num_train=50, num_eval=10)
+  task = arith.make(cfg)
+  problem = task.split("train")[0]
+  ref = list(problem.steps)  # L = 3 lines
+  wrong = [ref[0], ref[1][:-1] + str((int(ref[1][-1]) + 1) % 10), ref[2]]
+  responses = [task.tokenizer.encode("\n".join(lines)) + [task.eos_id] for lines in (ref, wrong)]
+  prompt = task.encode_prompt(problem)
+  ro = batch_lib.assemble(task, [prompt] * 2, responses, [problem] * 2, width=128, max_steps=4,
+                          mask_truncated=False)
+  prover = rl_job.Prover(types.SimpleNamespace(task=task), ml_collections.ConfigDict(
+      dict(kind="procedural", bok_k=4, step_accuracy=0.5, gamma=10.0, verifier="")))
+  q = prover.q_values(ro)
+  np.testing.assert_allclose(q, [[0.125, 0.25, 0.5, 1.0, 0.0], [0.125, 0.25, 0.0, 0.0, 0.0]])
+  adv = rl_job.dense_terms("pav", q, ro.step_mask)
+  np.testing.assert_allclose(adv, [[0.125, 0.25, 0.5, 0.0], [0.125, -0.25, 0.0, 0.0]])
