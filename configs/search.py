@@ -5,6 +5,8 @@ Launch (after SFT and the two verifiers):
     --config.policy.checkpoint=runs/sft_arith/checkpoints \
     --config.verifiers.q=runs/prm_arith/checkpoints \
     --config.verifiers.orm=runs/orm_arith/checkpoints --workdir=runs/search_arith
+PAV with a separate prover policy mu (a q verifier trained on mu's rollouts):
+    --config.search.prover=verifier --config.verifiers.prover=runs/prm_mu_arith/checkpoints
 Variants: task=..., size=....
 """
 
@@ -30,6 +32,9 @@ def get_config(arg=None):
   config.verifiers = ml_collections.ConfigDict()
   config.verifiers.q = ""  # checkpoints dir of the Q^pi verifier (train_verifier kind=q)
   config.verifiers.orm = ""  # checkpoints dir of the ORM (train_verifier kind=orm)
+  # checkpoints dir of a q verifier trained on rollouts of the prover policy mu (its
+  # Q^mu); read only when search.prover=verifier
+  config.verifiers.prover = ""
 
   s = config.search = ml_collections.ConfigDict()
   s.split = "test"
@@ -40,6 +45,9 @@ def get_config(arg=None):
   s.beam_methods = "q_beam,pav_beam,dvts"  # of q_beam | pav_beam | orm_beam | dvts
   s.expansions = 3  # C: next steps sampled per beam row (paper: 3)
   s.alpha = 0.5  # weight of A^mu in Q^pi + alpha * A^mu (paper: 0.5 for small models)
+  # prover mu of A^mu in pav_beam, dvts and bon:pav: bok (Best-of-bok_k of pi, closed form
+  # from Q^pi) | verifier (Q^mu of the prover policy from verifiers.prover; bok_k unused)
+  s.prover = "bok"
   s.bok_k = 4  # Best-of-K prover (paper: Bo4 best)
   s.max_steps, s.max_step_tokens = STEP_LIMITS.get(v["task"], (8, 32))
   s.dvts_width = 4  # DVTS: rows per independent sub-beam (N / width sub-beams)
@@ -47,7 +55,7 @@ def get_config(arg=None):
   s.score_batch = 256  # sequences per verifier scoring call
   s.sweep_n = 8  # N of the alpha and K sweeps of PAV beam (0 = no sweep)
   s.alphas = "0,0.25,0.5,0.75,1"
-  s.bok_ks = "2,4,8,16,32"
+  s.bok_ks = "2,4,8,16,32"  # (the K sweep is skipped with prover=verifier)
   config.sample.method = "temperature"
   config.sample.batch_size = 1024  # pool sampling rows per call
   return config

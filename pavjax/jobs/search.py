@@ -7,7 +7,14 @@ ORM (kind=orm). For every problem of `search.split`:
   every best-of-N rule at every N (`pavjax.search.best_of_n`);
 * beam searches (`q_beam`, `pav_beam`, `orm_beam`) and DVTS run once per N in
   `beam_ns`;
-* at `sweep_n`, PAV beam over `alphas` (K fixed) and over `bok_ks` (alpha fixed).
+* at `sweep_n`, PAV beam over `alphas` (K fixed) and over `bok_ks` (alpha fixed; only
+  with the BoK prover).
+
+The prover mu of PAV's A^mu (pav_beam, dvts, bon:pav) is `search.prover`:
+  bok       Best-of-`bok_k` of pi, Q^mu = 1 - (1 - Q^pi)^K from the Q^pi verifier;
+  verifier  a separate prover policy's Q^mu: `verifiers.prover`, a q verifier trained
+            on mu's rollouts; it scores the pool once (cached in `pool_prover.npz`)
+            and every beam candidate, and its tokens count as `prover_tokens`.
 
 Each (method, N) result is one line of `rows.jsonl`, written when it finishes;
 a restarted job skips the lines already there (same config hash) and the pool
@@ -16,8 +23,9 @@ is cached in `pool.npz`, so an interrupted evaluation resumes. At the end:
 `results.md` (tables), `accuracy_vs_n.png`, `accuracy_vs_flops.png`, sweep plots.
 
 Compute per problem is counted in tokens (policy generated, prefill, verifier
-scored) and FLOPs = 2 x params x tokens (`pavjax.search.compute`). Best-of-N wall
-time is the pool's sampling + scoring time scaled by N / max(N) (the pool is
+scored, prover verifier scored) and FLOPs = 2 x params x tokens
+(`pavjax.search.compute`). Best-of-N wall time is the pool's sampling + scoring
+time (+ the prover's scoring, for bon:pav) scaled by N / max(N) (the pool is
 drawn once); beam wall time is measured per run.
 """
 
@@ -46,6 +54,7 @@ from pavjax.search import best_of_n, compute
 from pavjax.search.beam import StepBeamSearch, run_dvts
 
 BEAM_SCORES = {"q_beam": "q", "pav_beam": "pav", "orm_beam": "orm", "dvts": "pav"}
+PROVERS = ("bok", "verifier")
 
 
 def parse_list(text: str, field: str, kind=int) -> list:
@@ -54,6 +63,22 @@ def parse_list(text: str, field: str, kind=int) -> list:
     return [kind(x) for x in str(text).split(",") if x.strip()]
   except ValueError as e:
     raise config_lib.ConfigError(field, f"{text!r} is not a comma-separated list: {e}") from e
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """`run_job`'s hook: the shared checks, then the search section's, before any output."""
+  config_lib.validate(config, num_devices)
+  check_config(config)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Search-specific checks that need no checkpoint; errors name the field."""
+  prover = config.search.prover
+  if prover not in PROVERS:
+    raise config_lib.ConfigError("search.prover", f"{prover!r} is not one of {PROVERS}")
+  if prover == "verifier" and not config.verifiers.prover:
+    raise config_lib.ConfigError("verifiers.prover", "needs the checkpoints dir of the prover's "
+                                 "q verifier (Q^mu) when search.prover='verifier'")
 
 
 def value_fn(model):
@@ -72,6 +97,9 @@ class SearchRunner:
     self.params = common.load_params(env, config.policy.checkpoint, "policy.checkpoint")
     self.vparams = {k: common.load_params(env, getattr(config.verifiers, k),
                                                 f"verifiers.{k}") for k in ("q", "orm")}
+    # The prover's Q^mu verifier shares the trunk (env.model), as RL's prover does.
+    self.pparams = (common.load_params(env, config.verifiers.prover, "verifiers.prover")
+                    if self.cfg.prover == "verifier" else None)
     self.sampler = Sampler(TransformerLM(env.model), pad_id=task.pad_id)
     self.problems = list(task.split(self.cfg.split))
     if self.cfg.num_problems:
@@ -118,8 +146,22 @@ class SearchRunner:
             "orm": q["orm"].reshape(p, m, h + 1), "sample_s": np.float64(sample_s),
             "wall_s": np.float64(time.time() - t0)}
 
-  def pool_scores(self, pool: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Response scores: orm, prm_min / prm_last / prm_prod, and pav (PAV-as-ORM)."""
+  def prover_pool_values(self, pool: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The prover verifier's Q^mu of every pool prefix ([P, M, H + 1]) and its seconds."""
+    t0 = time.time()
+    p, m, width = pool["tokens"].shape
+    q = train_verifier.predict(self.env.model, self.pparams, pool["tokens"].reshape(p * m, width),
+                               pool["positions"].reshape(p * m, -1), self.env.mesh,
+                               self.cfg.score_batch)
+    return {"q_mu": q.reshape(p, m, -1), "wall_s": np.float64(time.time() - t0)}
+
+  def pool_scores(self, pool: dict[str, np.ndarray], q_mu: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Response scores: orm, prm_min / prm_last / prm_prod, and pav (PAV-as-ORM).
+
+    pav's prover is Best-of-K of Q^pi, or the prover verifier's `q_mu` ([P, M, H + 1])
+    when given.
+    """
     mask = pool["positions"] >= 0  # [P, M, H + 1]; column 0 is the question
     steps = mask[..., 1:]
     last = np.maximum(mask.sum(-1) - 1, 0)
@@ -129,9 +171,10 @@ class SearchRunner:
       out[f"prm_{how}"] = best_of_n.aggregate_steps(pool["q_pi"][..., 1:], steps, how)
     q_pi = pool["q_pi"].reshape(-1, mask.shape[-1])
     m2 = mask.reshape(-1, mask.shape[-1])
+    q_mu = (rewards.bok_q(jnp.asarray(q_pi), self.cfg.bok_k) if q_mu is None
+            else jnp.asarray(q_mu.reshape(q_pi.shape)))
     eff = np.asarray(verifiers.pav_step_scores(
-        jnp.asarray(q_pi), rewards.bok_q(jnp.asarray(q_pi), self.cfg.bok_k), jnp.asarray(m2),
-        self.cfg.alpha)).reshape(steps.shape)
+        jnp.asarray(q_pi), q_mu, jnp.asarray(m2), self.cfg.alpha)).reshape(steps.shape)
     out["pav"] = best_of_n.aggregate_steps(eff, steps, "min")
     return out
 
@@ -143,13 +186,17 @@ class SearchRunner:
     score = BEAM_SCORES[method]
     subtrees = max(n // cfg.dvts_width, 1) if method == "dvts" else 1
     width = n // subtrees
+    # Only the pav score has a prover; a verifier prover replaces its closed-form BoK.
+    use_prover = score == "pav" and cfg.prover == "verifier"
     search = StepBeamSearch(
         TransformerLM(model), value_fn(model), beam_width=width, expansions=cfg.expansions,
         max_steps=self.max_steps, max_step_tokens=cfg.max_step_tokens,
         step_end_ids=task.step_end_ids, eos_id=task.eos_id, score=score,
         alpha=cfg.alpha if alpha is None else alpha,
         bok_k=cfg.bok_k if bok_k is None else bok_k,
-        method=Temperature(self.config.sample.temperature), pad_id=task.pad_id)
+        method=Temperature(self.config.sample.temperature), pad_id=task.pad_id,
+        prover_fn=value_fn(model) if use_prover else None)
+    pparams = self.pparams if use_prover else None
     vparams = self.vparams["orm" if score == "orm" else "q"]
     per_call = min(max(cfg.max_rows // (n * cfg.expansions), 1), len(self.prompts))
     t0 = time.time()
@@ -159,9 +206,10 @@ class SearchRunner:
       padded = chunk + [chunk[0]] * (per_call - len(chunk))  # fixed rows: one compile
       key = jax.random.fold_in(rng, c)
       if method == "dvts":
-        res = run_dvts(search, self.params, vparams, padded, key, subtrees)
+        res = run_dvts(search, self.params, vparams, padded, key, subtrees,
+                       prover_params=pparams)
       else:
-        res = search.run(self.params, vparams, padded, key)
+        res = search.run(self.params, vparams, padded, key, prover_params=pparams)
       results.extend(res.answers[:len(chunk)])
       for k, v in res.per_problem.items():
         per_problem.setdefault(k, []).extend(v[:len(chunk)].tolist())
@@ -172,7 +220,8 @@ class SearchRunner:
 
 
 def _with_flops(row: dict, num_params: int) -> dict:
-  return {**row, "flops": compute.flops(row, num_params, num_params)}
+  # Policy, Q^pi verifier and prover verifier all have the trunk's size (env.model).
+  return {**row, "flops": compute.flops(row, num_params, num_params, num_params)}
 
 
 # Fields that only choose which (method, N) rows run: changing them keeps finished rows.
@@ -184,21 +233,56 @@ def result_hashes(config: ml_collections.ConfigDict) -> tuple[str, str]:
   """(hash a finished row must match, hash the cached pool must match).
 
   A row depends on everything but the selection fields; the pool on the policy,
-  task, model, seed, sampling settings, problems and the pool size max(ns).
+  the Q^pi and ORM verifiers (it stores their scores), task, model, seed,
+  sampling settings, problems and the pool size max(ns).
+
+  The prover fields change PAV rows, so they are in the row hash, except under
+  the default BoK prover, where `verifiers.prover` is never read: both are then
+  left out, which also keeps rows written before these fields existed valid
+  (the BoK path computes what it did then). The pool's Q^mu is cached apart
+  (`prover_hash`), so a prover change never resamples the pool.
   """
   d = config.to_dict()
   s = d["search"]
-  rows = {**d, "search": {k: v for k, v in s.items() if k not in SELECTION_FIELDS}}
-  pool = {k: d[k] for k in ("policy", "verifiers", "task", "model", "seed", "sample")}
+  search = {k: v for k, v in s.items() if k not in SELECTION_FIELDS}
+  verifiers_used = dict(d["verifiers"])
+  if s["prover"] == "bok":
+    del search["prover"], verifiers_used["prover"]
+  rows = {**d, "search": search, "verifiers": verifiers_used}
+  pool = {k: d[k] for k in ("policy", "task", "model", "seed", "sample")}
+  pool["verifiers"] = {k: v for k, v in d["verifiers"].items() if k != "prover"}
   pool.update(split=s["split"], num_problems=s["num_problems"], max_steps=s["max_steps"],
               pool_size=max(parse_list(s["ns"], "search.ns")))
   return rollout_data.config_hash(rows), rollout_data.config_hash(pool)
+
+
+def prover_hash(config: ml_collections.ConfigDict) -> str:
+  """Hash the cached Q^mu of the pool must match: the pool's and the prover checkpoint."""
+  return rollout_data.config_hash({"pool": result_hashes(config)[1],
+                                   "prover": config.verifiers.prover})
+
+
+def _load_cached(path: str, chash: str) -> dict[str, np.ndarray] | None:
+  """The arrays of an npz cache written with `config_hash` = chash, else None."""
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as z:
+      if str(z["config_hash"]) == chash:
+        return {k: z[k] for k in z.files if k != "config_hash"}
+  return None
+
+
+def _save_cached(path: str, chash: str, arrays: dict[str, np.ndarray]) -> None:
+  """Writes an npz cache atomically (lead process only)."""
+  if metrics.is_lead_process():
+    np.savez(path + ".tmp.npz", config_hash=chash, **arrays)
+    os.replace(path + ".tmp.npz", path)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates every search method of `config.search` and writes curves and tables."""
   env = common.setup(config, workdir)
   cfg = config.search
+  check_config(config)
   ns = parse_list(cfg.ns, "search.ns")
   beam_ns = parse_list(cfg.beam_ns, "search.beam_ns")
   beam_methods = [m for m in parse_list(cfg.beam_methods, "search.beam_methods", str)]
@@ -230,33 +314,39 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Best-of-N family from one pool.
   m = max(ns)
   pool_path = os.path.join(out_dir, "pool.npz")
-  pool = None
-  if os.path.exists(pool_path):
-    with np.load(pool_path, allow_pickle=False) as z:
-      if str(z["config_hash"]) == pool_hash:
-        pool = {k: z[k] for k in z.files}
+  pool = _load_cached(pool_path, pool_hash)
   if pool is None:
     pool = runner.sample_pool(m, jax.random.fold_in(rng, 0))
-    if metrics.is_lead_process():
-      np.savez(pool_path + ".tmp.npz", config_hash=pool_hash, **pool)
-      os.replace(pool_path + ".tmp.npz", pool_path)
-  scores = runner.pool_scores(pool)
+    _save_cached(pool_path, pool_hash, pool)
+  prover_pool = None
+  if cfg.prover == "verifier":  # Q^mu of the pool's prefixes, cached beside the pool
+    prover_path, phash = os.path.join(out_dir, "pool_prover.npz"), prover_hash(config)
+    prover_pool = _load_cached(prover_path, phash)
+    if prover_pool is None:
+      prover_pool = runner.prover_pool_values(pool)
+      _save_cached(prover_path, phash, prover_pool)
+  scores = runner.pool_scores(pool, None if prover_pool is None else prover_pool["q_mu"])
   bon_pool = best_of_n.Pool(correct=pool["correct"], answers=pool["answers"], scores=scores,
                             policy_tokens=pool["policy_tokens"], prompt_tokens=pool["prompt_tokens"])
   methods = ["pass", "majority", "weighted:orm", "bon:orm", "bon:prm_min", "bon:prm_last",
              "bon:prm_prod", "bon:pav"]
   for name, curve in best_of_n.evaluate(bon_pool, ns, num_subsets=cfg.num_subsets,
                                         seed=config.seed, methods=methods).items():
+    # PAV-as-ORM with a prover verifier also has it read every sample (prompt + response).
+    by_prover = name == "bon:pav" and prover_pool is not None
+    wall = float(pool["wall_s"]) + (float(prover_pool["wall_s"]) if by_prover else 0.0)
     for row in curve:
       if (name, row["n"], "") not in done:
-        record(_with_flops({"method": name, **row,
-                            "wall_s": float(pool["wall_s"]) * row["n"] / m}, runner.num_params))
+        record(_with_flops({"method": name, **row, "wall_s": wall * row["n"] / m,
+                            "prover_tokens": row["verifier_tokens"] if by_prover else 0.0},
+                           runner.num_params))
 
   # Beams, then the alpha and K sweeps at sweep_n.
   jobs = [(meth, n, {}) for meth in beam_methods for n in beam_ns]
   if cfg.sweep_n:
     jobs += [("pav_beam", cfg.sweep_n, {"alpha": a}) for a in alphas]
-    jobs += [("pav_beam", cfg.sweep_n, {"bok_k": k}) for k in bok_ks]
+    if cfg.prover == "bok":  # K means nothing to a verifier prover
+      jobs += [("pav_beam", cfg.sweep_n, {"bok_k": k}) for k in bok_ks]
   bar = metrics.progress(len(jobs), desc="search")
   for j, (meth, n, kw) in enumerate(jobs):
     variant = ",".join(f"{k}={v}" for k, v in kw.items())
@@ -266,7 +356,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar.update(1)
   bar.close()
 
-  results = summarize(done, ns, beam_ns, cfg, runner.num_params)
+  results = summarize(done, ns, beam_ns, cfg, runner.num_params,
+                      prover_checkpoint=config.verifiers.prover)
   results.update({"job": "search", "problems": len(runner.problems), "params": runner.num_params,
                   "seconds": time.time() - t0})
   common.write_json(os.path.join(out_dir, "results.json"), results)
@@ -275,9 +366,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_params: int
-              ) -> dict[str, Any]:
-  """Curves per method, efficiency vs ORM best-of-max(N), and the sweeps."""
+def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_params: int,
+              prover_checkpoint: str = "") -> dict[str, Any]:
+  """Curves per method, efficiency vs ORM best-of-max(N), the sweeps, and the settings.
+
+  `settings.prover` names PAV's prover: 'bok' (with `bok_k`) or 'verifier' (with
+  `prover_checkpoint`, the prover's Q^mu verifier).
+  """
   curves: dict[str, list[dict]] = {}
   sweeps: dict[str, list[dict]] = {"alpha": [], "bok_k": []}
   for (method, n, variant), row in sorted(done.items(), key=lambda kv: (kv[0][0], kv[0][1])):
@@ -295,7 +390,8 @@ def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_pa
         eff[method] = compute.efficiency(ref, [(r["flops"], r["accuracy"]) for r in rows])
   return {"curves": curves, "efficiency_vs_orm": eff, "sweeps": sweeps,
           "settings": {"alpha": cfg.alpha, "bok_k": cfg.bok_k, "expansions": cfg.expansions,
-                       "dvts_width": cfg.dvts_width,
+                       "dvts_width": cfg.dvts_width, "prover": cfg.prover,
+                       "prover_checkpoint": prover_checkpoint if cfg.prover == "verifier" else "",
                        "sweep_n": cfg.sweep_n, "flops_per_token": 2 * num_params}}
 
 
@@ -303,25 +399,39 @@ def _fmt(x, digits=3):
   return "n/a" if x is None else (f"{x:.{digits}g}" if isinstance(x, float) else str(x))
 
 
+def prover_label(settings: dict) -> str:
+  """One line naming PAV's prover, for reports."""
+  if settings.get("prover", "bok") == "verifier":
+    return (f"a separate prover policy's Q^mu verifier ({settings['prover_checkpoint']}); "
+            f"its tokens are `prover tokens`")
+  k = settings["bok_k"]
+  return f"Best-of-{k} of pi, Q^mu = 1 - (1 - Q^pi)^{k} from the Q^pi verifier (no model call)"
+
+
 def write_report(results: dict, out_dir: str) -> None:
   """results.md with the accuracy tables and plots of the curves and sweeps."""
   curves = results["curves"]
+  settings = results["settings"]
   ns = sorted({r["n"] for rows in curves.values() for r in rows})
   lines = ["# Search results", "",
            f"{results['problems']} problems, policy/verifier {results['params']:,} params; "
            f"FLOPs = 2 x params x tokens per problem.", "",
+           f"PAV prover (pav_beam, dvts, bon:pav; alpha={settings['alpha']:g}): "
+           f"{prover_label(settings)}.", "",
            "## Accuracy by N", "", "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
            "|---|" + "---|" * len(ns)]
   for method, rows in curves.items():
     by_n = {r["n"]: r["accuracy"] for r in rows}
     lines.append(f"| {method} | " + " | ".join(_fmt(by_n.get(n)) for n in ns) + " |")
   lines += ["", "## Compute at the largest N (per problem)", "",
-            "| method | N | accuracy | policy tokens | verifier tokens | FLOPs | wall s (all problems) |",
-            "|---|---|---|---|---|---|---|"]
+            "| method | N | accuracy | policy tokens | verifier tokens | prover tokens | FLOPs "
+            "| wall s (all problems) |",
+            "|---|---|---|---|---|---|---|---|"]
   for method, rows in curves.items():
     r = max(rows, key=lambda r: r["n"])
     lines.append(f"| {method} | {r['n']} | {r['accuracy']:.3f} | {r['policy_tokens']:.0f} | "
-                 f"{r['verifier_tokens']:.0f} | {r['flops']:.3g} | {r['wall_s']:.1f} |")
+                 f"{r['verifier_tokens']:.0f} | {r.get('prover_tokens', 0):.0f} | "
+                 f"{r['flops']:.3g} | {r['wall_s']:.1f} |")
   eff = results["efficiency_vs_orm"]
   lines += ["", "## Compute efficiency vs ORM best-of-N at its largest N", ""]
   if eff and not next(iter(eff.values()))["reference_rises"]:

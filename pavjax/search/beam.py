@@ -13,10 +13,20 @@ Choices the paper leaves open (documented here and in the README):
     first one stands); otherwise one likely step would fill every beam slot.
   * Max steps: `max_steps`; a prefix still open then joins the pool unfinished.
 
+Provers of the `pav` score, Q^pi + alpha * A^mu:
+  * Best-of-K (default): Q^mu = BoK_K(Q^pi) = 1 - (1 - Q^pi)^K in closed form from
+    the Q^pi verifier's values (`rewards.bok_q`); no extra model call.
+  * A separate prover policy mu: `prover_fn` with `prover_params` given to `run`, a
+    value function of the same form as `value_fn` that returns Q^mu (a q verifier
+    trained on mu's rollouts). Each beam row keeps its prefix's Q^mu next to its
+    Q^pi, and a candidate scores q_cand + alpha * (qmu_cand - qmu_parent).
+
 Cache reuse: candidates fork the kept prefixes' cache rows (no re-prefill); the
 selected rows are gathered and re-aligned (`KVCache.align_prefixes`) so the
-step's unused slots are masked. The verifier has no cache here: each step it
-scores the candidates' whole prefixes (counted in `verifier_tokens`).
+step's unused slots are masked. The verifiers have no cache here: each step the
+Q^pi verifier scores the candidates' whole prefixes (counted in `verifier_tokens`),
+and so does a prover verifier (counted apart in `prover_tokens`, 0 for BoK;
+`compute.flops` charges them at the prover's parameter count).
 """
 
 from __future__ import annotations
@@ -49,6 +59,11 @@ def score_pav(q_cand, q_parent, alpha, k):
   return q_cand + alpha * adv
 
 
+def score_pav_prover(q_cand, qmu_cand, qmu_parent, alpha):
+  """Effective reward Q^pi + alpha * A^mu with a prover verifier's Q^mu."""
+  return q_cand + alpha * (qmu_cand - qmu_parent)
+
+
 SCORES: dict[str, Callable] = {"q": score_q, "orm": score_q, "pav": score_pav}
 
 # value_fn(verifier_params, tokens [R, T] right-padded, lengths [R]) -> Q in [0, 1] [R]
@@ -64,13 +79,16 @@ class Beam:
   hist: jax.Array  # [R, S] tokens at the same slots as the cache
   alive: jax.Array  # [R] bool
   q: jax.Array  # [R] verifier value of each prefix (the parent value next step)
+  # [R] the prover verifier's Q^mu of each prefix; None without a prover verifier
+  # (BoK derives its Q^mu from `q`), which keeps that path's arrays as they were.
+  qmu: jax.Array | None = None
 
 
 @dataclasses.dataclass
 class SearchResult:
   """Per problem: the pool, the chosen response, and compute counters."""
 
-  pools: list[list[dict]]  # each: tokens (response), q, score, step, finished
+  pools: list[list[dict]]  # each: tokens (response), q, score, step, finished (+ q_mu)
   answers: list[list[int]]  # chosen response tokens per problem
   counters: dict[str, int]  # totals over problems
   per_problem: dict[str, np.ndarray]  # the same counters, [P] each
@@ -95,10 +113,21 @@ class StepBeamSearch:
   def __init__(self, lm: sampler_lib.CachedLM, value_fn: ValueFn, *, beam_width: int,
                expansions: int, max_steps: int, max_step_tokens: int,
                step_end_ids: Sequence[int], eos_id: int, score: str = "pav",
-               alpha: float = 0.5, bok_k: int = 4, method=None, pad_id: int = 0):
+               alpha: float = 0.5, bok_k: int = 4, method=None, pad_id: int = 0,
+               prover_fn: ValueFn | None = None):
+    """Beam of `beam_width` rows, `expansions` samples each, ranked by `score`.
+
+    `value_fn` is the Q^pi verifier (its params go to `run`). `alpha` and `bok_k`
+    set the `pav` score; `prover_fn`, a ValueFn returning a prover verifier's Q^mu
+    (score `pav` only), replaces the Best-of-`bok_k` prover, and `run` then
+    takes its params as `prover_params`.
+    """
     if score not in SCORES:
       raise ValueError(f"score={score!r} is not one of {sorted(SCORES)}")
-    self.lm, self.value_fn = lm, value_fn
+    if prover_fn is not None and score != "pav":
+      raise ValueError(f"a prover_fn only enters the 'pav' score, not {score!r}")
+    self.lm, self.value_fn, self.prover_fn = lm, value_fn, prover_fn
+    self.alpha = alpha
     self.n, self.c = beam_width, expansions
     self.max_steps, self.step_tokens = max_steps, max_step_tokens
     self.stop = tuple(int(t) for t in step_end_ids) + (int(eos_id),)
@@ -108,18 +137,22 @@ class StepBeamSearch:
     self._init = jax.jit(self._init_impl, static_argnames=("cache_size",))
     self._expand = jax.jit(self._expand_impl)
     self._values = jax.jit(self._values_impl)
+    self._prover_values = jax.jit(self._prover_values_impl)
     self._select = jax.jit(self._select_impl)
 
   # --- jitted pieces -------------------------------------------------------------
 
-  def _init_impl(self, params, vparams, prompts, lengths, *, cache_size):
+  def _init_impl(self, params, vparams, prompts, lengths, pparams=None, *, cache_size):
     cache, logits = sampler_lib.prefill(self.lm, params, prompts, lengths, cache_size=cache_size)
     b, p = prompts.shape
     hist = jnp.zeros((b, cache_size), jnp.int32).at[:, :p].set(prompts)
     q = self._values_impl(vparams, hist, cache.start, cache.index)
     rep = lambda x: jnp.repeat(x, self.n, axis=0)  # the root fills all N rows
+    qmu = None
+    if self.prover_fn is not None:  # the root's Q^mu: step 1's baseline
+      qmu = rep(self._prover_values_impl(pparams, hist, cache.start, cache.index))
     return Beam(cache.repeat(self.n), rep(logits), rep(hist), jnp.ones((b * self.n,), bool),
-                rep(q))
+                rep(q), qmu)
 
   def _expand_impl(self, params, beam: Beam, rng):
     """C sampled next steps of every live row, re-aligned in the cache layout."""
@@ -140,17 +173,18 @@ class StepBeamSearch:
     new_cache = state.cache.align_prefixes(ends, hist.shape[1], index=index1)
     hist = shift_slots(hist, shift, hist.shape[1], axis=1)
     last = jnp.take_along_axis(state.tokens, jnp.maximum(state.lengths - 1, 0)[:, None], 1)[:, 0]
-    return (Beam(new_cache, state.next_logits, hist, alive, jnp.repeat(beam.q, self.c)),
+    # Candidates carry their parent's values (the baselines of their advantage).
+    qmu = None if beam.qmu is None else jnp.repeat(beam.qmu, self.c)
+    return (Beam(new_cache, state.next_logits, hist, alive, jnp.repeat(beam.q, self.c), qmu),
             state.lengths, last)
 
   def _values_impl(self, vparams, hist, start, index):
     """Verifier value of each row's prefix: slots [start, index) re-packed to the left."""
-    s = hist.shape[1]
-    src = jnp.arange(s, dtype=jnp.int32)[None, :] + start[:, None]
-    lengths = index - start
-    tokens = jnp.where(jnp.arange(s)[None, :] < lengths[:, None],
-                       jnp.take_along_axis(hist, jnp.minimum(src, s - 1), axis=1), 0)
-    return self.value_fn(vparams, tokens, lengths).astype(jnp.float32)
+    return _prefix_values(self.value_fn, vparams, hist, start, index)
+
+  def _prover_values_impl(self, pparams, hist, start, index):
+    """The prover verifier's Q^mu of each row's prefix (as `_values_impl`)."""
+    return _prefix_values(self.prover_fn, pparams, hist, start, index)
 
   def _select_impl(self, cand: Beam, scores, keep):
     """Top N of each problem's N * C candidates among `keep` (others get -inf)."""
@@ -160,29 +194,48 @@ class StepBeamSearch:
     rows = (top + jnp.arange(masked.shape[0])[:, None] * group).reshape(-1)
     take = lambda x: jnp.take(x, rows, axis=0)
     return Beam(cand.cache.gather(rows), take(cand.next_logits), take(cand.hist),
-                jnp.isfinite(top_scores).reshape(-1), take(cand.q))
+                jnp.isfinite(top_scores).reshape(-1), take(cand.q),
+                None if cand.qmu is None else take(cand.qmu))
 
   # --- host loop -----------------------------------------------------------------
 
   def run(self, params, vparams, prompts: Sequence[Sequence[int]], rng: jax.Array,
-          prompt_sharding=None) -> SearchResult:
-    """Searches every prompt; returns pools, chosen responses and compute counters."""
+          prompt_sharding=None, prover_params=None) -> SearchResult:
+    """Searches every prompt; returns pools, chosen responses and compute counters.
+
+    `prover_params` go to `prover_fn` (required with it, ignored without it).
+    Counters: prefill_tokens, policy_tokens (generated), candidates, and the
+    tokens each verifier read: verifier_tokens (Q^pi) and prover_tokens (Q^mu of
+    a prover verifier; 0 with the closed-form BoK prover).
+    """
+    prover = self.prover_fn is not None
+    if prover and prover_params is None:
+      raise ValueError("this search has a prover_fn: pass its prover_params to run()")
     tokens, lengths = sampler_lib.left_pad(prompts, self.pad_id)
     p = tokens.shape[1]
     cache_size = p + self.max_steps * self.step_tokens
     if prompt_sharding is not None:
       tokens = jax.device_put(tokens, prompt_sharding)
     beam = self._init(params, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
-                      cache_size=cache_size)
-    per_problem = {"prefill_tokens": lengths.astype(np.int64), "verifier_tokens":
-                   lengths.astype(np.int64), **{k: np.zeros(len(prompts), np.int64) for k in
-                                                ("policy_tokens", "candidates")}}
+                      prover_params if prover else None, cache_size=cache_size)
+    # A prover verifier reads exactly what the Q^pi verifier reads: the root
+    # prompt, then each live candidate's whole prefix.
+    zeros = lambda: np.zeros(len(prompts), np.int64)
+    per_problem = {"prefill_tokens": lengths.astype(np.int64),
+                   "verifier_tokens": lengths.astype(np.int64),
+                   "prover_tokens": lengths.astype(np.int64) if prover else zeros(),
+                   "policy_tokens": zeros(), "candidates": zeros()}
     pools: list[list[dict]] = [[] for _ in prompts]
     group = self.n * self.c
     for step in range(self.max_steps):
       cand, step_len, last = self._expand(params, beam, jax.random.fold_in(rng, step))
       q = self._values(vparams, cand.hist, cand.cache.start, cand.cache.index)
-      scores = self.score_fn(q, cand.q)
+      qmu = None
+      if prover:
+        qmu = self._prover_values(prover_params, cand.hist, cand.cache.start, cand.cache.index)
+        scores = score_pav_prover(q, qmu, cand.qmu, self.alpha)
+      else:
+        scores = self.score_fn(q, cand.q)
       is_eos = last == self.eos_id
       ended_step = jnp.isin(last, jnp.asarray(self.stop[:-1], jnp.int32)) & (step_len > 0)
       valid = _dedupe(cand.hist, cand.alive & (step_len > 0), group)
@@ -191,11 +244,13 @@ class StepBeamSearch:
       done = valid & ~cont
       host = shd.to_host({"alive": cand.alive, "len": step_len, "q": q, "s": scores,
                              "done": done, "eos": is_eos, "start": cand.cache.start,
-                             "index": cand.cache.index})
+                             "index": cand.cache.index, **({"qmu": qmu} if prover else {})})
       alive = host["alive"].reshape(-1, group)
       per_problem["policy_tokens"] += np.where(alive, host["len"].reshape(-1, group), 0).sum(1)
       seq_len = (host["index"] - host["start"]).reshape(-1, group)
       per_problem["verifier_tokens"] += np.where(alive, seq_len, 0).sum(1)
+      if prover:
+        per_problem["prover_tokens"] += np.where(alive, seq_len, 0).sum(1)
       per_problem["candidates"] += alive.sum(1)
       done_rows = np.flatnonzero(host["done"])
       if done_rows.size:
@@ -203,13 +258,26 @@ class StepBeamSearch:
         for r in done_rows:
           prob = r // group
           seq = hist[r, host["start"][r]:host["index"]]
-          pools[prob].append({"tokens": [int(t) for t in seq[lengths[prob]:]],
-                              "q": float(host["q"][r]), "score": float(host["s"][r]),
-                              "step": step + 1, "finished": bool(host["eos"][r])})
-      beam = self._select(cand.replace(q=q), scores, cont)
+          entry = {"tokens": [int(t) for t in seq[lengths[prob]:]],
+                   "q": float(host["q"][r]), "score": float(host["s"][r]),
+                   "step": step + 1, "finished": bool(host["eos"][r])}
+          if prover:
+            entry["q_mu"] = float(host["qmu"][r])
+          pools[prob].append(entry)
+      beam = self._select(cand.replace(q=q, qmu=qmu), scores, cont)
       if not bool(shd.to_host(jnp.any(beam.alive))):
         break
     return _result(pools, per_problem)
+
+
+def _prefix_values(fn: ValueFn, params, hist, start, index) -> jax.Array:
+  """fn's value of each row's prefix: slots [start, index) re-packed to the left."""
+  s = hist.shape[1]
+  src = jnp.arange(s, dtype=jnp.int32)[None, :] + start[:, None]
+  lengths = index - start
+  tokens = jnp.where(jnp.arange(s)[None, :] < lengths[:, None],
+                     jnp.take_along_axis(hist, jnp.minimum(src, s - 1), axis=1), 0)
+  return fn(params, tokens, lengths).astype(jnp.float32)
 
 
 def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray]) -> SearchResult:
@@ -220,18 +288,20 @@ def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray]) -> Sear
 
 
 def run_dvts(search: StepBeamSearch, params, vparams, prompts: Sequence[Sequence[int]],
-             rng: jax.Array, subtrees: int, prompt_sharding=None) -> SearchResult:
+             rng: jax.Array, subtrees: int, prompt_sharding=None,
+             prover_params=None) -> SearchResult:
   """Diverse verifier tree search: `subtrees` independent beams per prompt.
 
   A budget of N beam rows becomes `subtrees` beams of `search.n = N / subtrees`
   rows each, run side by side as separate problems (their own prefill, their
   own keys, no merging of identical candidates across them). Their pools are
   joined and the answer is the joined pool's top Q; counters add up.
+  `prover_params` go to `search.run` (a search with a prover verifier).
   """
   if subtrees < 1:
     raise ValueError(f"subtrees={subtrees} must be >= 1")
   repeated = [p for p in prompts for _ in range(subtrees)]
-  res = search.run(params, vparams, repeated, rng, prompt_sharding)
+  res = search.run(params, vparams, repeated, rng, prompt_sharding, prover_params)
   pools = [sum(res.pools[i * subtrees:(i + 1) * subtrees], []) for i in range(len(prompts))]
   per_problem = {k: v.reshape(len(prompts), subtrees).sum(1) for k, v in res.per_problem.items()}
   return _result(pools, per_problem)

@@ -1,10 +1,12 @@
 """Compute accounting for search: FLOPs from token counters, and compute-efficiency ratios.
 
 Convention (PAPER.md section 5 leaves the unit open): a forward pass over one
-token costs 2 x params FLOPs, for the policy (prefill and generated tokens) and
-for the verifier (every token it scores). Attention's quadratic term is left
-out; at the sequence lengths used here it is a small correction and it cancels
-in ratios between methods that read similar lengths.
+token costs 2 x params FLOPs, for the policy (prefill and generated tokens), for
+the verifier (every token it scores, `verifier_tokens`) and for a prover verifier
+(every token it scores, `prover_tokens`: PAV with a separate prover policy's Q^mu
+model; 0 for the closed-form Best-of-K prover, which costs no forward pass).
+Attention's quadratic term is left out; at the sequence lengths used here it is a
+small correction and it cancels in ratios between methods that read similar lengths.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ import math
 from typing import Mapping, Sequence
 
 
-def flops(counters: Mapping[str, float], policy_params: int, verifier_params: int) -> float:
-  """2 * params * tokens for the policy (prefill + generated) and the verifier."""
+def flops(counters: Mapping[str, float], policy_params: int, verifier_params: int,
+          prover_params: int | None = None) -> float:
+  """2 * params * tokens for the policy (prefill + generated), the verifier and the prover.
+
+  `prover_params` (the prover verifier's size) defaults to `verifier_params`.
+  """
   policy = counters.get("prefill_tokens", 0) + counters.get("policy_tokens", 0)
-  return 2.0 * (policy_params * policy + verifier_params * counters.get("verifier_tokens", 0))
+  prover_params = verifier_params if prover_params is None else prover_params
+  return 2.0 * (policy_params * policy + verifier_params * counters.get("verifier_tokens", 0)
+                + prover_params * counters.get("prover_tokens", 0))
 
 
 def compute_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:

@@ -1,10 +1,15 @@
-"""Search job end to end on the toy task: every method runs, counters add up, resume skips."""
+"""Search job end to end on the toy task: every method runs, counters add up, resume skips.
+
+Then once more with a prover verifier (the Q^pi checkpoint standing in for Q^mu).
+"""
 
 import sys
 
 import numpy as np
 import pytest
 
+from pavjax import config_lib
+from pavjax.jobs import search as search_job
 from pavjax.main import run_job
 
 sys.path.insert(0, ".")
@@ -54,6 +59,12 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_poli
   for name in ("results.md", "accuracy_vs_n.png", "accuracy_vs_flops.png", "sweep_alpha.png"):
     assert (tmp_path / name).exists(), name
   assert "## Compute efficiency vs ORM" in (tmp_path / "results.md").read_text()
+  # The default prover is closed-form Best-of-4: named in the report, no prover tokens.
+  assert out["settings"]["prover"] == "bok" and out["settings"]["prover_checkpoint"] == ""
+  assert "PAV prover (pav_beam, dvts, bon:pav; alpha=0.5): Best-of-4" in (
+      tmp_path / "results.md").read_text()
+  assert all(r["prover_tokens"] == 0 for m in ("pav_beam", "dvts", "bon:pav")
+             for r in curves[m])
 
   # A rerun finds every row and the pool: nothing is recomputed, results are equal.
   lines = (tmp_path / "rows.jsonl").read_text().splitlines()
@@ -71,6 +82,90 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_poli
   changed.search.expansions = 2
   run_job(changed, str(tmp_path))
   assert len((tmp_path / "rows.jsonl").read_text().splitlines()) > len(lines)
+
+  # PAV with a prover verifier: new rows (the row hash changes), the same pool.
+  pool_bytes = (tmp_path / "pool.npz").read_bytes()
+  before = len((tmp_path / "rows.jsonl").read_text().splitlines())
+  prover = _config(toy_policy)
+  prover.search.beam_ns = "2"
+  prover.search.prover, prover.verifiers.prover = "verifier", toy_policy
+  res = run_job(prover, str(tmp_path))
+  assert (tmp_path / "pool.npz").read_bytes() == pool_bytes  # reused, not resampled
+  rows = (tmp_path / "rows.jsonl").read_text().splitlines()[before:]
+  # 3 N x 8 best-of-N methods, 3 beams at N=2, the alpha sweep; no K sweep for a verifier.
+  assert len(rows) == 3 * 8 + 3 + 2
+  assert res["settings"]["prover"] == "verifier"
+  assert res["settings"]["prover_checkpoint"] == toy_policy
+  assert sorted(r["alpha"] for r in res["sweeps"]["alpha"]) == [0.0, 1.0]
+  assert res["sweeps"]["bok_k"] == []
+  assert "a separate prover policy's Q^mu verifier" in (tmp_path / "results.md").read_text()
+  # The prover scored the pool once; it is the Q^pi checkpoint, so it agrees with Q^pi.
+  with np.load(tmp_path / "pool_prover.npz", allow_pickle=False) as z, \
+       np.load(tmp_path / "pool.npz", allow_pickle=False) as zp:
+    np.testing.assert_array_equal(z["q_mu"], zp["q_pi"])
+  new = res["curves"]
+  # Methods without a prover are unchanged (same pool, same keys); PAV's read twice.
+  for method in ("bon:orm", "bon:prm_min", "q_beam"):
+    old = [r for r in curves[method] if r["n"] in {x["n"] for x in new[method]}]
+    assert [(r["accuracy"], r["verifier_tokens"]) for r in new[method]] == [
+        (r["accuracy"], r["verifier_tokens"]) for r in old]
+    assert all(r["prover_tokens"] == 0 for r in new[method])
+  for method in ("bon:pav", "pav_beam", "dvts"):
+    for r in new[method]:
+      assert r["prover_tokens"] == r["verifier_tokens"] > 0
+      assert r["flops"] == pytest.approx(2 * res["params"] * (
+          r["policy_tokens"] + r["prefill_tokens"] + r["verifier_tokens"] + r["prover_tokens"]))
+  # Resuming the prover run recomputes nothing.
+  rows_all = (tmp_path / "rows.jsonl").read_text().splitlines()
+  assert run_job(prover, str(tmp_path))["curves"] == new
+  assert (tmp_path / "rows.jsonl").read_text().splitlines() == rows_all
+
+
+def test_prover_fields_are_validated_and_hashed(tmp_path, toy_policy):
+  config = _config(toy_policy)
+  config.search.prover = "oracle"
+  with pytest.raises(config_lib.ConfigError, match=r"config\.search\.prover: 'oracle'"):
+    search_job.check_config(config)
+  config = _config(toy_policy)
+  config.search.prover = "verifier"  # and verifiers.prover left empty
+  with pytest.raises(config_lib.ConfigError, match=r"config\.verifiers\.prover: needs"):
+    search_job.check_config(config)
+  # run_job checks before it writes anything into the workdir.
+  with pytest.raises(config_lib.ConfigError, match=r"verifiers\.prover"):
+    run_job(config, str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists()
+
+  # Row hash: the BoK default ignores the unread verifiers.prover and hashes as a config
+  # without either field did (older rows stay valid); a verifier prover and its
+  # checkpoint each change it. The pool hash never depends on the prover.
+  bok = _config(toy_policy)
+  rows, pool = search_job.result_hashes(bok)
+  other = _config(toy_policy)
+  other.verifiers.prover = "/elsewhere"
+  assert search_job.result_hashes(other) == (rows, pool)
+  legacy = _config(toy_policy)
+  del legacy.search["prover"], legacy.verifiers["prover"]
+  assert _legacy_hashes(legacy) == (rows, pool)
+  verifier = _config(toy_policy)
+  verifier.search.prover, verifier.verifiers.prover = "verifier", "/a"
+  moved = _config(toy_policy)
+  moved.search.prover, moved.verifiers.prover = "verifier", "/b"
+  hashes = {search_job.result_hashes(c)[0] for c in (bok, verifier, moved)}
+  assert len(hashes) == 3
+  assert search_job.result_hashes(verifier)[1] == search_job.result_hashes(moved)[1] == pool
+  assert search_job.prover_hash(verifier) != search_job.prover_hash(moved)
+
+
+def _legacy_hashes(config):
+  """result_hashes as written before the prover fields existed."""
+  from pavjax import rollout_data  # pylint: disable=g-import-not-at-top
+  d = config.to_dict()
+  s = d["search"]
+  rows = {**d, "search": {k: v for k, v in s.items() if k not in search_job.SELECTION_FIELDS}}
+  pool = {k: d[k] for k in ("policy", "verifiers", "task", "model", "seed", "sample")}
+  pool.update(split=s["split"], num_problems=s["num_problems"], max_steps=s["max_steps"],
+              pool_size=max(search_job.parse_list(s["ns"], "search.ns")))
+  return rollout_data.config_hash(rows), rollout_data.config_hash(pool)
 
 
 def test_bad_lists_and_methods_name_the_field(tmp_path, toy_policy):

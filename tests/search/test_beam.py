@@ -1,4 +1,7 @@
-"""Step-level beam search on a hand-made policy and verifier (the paper's Fig. 2a tree)."""
+"""Step-level beam search on a hand-made policy and verifier (the paper's Fig. 2a tree).
+
+With a prover verifier too: a hand-made Q^mu table of a separate prover policy.
+"""
 
 import flax.linen as nn
 import jax
@@ -7,10 +10,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pavjax import rewards
 from pavjax import sharding as shd
 from pavjax.models import Transformer, TransformerConfig
 from pavjax.sampling import TransformerLM
-from pavjax.search import StepBeamSearch, run_dvts
+from pavjax.search import StepBeamSearch, compute, run_dvts
 from pavjax.testing import BigramLM
 
 PAD, BOS, EOS = 0, 1, 2
@@ -19,6 +23,12 @@ NEG = -1e9
 # Fig. 2a: parents a1 (token 4, V=0.6) and a2 (token 5, V=0.3); a1's children 6, 7, 8
 # have Q = 0.55, 0.50, 0.70 and a2's children 9, 10, 11 have Q = 0.50, 0.35, 0.25.
 Q = {BOS: 0.45, 4: 0.6, 5: 0.3, 6: 0.55, 7: 0.50, 8: 0.70, 9: 0.50, 10: 0.35, 11: 0.25}
+# A separate prover mu's values of the same prefixes. It rates a2's children far above
+# their parent and a1's below theirs, so A^mu ranks the children unlike A^{BoK}; the
+# parents' own Q^mu differ from the root's, so a search that forgot which parent a
+# candidate came from would rank them differently again.
+QMU = {BOS: 0.5, 4: 0.8, 5: 0.2, 6: 0.9, 7: 0.6, 8: 0.4, 9: 0.3, 10: 0.8, 11: 0.5}
+CHILDREN = {4: (6, 7, 8), 5: (9, 10, 11)}
 
 
 def _policy_table():
@@ -40,19 +50,24 @@ def _value_fn(qtab, tokens, lengths):
   return jnp.where(last == EOS, jnp.where(prev == BOS, 0.0, qtab[prev]), qtab[last])
 
 
-def _qtab():
+def _table(values=None):
   q = np.zeros(12, np.float32)
-  for tok, value in Q.items():
+  for tok, value in (Q if values is None else values).items():
     q[tok] = value
   return jnp.asarray(q)
 
 
-def _search(score, alpha=10.0, problems=8, sharding=None):
+_qtab = _table
+
+
+def _search(score, alpha=10.0, problems=8, sharding=None, bok_k=1, prover=None):
+  """Width-2 beams; `prover`, a Q^mu table, makes the prover a verifier (`_value_fn` of it)."""
   search = StepBeamSearch(BigramLM(), _value_fn, beam_width=2, expansions=32, max_steps=3,
                           max_step_tokens=1, step_end_ids=ACTIONS, eos_id=EOS, score=score,
-                          alpha=alpha, bok_k=1)
+                          alpha=alpha, bok_k=bok_k,
+                          prover_fn=None if prover is None else _value_fn)
   return search.run(_policy_table(), _qtab(), [[BOS]] * problems, jax.random.PRNGKey(0),
-                    prompt_sharding=sharding)
+                    prompt_sharding=sharding, prover_params=prover)
 
 
 def _pool_sets(result):
@@ -73,16 +88,82 @@ def test_fig2a_beams_by_q_and_by_advantage(score, kept):
   assert all(a == [4, 8, EOS] for a in result.answers)
 
 
-def test_compute_counters_match_hand_counts():
-  result = _search("pav", problems=4)
+@pytest.mark.parametrize("with_prover", [False, True])
+def test_compute_counters_match_hand_counts(with_prover):
+  result = _search("pav", problems=4, prover=_table(QMU) if with_prover else None)
   # Per problem: 3 steps x (N=2 rows x C=32) candidates of one token each.
   assert result.counters["policy_tokens"] == 4 * 3 * 64
   assert result.counters["candidates"] == 4 * 3 * 64
   # The root prompt once, then every candidate's whole prefix: lengths 2, 3, 4.
   assert result.counters["verifier_tokens"] == 4 * (1 + 64 * (2 + 3 + 4))
   assert result.counters["prefill_tokens"] == 4
+  # A prover verifier reads the same as the Q^pi verifier; closed-form BoK reads nothing.
+  prover_tokens = 4 * (1 + 64 * (2 + 3 + 4)) if with_prover else 0
+  assert result.counters["prover_tokens"] == prover_tokens
   for name, total in result.counters.items():  # per problem: a quarter of each total
     np.testing.assert_array_equal(result.per_problem[name], [total // 4] * 4)
+  # FLOPs = 2 x params x tokens, the prover's tokens at the prover's size.
+  want = 2 * (1000 * (4 + 4 * 3 * 64) + 10 * 4 * (1 + 64 * 9) + 3 * prover_tokens)
+  assert compute.flops(result.counters, policy_params=1000, verifier_params=10,
+                       prover_params=3) == want
+
+
+def _hand_pav_scores(alpha):
+  """Step 2's effective rewards Q^pi(c) + alpha * (Q^mu(c) - Q^mu(parent)), by hand."""
+  return {(p, c): Q[c] + alpha * (QMU[c] - QMU[p]) for p, kids in CHILDREN.items()
+          for c in kids}
+
+
+def test_prover_verifier_keeps_the_beams_its_advantages_predict():
+  scores = _hand_pav_scores(alpha=10.0)
+  # 6: 1.55, 7: -1.5, 8: -3.3 under a1; 9: 1.5, 10: 6.35, 11: 3.25 under a2.
+  kept = set(sorted(scores, key=scores.get)[-2:])
+  assert kept == {(5, 10), (5, 11)}
+  # Not what BoK(Q^pi) keeps (K=1: {(5, 9), (4, 8)}, test above; K=4: {(5, 9), (5, 10)}),
+  # nor the choice with every parent's Q^mu taken as the root's ({(4, 6), (5, 10)}).
+  bok4 = {(p, c): Q[c] + 10 * float(rewards.bok_q(Q[c], 4) - rewards.bok_q(Q[p], 4))
+          for (p, c) in scores}
+  assert set(sorted(bok4, key=bok4.get)[-2:]) == {(5, 9), (5, 10)}
+  rooted = {(p, c): Q[c] + 10 * (QMU[c] - QMU[BOS]) for (p, c) in scores}
+  assert set(sorted(rooted, key=rooted.get)[-2:]) == {(4, 6), (5, 10)}
+
+  result = _search("pav", prover=_table(QMU))
+  want = {(EOS,)} | {prefix + (EOS,) for prefix in kept}
+  for pool in result.pools:
+    assert {tuple(e["tokens"]) for e in pool} == want
+    by_tokens = {tuple(e["tokens"]): e for e in pool}
+    # The root's early stop: Q = Q^mu = 0, against the root's Q^mu of 0.5.
+    assert by_tokens[(EOS,)]["score"] == pytest.approx(10 * (0.0 - 0.5))
+    # Stopping after (5, 10): the value is the last step's (Q^pi 0.35, Q^mu 0.8), and
+    # so is its parent's Q^mu: no advantage.
+    assert by_tokens[(5, 10, EOS)]["q_mu"] == pytest.approx(0.8)
+    assert by_tokens[(5, 10, EOS)]["score"] == pytest.approx(0.35)
+  # The answer is still Q^pi's choice among the pool: (5, 10) at 0.35 over (5, 11) at 0.25.
+  assert all(a == [5, 10, EOS] for a in result.answers)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_prover_verifier_equal_to_bok_gives_the_bok_beams(k):
+  bok = _search("pav", bok_k=k)
+  verifier = _search("pav", bok_k=k, prover=rewards.bok_q(_qtab(), k))  # Q^mu = BoK_K(Q^pi)
+  strip = lambda pools: [[{n: v for n, v in e.items() if n != "q_mu"} for e in pool]
+                         for pool in pools]
+  assert strip(verifier.pools) == bok.pools  # the same beams, scores bit for bit
+  assert verifier.answers == bok.answers
+  assert {n: v for n, v in verifier.counters.items() if n != "prover_tokens"} == {
+      n: v for n, v in bok.counters.items() if n != "prover_tokens"}
+
+
+def test_prover_fn_needs_the_pav_score_and_its_params():
+  with pytest.raises(ValueError, match="only enters the 'pav' score"):
+    StepBeamSearch(BigramLM(), _value_fn, beam_width=2, expansions=2, max_steps=1,
+                   max_step_tokens=1, step_end_ids=ACTIONS, eos_id=EOS, score="q",
+                   prover_fn=_value_fn)
+  search = StepBeamSearch(BigramLM(), _value_fn, beam_width=2, expansions=2, max_steps=1,
+                          max_step_tokens=1, step_end_ids=ACTIONS, eos_id=EOS, score="pav",
+                          prover_fn=_value_fn)
+  with pytest.raises(ValueError, match="prover_params"):
+    search.run(_policy_table(), _qtab(), [[BOS]], jax.random.PRNGKey(0))
 
 
 def test_dvts_runs_independent_subtrees_and_joins_their_pools():
@@ -101,10 +182,28 @@ def test_dvts_runs_independent_subtrees_and_joins_their_pools():
   assert result.counters["policy_tokens"] == 3 * 2 * 3 * 32
 
 
-def test_results_do_not_depend_on_the_number_of_devices():
+def test_dvts_passes_the_prover_verifier_through():
+  search = StepBeamSearch(BigramLM(), _value_fn, beam_width=1, expansions=32, max_steps=3,
+                          max_step_tokens=1, step_end_ids=ACTIONS, eos_id=EOS, score="pav",
+                          alpha=10.0, prover_fn=_value_fn)
+  result = run_dvts(search, _policy_table(), _qtab(), [[BOS]] * 3, jax.random.PRNGKey(0),
+                    subtrees=2, prover_params=_table(QMU))
+  # Width 1 keeps a1 (0.6 + 10 * (0.8 - 0.5) = 3.6 vs a2's -2.7), then its child with
+  # the best Q^pi + 10 * A^mu: 6 (1.55; 7: -1.5, 8: -3.3). Q alone or BoK keeps (4, 8).
+  for pool in result.pools:
+    assert sorted(tuple(e["tokens"]) for e in pool) == [(EOS,), (EOS,), (4, 6, EOS), (4, 6, EOS)]
+  assert all(a == [4, 6, EOS] for a in result.answers)
+  # Each subtree's prover reads its root once and every candidate's prefix.
+  np.testing.assert_array_equal(result.per_problem["prover_tokens"],
+                                [2 * (1 + 32 * (2 + 3 + 4))] * 3)
+
+
+@pytest.mark.parametrize("with_prover", [False, True])
+def test_results_do_not_depend_on_the_number_of_devices(with_prover):
   mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  sharded = _search("pav", sharding=NamedSharding(mesh, P("data", None)))
-  single = _search("pav")
+  prover = _table(QMU) if with_prover else None
+  sharded = _search("pav", sharding=NamedSharding(mesh, P("data", None)), prover=prover)
+  single = _search("pav", prover=prover)
   assert sharded.pools == single.pools and sharded.counters == single.counters
 
 
