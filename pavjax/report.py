@@ -128,10 +128,17 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
   for name, label in (("rl_outcome", "ORM-RL (outcome reward)"), ("rl_pav", "PAV-RL")):
     if name in summaries:
       s = summaries[name]
+      if name == "rl_pav" and name in cfgs:
+        rl_cfg = cfgs[name].rl
+        label += f" (prover {rl_cfg.prover.kind}, alpha {rl_cfg.alpha:g})"
       rows.append((f"{label}, {s['step']} iterations", s["eval"]["accuracy"],
                    "greedy decoding, validation problems"))
   lines += ["## Accuracy", "", "| policy / method | accuracy | evaluated on |", "|---|---|---|"]
   lines += [f"| {a} | {_fmt(b)} | {c} |" for a, b, c in rows]
+  settings = search.get("settings", {})
+  if settings:
+    lines += ["", "Search settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()
+                                                  if v not in ("", None)) + "."]
 
   # --- compute efficiency -------------------------------------------------------------
   eff = search.get("efficiency_vs_orm", {})

@@ -7,7 +7,7 @@
 set -euo pipefail
 SIZE=${SIZE:-tiny}
 R=${RUNS:-runs/search_vs_orm_$SIZE}
-SFT=${SFT:-runs/demo}  # README command 1 trains this policy (arith, tiny)
+SFT=${SFT:-runs/sft_arith_default_tiny}  # arith at its default difficulty, 1,500 SFT steps
 MAIN="python -m pavjax.main"
 
 $MAIN --config=configs/sft.py:task=arith,size=$SIZE --workdir=$SFT
