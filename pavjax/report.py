@@ -163,8 +163,9 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
     se = rl_sample_efficiency(ev["rl_pav"], ev["rl_outcome"])
     lines += ["", "## RL: sample efficiency and Pass@N", "",
               f"Outcome-RL's final greedy accuracy {_fmt(se['target'])} at iteration "
-              f"{se['outcome_steps']}; PAV-RL first reached it at iteration {se['pav_steps']} "
-              f"(evaluations every few iterations): ratio **{_fmt(se['ratio'], 2)}**"
+              f"{se['outcome_steps']}; PAV-RL first reached it at iteration "
+              f"{_fmt(se['pav_steps'])} (evaluations every few iterations): ratio "
+              f"**{_fmt(se['ratio'], 2)}**"
               + (f" ({se['note']})." if se.get("note") else "."), ""]
     metrics.plot_series(
         {n: [(r["step"], r["eval/accuracy"]) for r in ev[n] if "eval/accuracy" in r]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# PAV-RL vs ORM-RL on arith from one RFT init (PAPER.md section 6); see README.md here.
+#   bash experiments/rl_vs_orm/run.sh     # 2-core CPU, easy arith, 0.8M params
+# Needs the tiny pipeline (README command 1) for its RFT policy and PRM-Q verifier:
+#   python -m pavjax.main --config=configs/pipeline.py:size=tiny --workdir=runs/demo
+# Every run resumes from its checkpoints, so rerunning after an interruption is safe.
+set -euo pipefail
+PIPE=${PIPE:-runs/demo}
+R=${RUNS:-runs/rl_vs_orm}
+SEEDS=${SEEDS:-"0 1"}
+STEPS=${STEPS:-120}
+MAIN="python -m pavjax.main"
+# The pipeline's tiny arith difficulty (pavjax.tasks.arith.DIFFICULTIES['easy']).
+EASY="--config.task.ops=+- --config.task.max_operand=9 --config.task.max_value=50 --config.task.num_distractors=0"
+common="$EASY --config.init_from=$PIPE/rft/checkpoints --config.rl.prover.verifier=$PIPE/verifier_q/checkpoints
+  --config.train.num_steps=$STEPS --config.train.eval_every=20 --config.checkpoint.every=40
+  --config.optim.lr=1e-4 --config.rl.eval_pass_ns=1,4,16"
+rl() { $MAIN --config=configs/rl.py:task=arith,size=tiny,$1 --workdir=$R/$2 $common "${@:3}"; }
+
+ONLY=${ONLY:-"outcome pav_exact pav_bo4 qbonus_exact alpha"}  # which groups to run
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+
+for seed in $SEEDS; do
+  want outcome && rl reward=outcome outcome_seed$seed --config.seed=$seed
+  # the exact line prover mu (per-line accuracy 0.8): PAV-RL apart from verifier quality
+  want pav_exact && rl reward=pav,prover=procedural pav_exact_seed$seed --config.seed=$seed
+  # the learned PRM-Q with a Best-of-4 prover, as the paper does
+  want pav_bo4 && rl reward=pav,prover=bok pav_bo4_seed$seed --config.seed=$seed
+  # the paper's negative control: Q^mu instead of A^mu as the dense term
+  want qbonus_exact && rl reward=q_bonus,prover=procedural qbonus_exact_seed$seed --config.seed=$seed
+done
+if want alpha; then
+  for alpha in 0.5 1 5; do  # alpha sweep (the runs above use 3)
+    rl reward=pav,prover=procedural pav_exact_alpha$alpha --config.rl.alpha=$alpha
+  done
+fi
+python experiments/rl_vs_orm/report.py --runs=$R --out=experiments/rl_vs_orm
