@@ -50,7 +50,7 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
   out = run_job(_config(), workdir)
   assert set(out["stages"].values()) == {"ran"} and len(out["stages"]) == 9
   report = (tmp_path / "report.md").read_text()
-  for section in ("## Accuracy", "ORM best-of-N, N=2", "PAV beam search, N=2", "PAV-RL, 4 iterations",
+  for section in ("## Accuracy", "ORM best-of-N, N=2", "PAV beam search, N=2", "PAV-RL (prover bok, alpha 1), 4 iterations",
                   "## Compute efficiency", "## RL: sample efficiency", "## Prover diagnostics",
                   "## Sampled solutions", "## Stages"):
     assert section in report, section
