@@ -112,6 +112,13 @@ def main():
             "| RFT (RL start) | " + " | ".join(f"{start.get(n, float('nan')):.3f}" for n in ns)
             + " |"]
   pass_series = {"RFT (RL start)": sorted(start.items())}
+  sft = _evals(os.path.join(args.runs, "sft_start"))
+  if sft:  # iteration 0 of a run from the SFT checkpoint: the SFT policy's own Pass@N
+    sft_pass = {int(k.rsplit("_", 1)[1]): float(v) for k, v in sft[0].items()
+                if k.startswith("eval/pass_at_")}
+    lines.append("| SFT | " + " | ".join(f"{sft_pass.get(n, float('nan')):.3f}" for n in ns)
+                 + " |")
+    pass_series["SFT"] = sorted(sft_pass.items())
   for f in finals.values():
     lines.append(f"| {f['label']} | " + " | ".join(f"{f['pass'].get(n, float('nan')):.3f}"
                                                      for n in ns) + " |")

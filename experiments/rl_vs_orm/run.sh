@@ -9,15 +9,17 @@ PIPE=${PIPE:-runs/demo}
 R=${RUNS:-runs/rl_vs_orm}
 SEEDS=${SEEDS:-"0 1"}
 STEPS=${STEPS:-120}
+LR=${LR:-1e-4}
+OUT=${OUT:-experiments/rl_vs_orm}  # where report.py writes results.md and the plots
 MAIN="python -m pavjax.main"
 # The pipeline's tiny arith difficulty (pavjax.tasks.arith.DIFFICULTIES['easy']).
 EASY="--config.task.ops=+- --config.task.max_operand=9 --config.task.max_value=50 --config.task.num_distractors=0"
 common="$EASY --config.init_from=$PIPE/rft/checkpoints --config.rl.prover.verifier=$PIPE/verifier_q/checkpoints
   --config.train.num_steps=$STEPS --config.train.eval_every=20 --config.checkpoint.every=40
-  --config.optim.lr=1e-4 --config.rl.eval_pass_ns=1,4,16"
+  --config.optim.lr=$LR --config.rl.eval_pass_ns=1,4,16"
 rl() { $MAIN --config=configs/rl.py:task=arith,size=tiny,$1 --workdir=$R/$2 $common "${@:3}"; }
 
-ONLY=${ONLY:-"outcome pav_exact pav_bo4 qbonus_exact alpha"}  # which groups to run
+ONLY=${ONLY:-"outcome pav_exact pav_bo4 qbonus_exact sft alpha"}  # which groups to run
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 
 for seed in $SEEDS; do
@@ -29,9 +31,12 @@ for seed in $SEEDS; do
   # the paper's negative control: Q^mu instead of A^mu as the dense term
   want qbonus_exact && rl reward=q_bonus,prover=procedural qbonus_exact_seed$seed --config.seed=$seed
 done
+# Pass@N of the SFT policy itself: the iteration-0 evaluation of a 1-iteration run from SFT.
+want sft && rl reward=outcome sft_start --config.init_from=$PIPE/sft/checkpoints \
+  --config.train.num_steps=1 --config.train.eval_every=1 --config.checkpoint.every=1
 if want alpha; then
   for alpha in 0.5 1 5; do  # alpha sweep (the runs above use 3)
     rl reward=pav,prover=procedural pav_exact_alpha$alpha --config.rl.alpha=$alpha
   done
 fi
-python experiments/rl_vs_orm/report.py --runs=$R --out=experiments/rl_vs_orm
+python experiments/rl_vs_orm/report.py --runs=$R --out=$OUT
