@@ -50,6 +50,7 @@ from pavjax.rl import estimators
 from pavjax.sampling import Sampler, Temperature, TransformerLM, evaluate, left_pad
 from pavjax.sampling import methods as sampling_methods
 from pavjax.search import best_of_n
+from pavjax.tasks import arith
 
 REWARDS = ("outcome", "pav", "q_bonus")
 PROVERS = ("bok", "verifier", "procedural")
@@ -122,19 +123,17 @@ class Prover:
   def q_values(self, ro: batch_lib.Rollouts) -> np.ndarray:
     """[B, H + 1] Q^mu after the question (column 0) and after each step (0 where absent)."""
     mask = ro.positions >= 0
-    if self.kind == "procedural" and hasattr(self.mu, "prefix_values"):
-      width = ro.positions.shape[1]
-      values = np.stack([self.mu.prefix_values(p, self.env.task.step_texts(r), width)
-                         for p, r in zip(ro.problems, ro.responses)])
-      return np.where(mask, values, 0.0)
     if self.kind == "procedural":
-      task = self.env.task
-      width = ro.positions.shape[1]
-      raw = np.full((len(ro.responses), width - 1), -1, np.int64)
-      for i, r in enumerate(ro.responses):
-        t = task.from_ids(r)[:width - 1]
-        raw[i, :len(t)] = t
-      values = self.mu.prefix_values_batch(raw)  # one token per step: column h = h tokens
+      task, width = self.env.task, ro.positions.shape[1]
+      if isinstance(self.mu, arith.StepProver):  # compares solution lines
+        values = np.stack([self.mu.line_values(p, task.step_texts(r), width)
+                           for p, r in zip(ro.problems, ro.responses)])
+      else:  # planted's mu_gamma: one token per step, column h = h tokens
+        raw = np.full((len(ro.responses), width - 1), -1, np.int64)
+        for i, r in enumerate(ro.responses):
+          t = task.from_ids(r)[:width - 1]
+          raw[i, :len(t)] = t
+        values = self.mu.prefix_values_batch(raw)
       return np.where(mask, values, 0.0)
     batch = shd.shard_batch({"tokens": ro.tokens, "positions": ro.positions}, self.env.mesh)
     q = np.asarray(shd.to_host(verifiers.score(self.env.model, self.params, batch["tokens"],

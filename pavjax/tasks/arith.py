@@ -378,7 +378,7 @@ class StepProver:
       raise ValueError(f"step prover accuracy must be in (0, 1], got {p}")
     self.p = float(p)
 
-  def prefix_values(self, problem: base.Problem, lines: Sequence[str], width: int) -> np.ndarray:
+  def line_values(self, problem: base.Problem, lines: Sequence[str], width: int) -> np.ndarray:
     """[width] Q^mu after 0, 1, ... lines of `lines` (0 past the response's last line)."""
     ref = [line.strip() for line in problem.steps]
     out = np.zeros(width, np.float64)

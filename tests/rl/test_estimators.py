@@ -105,3 +105,28 @@ def test_arith_procedural_prover_gives_exact_step_advantages():
   np.testing.assert_allclose(q, [[0.125, 0.25, 0.5, 1.0, 0.0], [0.125, 0.25, 0.0, 0.0, 0.0]])
   adv = rl_job.dense_terms("pav", q, ro.step_mask)
   np.testing.assert_allclose(adv, [[0.125, 0.25, 0.5, 0.0], [0.125, -0.25, 0.0, 0.0]])
+
+
+def test_planted_procedural_prover_gives_exact_prefix_values():
+  """rl.Prover(kind=procedural) on planted: mu_gamma's exact V of every token prefix."""
+  import types
+  import ml_collections
+  from pavjax.jobs import rl as rl_job
+  from pavjax.tasks import planted
+
+  task = planted.PlantedTask(num_train=8, num_eval=8)
+  problem = task.split("train")[0]
+  prompt = task.encode_prompt(problem)
+  raw = [[1, 3, 6, 0, 3, 5, task.eos_token], [3, 6, 2]]  # a win, then an unfinished miss
+  responses = [task.to_ids(r) for r in raw]
+  ro = batch_lib.assemble(task, [prompt] * 2, responses, [problem] * 2, width=16, max_steps=10,
+                          mask_truncated=False)
+  prover = rl_job.Prover(types.SimpleNamespace(task=task), ml_collections.ConfigDict(
+      dict(kind="procedural", bok_k=4, step_accuracy=0.5, gamma=10.0, verifier="")))
+  q = prover.q_values(ro)
+  mu = task.prover(10.0)
+  for i, r in enumerate(raw):
+    want = [mu.value(r[:h]) for h in range(len(r) + 1)]
+    np.testing.assert_allclose(q[i, :len(r) + 1], want, rtol=1e-6)
+    assert not q[i, len(r) + 1:].any()  # no such prefix
+  assert q[0, 6] == 1.0  # the planted sequence is complete after 6 tokens

@@ -378,13 +378,13 @@ def test_step_prover_values_by_hand(char_task):
   assert len(ref) == 3
   mu = char_task.step_prover(0.5)
   right = char_task.step_texts(_respond(char_task, "\n".join(ref)))
-  np.testing.assert_allclose(mu.prefix_values(problem, right, 5), [0.125, 0.25, 0.5, 1.0, 0.0])
-  np.testing.assert_allclose(mu.prefix_values(problem, right, 3), [0.125, 0.25, 0.5])
+  np.testing.assert_allclose(mu.line_values(problem, right, 5), [0.125, 0.25, 0.5, 1.0, 0.0])
+  np.testing.assert_allclose(mu.line_values(problem, right, 3), [0.125, 0.25, 0.5])
   wrong = ref[1][:-1] + str((int(ref[1][-1]) + 1) % 10)  # the second line's result changed
   lines = char_task.step_texts(_respond(char_task, "\n".join([ref[0], wrong] + ref[2:])))
-  np.testing.assert_allclose(mu.prefix_values(problem, lines, 4), [0.125, 0.25, 0.0, 0.0])
+  np.testing.assert_allclose(mu.line_values(problem, lines, 4), [0.125, 0.25, 0.0, 0.0])
   surplus = char_task.step_texts(_respond(char_task, "\n".join(ref + [ref[0]])))
-  np.testing.assert_allclose(mu.prefix_values(problem, surplus, 5), [0.125, 0.25, 0.5, 1.0, 0.0])
-  assert mu.prefix_values(problem, [], 3).tolist() == [0.125, 0.0, 0.0]
+  np.testing.assert_allclose(mu.line_values(problem, surplus, 5), [0.125, 0.25, 0.5, 1.0, 0.0])
+  assert mu.line_values(problem, [], 3).tolist() == [0.125, 0.0, 0.0]
   with pytest.raises(ValueError, match="accuracy"):
     char_task.step_prover(0.0)
