@@ -65,19 +65,19 @@ def pav_step_scores(q_pi: jax.Array, q_mu: jax.Array, mask: jax.Array, alpha: fl
   return rewards.effective_reward(q_pi[:, 1:], adv, alpha, steps_mask)
 
 
-def parent_ids(tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """An id per prefix (column >= 1) naming its parent prefix (tokens up to column - 1).
+def prefix_ids(tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """An id per prefix: a hash of its tokens (up to and including its position).
 
-  Steps with equal parent ids are siblings: alternative next steps from one
-  state, the decision a beam search makes. Returns [N, P] int64 (-1 where absent).
+  Equal ids are the same text, whichever seed wrote it. The parent of column
+  h >= 1 is column h - 1. Returns [N, P] int64 (-1 where absent).
   """
   n, p = positions.shape
   out = np.full((n, p), -1, np.int64)
   for i in range(n):
-    for col in range(1, p):
+    for col in range(p):
       if not mask[i, col]:
         continue
-      end = int(positions[i, col - 1]) + 1
+      end = int(positions[i, col]) + 1
       digest = hashlib.blake2b(np.asarray(tokens[i, :end], np.int32).tobytes(), digest_size=8)
       out[i, col] = int.from_bytes(digest.digest(), "little", signed=True)
   return out
@@ -87,8 +87,10 @@ def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
                          mask: np.ndarray, num_bins: int = 10) -> dict[str, float]:
   """Held-out metrics of predicted prefix Q against the dataset's Q_hat.
 
-  Calibration, MSE and BCE over every prefix; sign accuracy and rank correlation
-  of predicted advantages among siblings (steps sharing a parent prefix).
+  Calibration, MSE and BCE over every prefix; sign accuracy of predicted
+  advantages; rank correlation and pair accuracy among siblings (distinct steps
+  from one parent prefix, the choice a beam search makes), ranked by Q with the
+  copies of one step that several seeds wrote merged into one candidate.
   """
   target = data["q_hat"]
   valid = mask & np.isfinite(target)
@@ -98,12 +100,12 @@ def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
   out = {"mse": float(np.mean((pred[valid] - t) ** 2)),
          "bce": float(np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))),
          "ece": float(cal.ece), "num_prefixes": int(valid.sum())}
-  pred_adv = pred[:, 1:] - pred[:, :-1]
-  true_adv = target[:, 1:] - target[:, :-1]
   step_valid = valid[:, 1:] & valid[:, :-1]
-  parents = parent_ids(data["tokens"], positions, mask)[:, 1:]
-  sib = rewards.sibling_metrics(pred_adv[step_valid], true_adv[step_valid],
-                                parents[step_valid])
+  out["siblings/sign_accuracy"] = rewards.sign_accuracy(
+      pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], step_valid)
+  ids = prefix_ids(data["tokens"], positions, mask)
+  sib = rewards.sibling_metrics(pred[:, 1:][valid[:, 1:]], target[:, 1:][valid[:, 1:]],
+                                ids[:, :-1][valid[:, 1:]], step_ids=ids[:, 1:][valid[:, 1:]])
   out.update({f"siblings/{k}": float(v) for k, v in sib.items()})
   return out
 

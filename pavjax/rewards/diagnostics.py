@@ -144,43 +144,56 @@ def sign_accuracy(pred: np.ndarray, true: np.ndarray, mask: np.ndarray | None = 
 
 
 def sibling_metrics(pred: np.ndarray, true: np.ndarray, parent_ids: np.ndarray,
-                    mask: np.ndarray | None = None) -> dict[str, float]:
-  """How well predicted advantages order steps that share a parent prefix.
+                    mask: np.ndarray | None = None, step_ids: np.ndarray | None = None
+                    ) -> dict[str, float]:
+  """How well predicted values order steps that share a parent prefix.
+
+  Among siblings, Q and A differ by the parent's value, so either orders them;
+  pass Q when the reference comes from Monte-Carlo rollouts, where each copy of
+  a parent prefix carries its own noisy estimate and differencing adds that noise.
 
   Args:
-    pred: [N] predicted advantages (or Q: within a group they differ by a constant).
-    true: [N] reference advantages.
+    pred: [N] predicted Q (or advantages) of each step.
+    true: [N] reference values (exact, or MC estimates).
     parent_ids: [N] int, id of each step's parent prefix; equal ids are siblings.
     mask: optional [N] bool, which steps count.
+    step_ids: optional [N] int, id of each step's own prefix. Rows with equal
+      (parent, step) ids are one candidate written by several seeds: they are
+      merged (mean of pred and of true) before ranking. Without this, copies of
+      one step are a guaranteed predicted tie whose MC targets differ by noise.
 
   Returns:
     A flat dict:
       "spearman", "kendall": mean over groups where the statistic is defined
-        (>= 2 siblings, neither side constant); NaN if no group qualifies.
-      "pair_accuracy": over all sibling pairs with different true values, the
-        fraction whose predicted order agrees (a predicted tie counts as wrong).
-      "sign_accuracy": `sign_accuracy(pred, true, mask)`.
-      "num_groups": number of parents with >= 2 counted children.
+        (>= 2 distinct siblings, neither side constant); NaN if no group qualifies.
+      "pair_accuracy": over all pairs of distinct siblings with different true
+        values, the fraction whose predicted order agrees (a predicted tie
+        counts as wrong).
+      "num_groups": number of parents with >= 2 distinct counted children.
   """
   pred = np.asarray(pred, np.float64).reshape(-1)
   true = np.asarray(true, np.float64).reshape(-1)
   parent_ids = np.asarray(parent_ids).reshape(-1)
+  step_ids = (np.arange(pred.size) if step_ids is None
+              else np.asarray(step_ids).reshape(-1))
   keep = np.ones(pred.shape, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
   rhos, taus = [], []
   agree = pairs = 0
   num_groups = 0
   for parent in np.unique(parent_ids[keep]):
     members = np.flatnonzero(keep & (parent_ids == parent))
-    if members.size < 2:
+    _, which, counts = np.unique(step_ids[members], return_inverse=True, return_counts=True)
+    if counts.size < 2:
       continue
     num_groups += 1
-    p, t = pred[members], true[members]
+    p = np.bincount(which, pred[members]) / counts
+    t = np.bincount(which, true[members]) / counts
     rho, tau = spearman(p, t), kendall_tau(p, t)
     if not np.isnan(rho):
       rhos.append(rho)
     if not np.isnan(tau):
       taus.append(tau)
-    upper = np.triu(np.ones((members.size,) * 2, bool), k=1)
+    upper = np.triu(np.ones((counts.size,) * 2, bool), k=1)
     dt = np.sign(t[None, :] - t[:, None])[upper]
     dp = np.sign(p[None, :] - p[:, None])[upper]
     pairs += int(np.sum(dt != 0))
@@ -189,6 +202,5 @@ def sibling_metrics(pred: np.ndarray, true: np.ndarray, parent_ids: np.ndarray,
       "spearman": float(np.mean(rhos)) if rhos else float("nan"),
       "kendall": float(np.mean(taus)) if taus else float("nan"),
       "pair_accuracy": agree / pairs if pairs else float("nan"),
-      "sign_accuracy": sign_accuracy(pred, true, keep),
       "num_groups": num_groups,
   }

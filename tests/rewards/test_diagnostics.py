@@ -58,9 +58,24 @@ def test_sibling_metrics_hand_values():
   np.testing.assert_allclose(out["spearman"], (-0.5 + 1.0) / 2)
   np.testing.assert_allclose(out["kendall"], (-1 / 3 + 1.0) / 2)
   np.testing.assert_allclose(out["pair_accuracy"], 2 / 4)
-  np.testing.assert_allclose(out["sign_accuracy"], 3 / 6)
   assert out["num_groups"] == 2
   # Among siblings, predicted Q orders steps like predicted A (shared parent value).
   shifted = rewards.sibling_metrics(pred + np.array([5, 5, 5, -1, -1, 0, 0]), true, parents, mask)
   for key in ("spearman", "kendall", "pair_accuracy"):
     np.testing.assert_allclose(shifted[key], out[key])
+
+
+def test_sibling_copies_of_one_step_are_merged_not_counted_as_ties():
+  # Parent 0: step 7 written by three seeds (MC targets 0.75, 0.25, 0.5 -> mean
+  # 0.5, one prediction 0.6), step 8 once (target 0, prediction 0.3).
+  pred = np.array([0.6, 0.6, 0.6, 0.3])
+  true = np.array([0.75, 0.25, 0.5, 0.0])
+  parents = np.zeros(4, np.int64)
+  steps = np.array([7, 7, 7, 8])
+  merged = rewards.sibling_metrics(pred, true, parents, step_ids=steps)
+  assert merged["pair_accuracy"] == 1.0 and merged["num_groups"] == 1
+  # Unmerged, the copies' noise makes pairs with a guaranteed predicted tie.
+  assert rewards.sibling_metrics(pred, true, parents)["pair_accuracy"] == 3 / 6
+  # A parent whose children are all copies of one step offers no choice.
+  alone = rewards.sibling_metrics(pred[:3], true[:3], parents[:3], step_ids=steps[:3])
+  assert alone["num_groups"] == 0 and np.isnan(alone["pair_accuracy"])

@@ -1,0 +1,42 @@
+"""Held-out verifier metrics on a hand-built rollout dataset."""
+
+import numpy as np
+
+from pavjax import rollout_data
+from pavjax import verifiers
+
+
+def _dataset():
+  # Prompt [1, 2]; one-token steps. Seeds A and B both open with step 5, C with 6.
+  tokens = np.array([[1, 2, 5, 7], [1, 2, 5, 8], [1, 2, 6, 7]], np.int32)
+  data = {"tokens": tokens, "prompt_len": np.array([2, 2, 2], np.int32),
+          "step_ends": np.array([[2, 3], [2, 3], [2, 3]], np.int32),
+          # MC Q_hat of (question, after step 1, after step 2) per seed: the two
+          # copies of prefix [1, 2, 5] got different estimates (0.75, 0.25).
+          "q_hat": np.array([[0.5, 0.75, 1.0], [0.25, 0.25, 0.0], [0.5, 0.0, 0.0]])}
+  # A causal verifier gives equal prefixes equal scores.
+  pred = np.array([[0.4, 0.6, 0.9], [0.4, 0.6, 0.2], [0.4, 0.3, 0.1]])
+  return data, pred
+
+
+def test_prefix_ids_name_equal_text_equally():
+  data, _ = _dataset()
+  positions, mask = rollout_data.prefix_positions(data)
+  ids = verifiers.prefix_ids(data["tokens"], positions, mask)
+  assert len(set(ids[:, 0])) == 1  # the question
+  assert ids[0, 1] == ids[1, 1] != ids[2, 1]
+  assert len(set(ids[:, 2])) == 3
+
+
+def test_sibling_metrics_rank_distinct_steps_by_merged_q():
+  data, pred = _dataset()
+  positions, mask = rollout_data.prefix_positions(data)
+  out = verifiers.evaluate_predictions(pred, data, positions, mask)
+  # Siblings of the question: step 5 (merged target 0.5, predicted 0.6) over
+  # step 6 (0, 0.3): right. Siblings of [1, 2, 5]: 7 (1.0, 0.9) over 8 (0, 0.2):
+  # right. [1, 2, 6] has one child. So 2 of 2 pairs, in 2 groups.
+  assert out["siblings/pair_accuracy"] == 1.0
+  assert out["siblings/num_groups"] == 2
+  # Advantage signs (true A = 0 has no sign): A +,+; B 0,-; C -,0 -> 4 of 4.
+  assert out["siblings/sign_accuracy"] == 1.0
+  np.testing.assert_allclose(out["mse"], np.mean((pred - data["q_hat"]) ** 2))
