@@ -134,6 +134,12 @@ class Prover:
           t = task.from_ids(r)[:width - 1]
           raw[i, :len(t)] = t
         values = self.mu.prefix_values_batch(raw)
+      # A response that emitted EOS is complete: its value after the last step is
+      # its outcome, whatever the prover would have written (arith's line prover
+      # compares lines only, so without this an early EOS after right lines kept
+      # p^(L-h), and a right answer after a wrong line got 0).
+      rows = np.flatnonzero(ro.finished & (mask.sum(1) > 1))
+      values[rows, mask[rows].sum(1) - 1] = ro.outcome[rows]
       return np.where(mask, values, 0.0)
     batch = shd.shard_batch({"tokens": ro.tokens, "positions": ro.positions}, self.env.mesh)
     q = np.asarray(shd.to_host(verifiers.score(self.env.model, self.params, batch["tokens"],

@@ -370,7 +370,9 @@ class StepProver:
   so A^mu of line h is p^(L-h) (1 - p) > 0 when it is right, -p^(L-h+1) when it is
   the first wrong line, and 0 after that: an exact process reward, for testing RL
   apart from how well a learned verifier ranks steps. With p = 1 a right line
-  earns 0 and the first wrong one -1.
+  earns 0 and the first wrong one -1. These are the values of unfinished
+  prefixes; after a response's EOS its value is its outcome (the RL job's
+  `Prover` sets that column), since nothing is left for mu to write.
   """
 
   def __init__(self, p: float):

@@ -95,16 +95,26 @@ def test_arith_procedural_prover_gives_exact_step_advantages():
   problem = task.split("train")[0]
   ref = list(problem.steps)  # L = 3 lines
   wrong = [ref[0], ref[1][:-1] + str((int(ref[1][-1]) + 1) % 10), ref[2]]
-  responses = [task.tokenizer.encode("\n".join(lines)) + [task.eos_id] for lines in (ref, wrong)]
+  early = ref[:2]  # stops (EOS) before the answer line: Rex = 0
+  rows = (ref, wrong, early)
+  responses = [task.tokenizer.encode("\n".join(lines)) + [task.eos_id] for lines in rows]
   prompt = task.encode_prompt(problem)
-  ro = batch_lib.assemble(task, [prompt] * 2, responses, [problem] * 2, width=128, max_steps=4,
+  ro = batch_lib.assemble(task, [prompt] * 3, responses, [problem] * 3, width=128, max_steps=4,
                           mask_truncated=False)
+  np.testing.assert_array_equal(ro.outcome, [1.0, 1.0, 0.0])  # the wrong line is not graded
   prover = rl_job.Prover(types.SimpleNamespace(task=task), ml_collections.ConfigDict(
       dict(kind="procedural", bok_k=4, step_accuracy=0.5, gamma=10.0, verifier="")))
   q = prover.q_values(ro)
-  np.testing.assert_allclose(q, [[0.125, 0.25, 0.5, 1.0, 0.0], [0.125, 0.25, 0.0, 0.0, 0.0]])
+  # After the last step a finished response is worth its outcome: the wrong row's
+  # right answer line lifts it from 0 (mu never repairs) to 1; the early stop
+  # drops it from p^(L-2) = 0.5 to 0.
+  np.testing.assert_allclose(q, [[0.125, 0.25, 0.5, 1.0, 0.0],
+                                 [0.125, 0.25, 0.0, 1.0, 0.0],
+                                 [0.125, 0.25, 0.0, 0.0, 0.0]])
   adv = rl_job.dense_terms("pav", q, ro.step_mask)
-  np.testing.assert_allclose(adv, [[0.125, 0.25, 0.5, 0.0], [0.125, -0.25, 0.0, 0.0]])
+  np.testing.assert_allclose(adv, [[0.125, 0.25, 0.5, 0.0],
+                                   [0.125, -0.25, 1.0, 0.0],
+                                   [0.125, -0.25, 0.0, 0.0]])
 
 
 def test_planted_procedural_prover_gives_exact_prefix_values():
