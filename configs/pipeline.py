@@ -19,7 +19,6 @@ minutes is imperfect but not hopeless: see pavjax.tasks.arith.DIFFICULTIES).
 import ml_collections
 
 from pavjax import config_lib
-from pavjax.tasks import arith
 
 # size -> (model size, step/budget scale). tiny is hand-tuned below for 2 CPU cores.
 SIZES = {"tiny": ("tiny", 0), "gpu": ("25m", 1), "pod": ("350m", 4)}
@@ -35,14 +34,13 @@ def get_config(arg=None):
   if size not in SIZES:
     raise config_lib.ConfigError("size", f"{size!r} is not one of {sorted(SIZES)}")
   level = v["difficulty"] or ("easy" if size == "tiny" else "default")
-  if task != "arith" and v["difficulty"]:
-    raise config_lib.ConfigError("difficulty", f"only task=arith has difficulties, not {task!r}")
-  try:
-    overrides = arith.difficulty(level) if task == "arith" else {}
-  except ValueError as e:
-    raise config_lib.ConfigError("difficulty", str(e)) from None
+  if task != "arith":
+    if v["difficulty"]:
+      raise config_lib.ConfigError("difficulty",
+                                   f"only task=arith has difficulties, not {task!r}")
+    level = ""
   model, scale = SIZES[size]
-  spec = f"task={task},size={model}"
+  spec = f"task={task},size={model},difficulty={level}"
   s = ml_collections.ConfigDict()
   s.sft = _load("sft").get_config(spec)
   s.rft = _load("rft").get_config(spec)
@@ -55,8 +53,6 @@ def get_config(arg=None):
   s.search = _load("search").get_config(spec)
   s.rl_pav = _load("rl").get_config(spec + ",reward=pav,prover=bok")
   s.rl_outcome = _load("rl").get_config(spec + ",reward=outcome")
-  for cfg in s.values():
-    cfg.task.update(overrides)
 
   if size == "tiny":
     s.sft.train.num_steps = 800
@@ -105,7 +101,7 @@ def get_config(arg=None):
   config.job = "pipeline"
   config.task = task
   config.size = size
-  config.difficulty = level if task == "arith" else ""
+  config.difficulty = level
   config.only = ""  # comma-separated stages to run ('' = all, then the report)
   config.stages = s
   return config

@@ -14,7 +14,6 @@ Variants: task=..., size=..., reward=outcome|pav|q_bonus, prover=bok|verifier|pr
 import ml_collections
 
 from pavjax import config_lib
-from pavjax import tasks
 
 # Per task: (alpha, num_prompts, group_size, num_steps, lr). planted follows the
 # paper's didactic setting (alpha 1, batch 64, Adam 1e-3); arith is CPU-sized.
@@ -28,9 +27,9 @@ _TASK_DEFAULTS = {
 
 def get_config(arg=None):
   v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "reward": "pav",
-                                 "prover": "bok"})
+                                 "prover": "bok", "difficulty": ""})
   config = config_lib.base_config("rl", v["size"])
-  config.task = tasks.default_task_config(v["task"])
+  config.task = config_lib.task_config(v["task"], v["difficulty"])
   config_lib.set_task_lengths(config, v["task"])
   alpha, prompts, group, steps, lr = _TASK_DEFAULTS.get(v["task"], _TASK_DEFAULTS["arith"])
 

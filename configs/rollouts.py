@@ -12,14 +12,13 @@ Variants: task=..., size=..., policy=checkpoint|procedural, prover=policy|checkp
 import ml_collections
 
 from pavjax import config_lib
-from pavjax import tasks
 
 def get_config(arg=None):
   v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "policy": "checkpoint",
-                                 "prover": "policy"})
+                                 "prover": "policy", "difficulty": ""})
   config = config_lib.base_config("rollouts", v["size"])
   del config["optim"], config["train"], config["checkpoint"]
-  config.task = tasks.default_task_config(v["task"])
+  config.task = config_lib.task_config(v["task"], v["difficulty"])
   config_lib.set_task_lengths(config, v["task"])
 
   config.policy = ml_collections.ConfigDict()

@@ -13,7 +13,6 @@ Variants: task=..., size=....
 import ml_collections
 
 from pavjax import config_lib
-from pavjax import tasks
 
 # Per task: (max_steps, max_step_tokens) of beam search. arith: the reference
 # solutions have <= 4 lines of <= ~18 tokens; planted: one token per step.
@@ -21,10 +20,10 @@ STEP_LIMITS = {"arith": (6, 24), "planted": (10, 1), "toy": (4, 4), "jsonl_math"
 
 
 def get_config(arg=None):
-  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny"})
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "difficulty": ""})
   config = config_lib.base_config("search", v["size"])
   del config["optim"], config["train"], config["checkpoint"]
-  config.task = tasks.default_task_config(v["task"])
+  config.task = config_lib.task_config(v["task"], v["difficulty"])
   config_lib.set_task_lengths(config, v["task"])
 
   config.policy = ml_collections.ConfigDict()

@@ -7,7 +7,6 @@ pavjax.config_lib.MODEL_SIZES>. Override any field: --config.train.num_steps=500
 """
 
 from pavjax import config_lib
-from pavjax import tasks
 
 # Per task: SFT defaults that suit it (lengths come from config_lib.TASK_LENGTHS).
 _TASK_DEFAULTS = {
@@ -21,13 +20,13 @@ _TASK_DEFAULTS = {
 
 
 def get_config(arg=None):
-  variant = config_lib.parse_arg(arg, {"task": "toy", "size": "tiny"})
+  variant = config_lib.parse_arg(arg, {"task": "toy", "size": "tiny", "difficulty": ""})
   task_name, size = variant["task"], variant["size"]
   if task_name not in _TASK_DEFAULTS:
     raise config_lib.ConfigError("task.name", f"no SFT defaults for {task_name!r}")
   d = _TASK_DEFAULTS[task_name]
   config = config_lib.base_config("sft", size)
-  config.task = tasks.default_task_config(task_name)
+  config.task = config_lib.task_config(task_name, variant["difficulty"])
   config_lib.set_task_lengths(config, task_name)
   config.train.num_steps = d["num_steps"]
   config.train.batch_size = d["batch_size"]

@@ -10,13 +10,13 @@ Variants: task=..., size=..., kind=q|orm.
 import ml_collections
 
 from pavjax import config_lib
-from pavjax import tasks
 
 
 def get_config(arg=None):
-  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "kind": "q"})
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "kind": "q",
+                                 "difficulty": ""})
   config = config_lib.base_config("train_verifier", v["size"])
-  config.task = tasks.default_task_config(v["task"])
+  config.task = config_lib.task_config(v["task"], v["difficulty"])
   config_lib.set_task_lengths(config, v["task"])
   config.verifier = ml_collections.ConfigDict()
   config.verifier.kind = v["kind"]  # q (Q of every prefix: PRM-Q / prover) | orm (outcome)

@@ -14,6 +14,7 @@ import os
 import ml_collections
 
 from pavjax import sharding as shd
+from pavjax import tasks
 
 # name -> (embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim)
 MODEL_SIZES = {
@@ -60,6 +61,26 @@ def parse_arg(arg: str | None, defaults: dict[str, str]) -> dict[str, str]:
       raise ConfigError("<arg>", f"unknown variant {key!r}; known: {sorted(out)}")
     out[key] = value
   return out
+
+
+def task_config(name: str, difficulty: str = "") -> ml_collections.ConfigDict:
+  """The task's default fields, then a named difficulty's overrides ('' = none).
+
+  Difficulties are arith's (`pavjax.tasks.arith.DIFFICULTIES`); every stage config
+  takes them as a variant (`configs/rl.py:task=arith,difficulty=easy`), so the
+  stages of one experiment cannot disagree about the problems.
+  """
+  cfg = tasks.default_task_config(name)
+  if not difficulty:
+    return cfg
+  if name != "arith":
+    raise ConfigError("difficulty", f"only task=arith has difficulties, not {name!r}")
+  from pavjax.tasks import arith  # pylint: disable=g-import-not-at-top
+  try:
+    cfg.update(arith.difficulty(difficulty))
+  except ValueError as e:
+    raise ConfigError("difficulty", str(e)) from None
+  return cfg
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:

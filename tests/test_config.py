@@ -75,3 +75,15 @@ def test_pipeline_difficulty_variant():
     pipeline.get_config("size=tiny,difficulty=hard")
   with pytest.raises(config_lib.ConfigError, match="difficulty"):
     pipeline.get_config("task=toy,difficulty=easy")
+
+
+@pytest.mark.parametrize("job", ["sft", "rft", "rollouts", "train_verifier", "search", "rl"])
+def test_stage_configs_take_the_pipelines_difficulty(job):
+  # An experiment that runs stages by hand names the difficulty as the pipeline
+  # does, so its stages see the pipeline's problems (and tokenizer).
+  get = config_lib.sibling_config("configs/x.py", job).get_config
+  pipe = config_lib.sibling_config("configs/x.py", "pipeline").get_config("size=tiny")
+  assert get("task=arith,size=tiny,difficulty=easy").task == pipe.stages.sft.task
+  assert get("task=arith,size=tiny").task.ops == "+-*"  # no variant: the task's defaults
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.difficulty: "):
+    get("task=planted,size=test,difficulty=easy")

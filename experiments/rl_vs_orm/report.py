@@ -8,6 +8,7 @@ each of the 64 validation problems, less noisy than greedy accuracy on 64 proble
 
 import argparse
 import glob
+import json
 import os
 import re
 
@@ -59,7 +60,8 @@ def main():
     name = f"{label} (seeds={len(curves)})"
     series[name] = list(zip(steps, acc.mean(0)))
     bands[name] = list(zip(steps, acc.min(0), acc.max(0)))
-    last = [e[-1] for e in evals]
+    # every seed's evaluation at the last iteration all of them reached
+    last = [next(x for x in e if x["step"] == steps[-1]) for e in evals]
     first = [e[0] for e in evals]
     finals[prefix] = {
         "label": label, "seeds": len(curves), "step": steps[-1],
@@ -131,9 +133,11 @@ def main():
     ev = _evals(run)
     if m and ev:
       alphas.append((float(m.group(1)), float(ev[-1][KEY]), int(ev[-1]["step"])))
-  seed0 = _evals(os.path.join(args.runs, "pav_exact_seed0"))
-  if alphas and seed0:
-    alphas.append((3.0, float(seed0[-1][KEY]), int(seed0[-1]["step"])))
+  seed0 = os.path.join(args.runs, "pav_exact_seed0")
+  if alphas and _evals(seed0):  # the seed-0 run at the groups' own alpha
+    with open(os.path.join(seed0, "config.json"), encoding="utf-8") as f:
+      alpha = float(json.load(f)["rl"]["alpha"])
+    alphas.append((alpha, float(_evals(seed0)[-1][KEY]), int(_evals(seed0)[-1]["step"])))
   if alphas:
     alphas.sort()
     lines += ["## Alpha sweep (exact prover, seed 0)", "",

@@ -12,12 +12,11 @@ STEPS=${STEPS:-120}
 LR=${LR:-1e-4}
 OUT=${OUT:-experiments/rl_vs_orm}  # where report.py writes results.md and the plots
 MAIN="python -m pavjax.main"
-# The pipeline's tiny arith difficulty (pavjax.tasks.arith.DIFFICULTIES['easy']).
-EASY="--config.task.ops=+- --config.task.max_operand=9 --config.task.max_value=50 --config.task.num_distractors=0"
-common="$EASY --config.init_from=$PIPE/rft/checkpoints --config.rl.prover.verifier=$PIPE/verifier_q/checkpoints
+common="--config.init_from=$PIPE/rft/checkpoints --config.rl.prover.verifier=$PIPE/verifier_q/checkpoints
   --config.train.num_steps=$STEPS --config.train.eval_every=20 --config.checkpoint.every=40
   --config.optim.lr=$LR --config.rl.eval_pass_ns=1,4,16 ${EXTRA:-}"  # EXTRA: more overrides
-rl() { $MAIN --config=configs/rl.py:task=arith,size=tiny,$1 --workdir=$R/$2 $common "${@:3}"; }
+# difficulty=easy: the tiny pipeline's arith (pavjax.tasks.arith.DIFFICULTIES['easy']).
+rl() { $MAIN --config=configs/rl.py:task=arith,size=tiny,difficulty=easy,$1 --workdir=$R/$2 $common "${@:3}"; }
 
 ONLY=${ONLY:-"outcome pav_exact pav_bo4 qbonus_exact sft alpha"}  # which groups to run
 want() { [[ " $ONLY " == *" $1 "* ]]; }
