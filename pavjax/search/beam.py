@@ -53,15 +53,14 @@ def score_q(q_cand, q_parent, alpha, k):
   return q_cand
 
 
-def score_pav(q_cand, q_parent, alpha, k):
-  """Effective reward Q^pi + alpha * A^mu with a Best-of-K prover of pi."""
-  adv = rewards.bok_q(q_cand, k) - rewards.bok_q(q_parent, k)
-  return q_cand + alpha * adv
-
-
 def score_pav_prover(q_cand, qmu_cand, qmu_parent, alpha):
   """Effective reward Q^pi + alpha * A^mu with a prover verifier's Q^mu."""
   return q_cand + alpha * (qmu_cand - qmu_parent)
+
+
+def score_pav(q_cand, q_parent, alpha, k):
+  """Effective reward Q^pi + alpha * A^mu with a Best-of-K prover of pi."""
+  return score_pav_prover(q_cand, rewards.bok_q(q_cand, k), rewards.bok_q(q_parent, k), alpha)
 
 
 SCORES: dict[str, Callable] = {"q": score_q, "orm": score_q, "pav": score_pav}
