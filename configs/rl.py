@@ -7,6 +7,7 @@ Launch (after SFT or RFT):
 The paper's didactic run (exact mu_10 prover, no verifier needed):
   python -m pavjax.main --config=configs/rl.py:task=planted,size=test,reward=pav,prover=procedural \
     --config.init_from=runs/sft_planted/checkpoints --workdir=runs/rl_planted
+On the paper's MADE-style MLP policy instead of the transformer: size=made (SFT too).
 Variants: task=..., size=..., reward=outcome|pav|q_bonus, prover=bok|verifier|procedural
 (procedural: planted's mu_gamma, or arith's exact line prover, pavjax.tasks.arith.StepProver).
 """

@@ -3,7 +3,10 @@
 Launch (CPU, minutes):
   python -m pavjax.main --config=configs/sft.py:task=toy,size=test --workdir=runs/sft_toy
 Variants (comma-separated): task=toy|planted|arith|jsonl_math, size=<model size in
-pavjax.config_lib.MODEL_SIZES>. Override any field: --config.train.num_steps=500.
+pavjax.config_lib.MODEL_SIZES, or size=made: the paper's MADE-style 3x128 MLP>.
+Override any field: --config.train.num_steps=500.
+The didactic task on the paper's MADE policy:
+  python -m pavjax.main --config=configs/sft.py:task=planted,size=made --workdir=runs/sft_made
 """
 
 from pavjax import config_lib

@@ -13,8 +13,10 @@ import os
 
 import ml_collections
 
+from pavjax import models
 from pavjax import sharding as shd
 from pavjax import tasks
+from pavjax import training
 
 # name -> (embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim)
 MODEL_SIZES = {
@@ -25,6 +27,14 @@ MODEL_SIZES = {
     "125m": (768, 12, 12, 4, 64, 3072),
     "350m": (1024, 24, 16, 8, 64, 2816),
     "1b": (2048, 20, 16, 8, 128, 5632),
+}
+
+# name -> hidden widths of the MADE-style masked MLP (pavjax.models.made). A size
+# variant rather than a model.arch field on every preset: transformer configs keep
+# exactly their old fields, so config hashes of existing runs (rollout manifests,
+# search caches, pipeline stages) do not change.
+MADE_SIZES = {
+    "made": (128, 128, 128),  # the paper's didactic policy, "3x128" (Sec. 3.3, App. B)
 }
 
 
@@ -84,9 +94,12 @@ def task_config(name: str, difficulty: str = "") -> ml_collections.ConfigDict:
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
-  """Transformer hyper-parameters for a named size."""
+  """Model hyper-parameters for a named size (a MADE_SIZES name gives the MADE)."""
+  if size in MADE_SIZES:
+    return made_model_config(size)
   if size not in MODEL_SIZES:
-    raise ConfigError("model.size", f"unknown size {size!r}; known: {sorted(MODEL_SIZES)}")
+    raise ConfigError("model.size", f"unknown size {size!r}; known: "
+                      f"{sorted(MODEL_SIZES) + sorted(MADE_SIZES)}")
   d, layers, heads, kv_heads, head_dim, mlp = MODEL_SIZES[size]
   cfg = ml_collections.ConfigDict()
   cfg.size = size  # the preset these numbers came from (informational)
@@ -104,6 +117,17 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   return cfg
 
 
+def made_model_config(size: str) -> ml_collections.ConfigDict:
+  """MADE-style MLP hyper-parameters for a MADE_SIZES name (`size=made`)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.size = size  # the preset these numbers came from (informational)
+  cfg.arch = "made"  # network: made (transformer presets omit this field: absent = transformer)
+  cfg.hidden_sizes = MADE_SIZES[size]  # widths of the masked ReLU hidden layers
+  cfg.max_len = 256  # positions the one-hot input covers (prompt + response); set per task
+  cfg.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+  return cfg
+
+
 def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   """Fields every job shares. Jobs add their own sections."""
   c = ml_collections.ConfigDict()
@@ -118,7 +142,8 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.rules = shd.DEFAULT_RULES  # logical axis -> mesh axes, first free rule wins
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-3  # peak learning rate (AdamW)
+  c.optim.name = "adamw"  # adamw | sgd (plain gradient steps, no momentum)
+  c.optim.lr = 1e-3  # peak learning rate
   c.optim.warmup_steps = 50  # linear warm-up steps, then cosine decay
   c.optim.end_lr_frac = 0.1  # final lr as a fraction of the peak
   c.optim.weight_decay = 0.0  # decoupled weight decay
@@ -181,10 +206,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
          f"axes must be among {shd.MESH_AXES}, got {list(config.mesh.keys())}")
   dp = math.prod(mesh[a] for a in shd.BATCH_AXES if a in mesh)
   m = config.model
-  _check(m.num_layers >= 1, "model.num_layers", "must be >= 1")
-  _check(m.num_heads % m.num_kv_heads == 0, "model.num_heads",
-         f"{m.num_heads} heads are not a multiple of model.num_kv_heads={m.num_kv_heads}")
-  _check(m.head_dim % 2 == 0, "model.head_dim", f"{m.head_dim} must be even (RoPE)")
+  arch = models.arch_of(m)
+  _check(arch in models.ARCHS, "model.arch", f"{arch!r} is not one of {models.ARCHS}")
+  if arch == "made":
+    hidden = m.hidden_sizes
+    _check(isinstance(hidden, (tuple, list)) and len(hidden) >= 1
+           and all(isinstance(h, int) and h >= 1 for h in hidden), "model.hidden_sizes",
+           f"{hidden!r} is not a non-empty sequence of positive ints")
+  else:
+    _check("num_layers" in m, "model.arch",
+           f"{arch!r} needs a transformer size preset ({sorted(MODEL_SIZES)}), not "
+           f"size={m.get('size')!r}")
+    _check(m.num_layers >= 1, "model.num_layers", "must be >= 1")
+    _check(m.num_heads % m.num_kv_heads == 0, "model.num_heads",
+           f"{m.num_heads} heads are not a multiple of model.num_kv_heads={m.num_kv_heads}")
+    _check(m.head_dim % 2 == 0, "model.head_dim", f"{m.head_dim} must be even (RoPE)")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype",
          f"{m.dtype!r} is not float32 or bfloat16")
   _check(m.max_len >= 2, "model.max_len", f"{m.max_len} is too short")
@@ -193,6 +229,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
            f"{m.max_len} is not longer than the task's longest prompt ({prompt_len} tokens)")
   if "optim" in config:
     _check(config.optim.lr > 0, "optim.lr", f"{config.optim.lr} must be > 0")
+    name = config.optim.get("name", "adamw")  # configs written before the field: AdamW
+    _check(name in training.OPTIMIZERS, "optim.name",
+           f"{name!r} is not one of {sorted(training.OPTIMIZERS)}")
     _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
   if "train" in config:
     t = config.train

@@ -27,8 +27,27 @@ class TrainState:
   rng: jax.Array  # uint32[2] raw key; per-step keys are fold_in(rng, step)
 
 
+def _adamw(schedule, optim_cfg) -> optax.GradientTransformation:
+  return optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
+                     weight_decay=optim_cfg.weight_decay)
+
+
+def _sgd(schedule, optim_cfg) -> optax.GradientTransformation:
+  # Plain gradient steps: unlike Adam's, the step scales with the gradient, so a
+  # small reward term gives a small step (the control experiments/didactic
+  # tried for Theorem 3.1). Decoupled weight decay, as in AdamW.
+  parts = [optax.sgd(schedule)]
+  if optim_cfg.weight_decay:
+    parts.insert(0, optax.add_decayed_weights(optim_cfg.weight_decay))
+  return optax.chain(*parts)
+
+
+OPTIMIZERS = {"adamw": _adamw, "sgd": _sgd}
+
+
 def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+  """`optim_cfg.name` (AdamW or plain SGD) with linear warm-up then cosine decay,
+  after global-norm clipping."""
   warmup = min(optim_cfg.warmup_steps, max(num_steps - 1, 0))
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0 if warmup else optim_cfg.lr, peak_value=optim_cfg.lr,
@@ -37,8 +56,7 @@ def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
   parts = []
   if optim_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
-  parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
-                           weight_decay=optim_cfg.weight_decay))
+  parts.append(OPTIMIZERS[optim_cfg.get("name", "adamw")](schedule, optim_cfg))
   return optax.chain(*parts)
 
 

@@ -23,6 +23,7 @@ def _config(**overrides):
 @pytest.mark.parametrize("overrides,field", [
     ({"optim__lr": 0.0}, "optim.lr"),
     ({"optim__lr": -1e-3}, "optim.lr"),
+    ({"optim__name": "lion"}, "optim.name"),
     ({"train__batch_size": 12}, "train.batch_size"),  # 8 devices on the data axis
     ({"mesh__data": 3}, "mesh"),  # 3 * 1 * 1 != 8 devices
     ({"mesh__fsdp": 3}, "mesh"),  # -1 cannot fill 8 / 3

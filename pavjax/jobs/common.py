@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any, Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,10 +24,10 @@ import ml_collections
 from pavjax import checkpoint as ckpt_lib
 from pavjax import config_lib
 from pavjax import metrics
+from pavjax import models
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
-from pavjax.models import Transformer, TransformerConfig
 
 
 @dataclasses.dataclass
@@ -36,8 +37,8 @@ class JobEnv:
   task: tasks.Task
   mesh: jax.sharding.Mesh
   rules: tuple
-  model_cfg: TransformerConfig
-  model: Transformer
+  model_cfg: models.ModelConfig  # TransformerConfig or MadeConfig (config.model.arch)
+  model: nn.Module  # Transformer or Made: same call signature and ModelOutput
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
@@ -47,10 +48,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
   config_lib.validate(config, jax.device_count(), prompt_len=task.max_prompt_len)
   mesh = shd.make_mesh(dict(config.mesh))
   rules = shd.rules_from_config(config.rules)
-  model_cfg = TransformerConfig.from_config(config.model, task.vocab_size)
-  logging.info("job %s: task %s, %d params, mesh %s", config.job, task.name,
-               model_cfg.num_params(), dict(mesh.shape))
-  return JobEnv(config, workdir, task, mesh, rules, model_cfg, Transformer(model_cfg))
+  model_cfg = models.model_config_from(config.model, task.vocab_size)
+  logging.info("job %s: task %s, %s with %d params, mesh %s", config.job, task.name,
+               models.arch_of(config.model), model_cfg.num_params(), dict(mesh.shape))
+  return JobEnv(config, workdir, task, mesh, rules, model_cfg, models.build_model(model_cfg))
 
 
 @dataclasses.dataclass
@@ -91,7 +92,7 @@ def make_trainer(env: JobEnv, step: Callable) -> Trainer:
 
 
 def load_params(env: JobEnv, path: str, field: str):
-  """Parameters of a transformer checkpoint, placed with the config's shardings.
+  """Parameters of a checkpoint of the config's model, placed with the config's shardings.
 
   `field` names the config field that gave `path`, for the error when it is empty.
   """

@@ -21,7 +21,7 @@ from pavjax import rollout_data
 from pavjax import tasks
 from pavjax.jobs import common
 from pavjax.jobs import sft
-from pavjax.sampling import Sampler, Temperature, TransformerLM, evaluate
+from pavjax.sampling import Sampler, Temperature, cached_lm, evaluate
 
 
 def correct_samples(env: common.JobEnv, config) -> tuple[tasks.SFTArrays, dict]:
@@ -32,7 +32,7 @@ def correct_samples(env: common.JobEnv, config) -> tuple[tasks.SFTArrays, dict]:
   if cfg.num_problems:
     problems = problems[:cfg.num_problems]
   groups = evaluate.sample_responses(
-      task, Sampler(TransformerLM(env.model), pad_id=task.pad_id), params, problems,
+      task, Sampler(cached_lm(env.model), pad_id=task.pad_id), params, problems,
       rng=jax.random.PRNGKey(config.seed + 3), mesh=env.mesh, method=Temperature(cfg.temperature),
       max_new_tokens=config.sample.max_new_tokens, batch_size=config.sample.batch_size,
       num_samples=cfg.num_samples, progress=True)

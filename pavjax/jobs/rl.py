@@ -47,7 +47,7 @@ from pavjax import verifiers
 from pavjax.jobs import common
 from pavjax.rl import batch as batch_lib
 from pavjax.rl import estimators
-from pavjax.sampling import Sampler, Temperature, TransformerLM, evaluate, left_pad
+from pavjax.sampling import Sampler, Temperature, cached_lm, evaluate, left_pad
 from pavjax.sampling import methods as sampling_methods
 from pavjax.search import best_of_n
 from pavjax.tasks import arith
@@ -212,7 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   else jax.tree.map(jnp.copy, state.params))
   logp_fn = jax.jit(functools.partial(token_logprobs, model))
 
-  sampler = Sampler(TransformerLM(model), pad_id=task.pad_id)
+  sampler = Sampler(cached_lm(model), pad_id=task.pad_id)
   train_problems = list(task.split("train"))
   max_new = config.sample.max_new_tokens
   prompt_width = max(len(task.encode_prompt(p)) for p in train_problems[:4096])

@@ -37,7 +37,7 @@ from pavjax import metrics
 from pavjax import rollout_data
 from pavjax import sharding as shd
 from pavjax.jobs import common
-from pavjax.sampling import Sampler, Temperature, TransformerLM, bucket_length, evaluate
+from pavjax.sampling import Sampler, Temperature, bucket_length, cached_lm, evaluate
 from pavjax.tasks import base
 
 
@@ -49,7 +49,7 @@ class _Policy:
     self.env = env
     if cfg.kind == "checkpoint":
       self.params = common.load_params(env, cfg.checkpoint, "policy.checkpoint")
-      self.sampler = Sampler(TransformerLM(env.model), pad_id=env.task.pad_id)
+      self.sampler = Sampler(cached_lm(env.model), pad_id=env.task.pad_id)
     elif cfg.kind == "procedural":
       _require_planted(env.task, "policy.kind")
       self.mu = env.task.prover(cfg.gamma)
@@ -102,7 +102,7 @@ class RolloutRunner:
         self.prover_params = self.policy.params
       else:
         self.prover_params = common.load_params(env, config.prover.checkpoint, "prover.checkpoint")
-      self.sampler = Sampler(TransformerLM(env.model), pad_id=task.pad_id)
+      self.sampler = Sampler(cached_lm(env.model), pad_id=task.pad_id)
     else:
       raise config_lib.ConfigError("prover.kind",
                                    f"{self.prover_kind!r} is not policy|checkpoint|procedural")

@@ -49,7 +49,7 @@ from pavjax import verifiers
 from pavjax.jobs import common
 from pavjax.jobs import rollouts as rollouts_job
 from pavjax.jobs import train_verifier
-from pavjax.sampling import Sampler, Temperature, TransformerLM, evaluate
+from pavjax.sampling import Sampler, Temperature, cached_lm, evaluate
 from pavjax.search import best_of_n, compute
 from pavjax.search.beam import StepBeamSearch, run_dvts
 
@@ -100,7 +100,7 @@ class SearchRunner:
     # The prover's Q^mu verifier shares the trunk (env.model), as RL's prover does.
     self.pparams = (common.load_params(env, config.verifiers.prover, "verifiers.prover")
                     if self.cfg.prover == "verifier" else None)
-    self.sampler = Sampler(TransformerLM(env.model), pad_id=task.pad_id)
+    self.sampler = Sampler(cached_lm(env.model), pad_id=task.pad_id)
     self.problems = list(task.split(self.cfg.split))
     if self.cfg.num_problems:
       self.problems = self.problems[:self.cfg.num_problems]
@@ -189,7 +189,7 @@ class SearchRunner:
     # Only the pav score has a prover; a verifier prover replaces its closed-form BoK.
     use_prover = score == "pav" and cfg.prover == "verifier"
     search = StepBeamSearch(
-        TransformerLM(model), value_fn(model), beam_width=width, expansions=cfg.expansions,
+        cached_lm(model), value_fn(model), beam_width=width, expansions=cfg.expansions,
         max_steps=self.max_steps, max_step_tokens=cfg.max_step_tokens,
         step_end_ids=task.step_end_ids, eos_id=task.eos_id, score=score,
         alpha=cfg.alpha if alpha is None else alpha,

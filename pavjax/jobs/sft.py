@@ -19,7 +19,7 @@ from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
 from pavjax.jobs import common
-from pavjax.sampling import Sampler, TransformerLM, evaluate
+from pavjax.sampling import Sampler, cached_lm, evaluate
 from pavjax.sampling import methods as sampling_methods
 
 
@@ -69,7 +69,7 @@ def train(env: common.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
     return shd.shard_batch({"inputs": data.inputs[idx], "targets": data.targets[idx],
                             "mask": data.mask[idx]}, mesh)
 
-  sampler = Sampler(TransformerLM(model), pad_id=task.pad_id)
+  sampler = Sampler(cached_lm(model), pad_id=task.pad_id)
   method = sampling_methods.from_config(config.sample)
   eval_problems = list(task.split("validation"))[:config.sample.num_eval]
   eval_writer = metrics.MetricWriter(env.workdir, "eval")

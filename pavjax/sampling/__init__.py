@@ -1,8 +1,9 @@
-"""Sampling: KV-cache prefill, prefix forking and while-loop decode."""
+"""Sampling: cached prefill, prefix forking and while-loop decode."""
 
 from pavjax.sampling.methods import Greedy, Temperature, TopK, TopP, from_config
-from pavjax.sampling.sampler import (CachedLM, SampleOutput, Sampler, SamplingState,
-                                     TransformerLM, bucket_length, left_pad)
+from pavjax.sampling.sampler import (CachedLM, MadeLM, SampleOutput, Sampler, SamplingState,
+                                     TransformerLM, bucket_length, cached_lm, left_pad)
 
-__all__ = ["CachedLM", "Greedy", "SampleOutput", "Sampler", "SamplingState", "Temperature",
-           "TopK", "TopP", "TransformerLM", "bucket_length", "from_config", "left_pad"]
+__all__ = ["CachedLM", "Greedy", "MadeLM", "SampleOutput", "Sampler", "SamplingState",
+           "Temperature", "TopK", "TopP", "TransformerLM", "bucket_length", "cached_lm",
+           "from_config", "left_pad"]

@@ -5,7 +5,8 @@ The sampler talks to the model through one seam, a `CachedLM`:
   lm(params, tokens [B, T], cache) -> (logits [B, T, V], cache)
   lm.init_cache(batch, size, start) -> cache
 
-so tests can drive it with a hand-made logit table and jobs with the transformer.
+so tests can drive it with a hand-made logit table and jobs with the transformer
+or the MADE (`cached_lm` picks the wrapper for a model).
 A model may also offer `lm.last_logits(params, tokens, cache) -> (logits [B, V],
 cache)`, the same call with only the last position's logits: `prefill` then skips
 the LM head over the rest of the prompt.
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pavjax.models import KVCache, Transformer
+from pavjax.models import KVCache, Made, TokenCache, Transformer
 
 Array = jax.Array
 
@@ -65,6 +66,25 @@ class TransformerLM:
     last = jnp.full((b, 1), t - 1, jnp.int32)
     out = self.model.apply({"params": params}, tokens, cache=cache, logits_at=last)
     return out.logits[:, 0], out.cache
+
+
+class MadeLM(TransformerLM):
+  """`CachedLM` over `pavjax.models.Made`: the same calls, with a token-buffer cache.
+
+  `Made` takes the transformer's call signature, so only the cache differs.
+  """
+
+  def init_cache(self, batch, size, start):
+    return TokenCache.create(batch=batch, size=size, start=start)
+
+
+def cached_lm(model) -> CachedLM:
+  """The `CachedLM` for a job's model (`Transformer` or `Made`)."""
+  if isinstance(model, Made):
+    return MadeLM(model)
+  if isinstance(model, Transformer):
+    return TransformerLM(model)
+  raise TypeError(f"no CachedLM for {type(model).__name__}")
 
 
 @flax.struct.dataclass
