@@ -137,3 +137,15 @@ def poison_loss_on_steps(monkeypatch, bad_steps) -> None:
 
   monkeypatch.setattr(shd, "shard_batch", poisoned)
 
+
+
+def assert_params_named_and_counted(boxed, num_params: int) -> None:
+  """Every parameter of `boxed` (from `model.init`) carries one logical axis name
+  per dimension, and the unboxed sizes add up to `num_params` (the config's count)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  for leaf in leaves:
+    assert len(leaf.names) == leaf.value.ndim, leaf.names
+  assert sum(x.size for x in jax.tree.leaves(nn.unbox(boxed))) == num_params

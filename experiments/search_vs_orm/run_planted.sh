@@ -4,10 +4,12 @@
 # Each "problem" of planted's test split is the same prompt, so accuracy over 128 problems
 # is the success rate of 128 independent searches.
 #   bash experiments/search_vs_orm/run_planted.sh    # 2-core CPU, minutes
+#   SFT_GAMMA=10 RUNS=runs/search_planted_g10 bash experiments/search_vs_orm/run_planted.sh
 set -euo pipefail
 R=${RUNS:-runs/search_planted}
 MAIN="python -m pavjax.main"
-T="--config.task.sft_gamma=25"  # SFT references from mu_25: an imperfect (~27%) policy
+# SFT references from mu_25 by default: an imperfect (~27%) policy; 10 gives a weaker one.
+T="--config.task.sft_gamma=${SFT_GAMMA:-25}"
 
 $MAIN --config=configs/sft.py:task=planted,size=test --workdir=$R/sft $T --config.train.num_steps=100
 for split in train validation; do
@@ -26,5 +28,5 @@ done
 $MAIN --config=configs/search.py:task=planted,size=test --workdir=$R/search $T \
   --config.policy.checkpoint=$R/sft/checkpoints \
   --config.verifiers.q=$R/verifier_q/checkpoints --config.verifiers.orm=$R/verifier_orm/checkpoints \
-  --config.search.beam_ns=2,4,8,16 --config.search.sweep_n=4
+  --config.search.beam_ns=${BEAM_NS:-2,4,8,16} --config.search.sweep_n=4
 cat $R/search/results.md

@@ -12,6 +12,7 @@ import pytest
 from pavjax import config_lib
 from pavjax import metrics
 from pavjax import sharding as shd
+from pavjax import testing
 from pavjax import training
 from pavjax.main import run_job
 from pavjax.models import Made, MadeConfig, TokenCache, made
@@ -42,11 +43,7 @@ def _random_params(params, seed=1):
 
 def test_axes_count_and_degrees():
   _, boxed, params = _init()
-  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
-  for leaf in leaves:
-    assert len(leaf.names) == leaf.value.ndim
-  assert sum(x.size for x in jax.tree.leaves(params)) == CFG.num_params()
+  testing.assert_params_named_and_counted(boxed, CFG.num_params())
   np.testing.assert_array_equal(made.hidden_degrees(64, 16), np.repeat(np.arange(16), 4))
   # Masked-out weights start at zero.
   mask_in = made.made_masks(16, CFG.hidden_sizes)[0]

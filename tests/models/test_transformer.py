@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pavjax import testing
 from pavjax.models import KVCache, Transformer, TransformerConfig
 from pavjax.sampling import Greedy, Sampler, TransformerLM, left_pad
 
@@ -21,11 +22,7 @@ def _init(cfg=CFG, seed=0):
 
 def test_every_parameter_has_logical_axes_and_count_matches():
   _, boxed, params = _init()
-  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
-  for leaf in leaves:
-    assert len(leaf.names) == leaf.value.ndim
-  assert sum(x.size for x in jax.tree.leaves(params)) == CFG.num_params()
+  testing.assert_params_named_and_counted(boxed, CFG.num_params())
   untied = TransformerConfig(**{**CFG.__dict__, "tie_embeddings": False})
   _, _, p2 = _init(untied)
   assert sum(x.size for x in jax.tree.leaves(p2)) == untied.num_params()
