@@ -28,5 +28,5 @@ done
 $MAIN --config=configs/search.py:task=planted,size=test --workdir=$R/search $T \
   --config.policy.checkpoint=$R/sft/checkpoints \
   --config.verifiers.q=$R/verifier_q/checkpoints --config.verifiers.orm=$R/verifier_orm/checkpoints \
-  --config.search.beam_ns=${BEAM_NS:-2,4,8,16} --config.search.sweep_n=4
+  --config.search.beam_ns=${BEAM_NS:-2,4,8,16} --config.search.sweep_n=${SWEEP_N:-4}
 cat $R/search/results.md
