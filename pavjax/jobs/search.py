@@ -441,12 +441,15 @@ def write_report(results: dict, out_dir: str) -> None:
   for method, e in results["efficiency_vs_orm"].items():
     lines.append(f"| {method} | {e['target_accuracy']:.3f} | {_fmt(e['compute_ratio'])} | "
                  f"{_fmt(e['speedup'])} |")
+  # A workdir keeps the sweep rows of every sweep_n it ran: one table row and one
+  # curve per (N, value).
+  sweep_ns = {key: sorted({r["n"] for r in rows}) for key, rows in results["sweeps"].items()}
   for key, rows in results["sweeps"].items():
     if rows:
-      lines += ["", f"## PAV beam sweep over {key} (N={rows[0]['n']})", "",
-                f"| {key} | accuracy | FLOPs |", "|---|---|---|"]
-      lines += [f"| {r[key]:g} | {r['accuracy']:.3f} | {r['flops']:.3g} |"
-                for r in sorted(rows, key=lambda r: r[key])]
+      lines += ["", f"## PAV beam sweep over {key} (N={', '.join(map(str, sweep_ns[key]))})",
+                "", f"| N | {key} | accuracy | FLOPs |", "|---|---|---|---|"]
+      lines += [f"| {r['n']} | {r[key]:g} | {r['accuracy']:.3f} | {r['flops']:.3g} |"
+                for r in sorted(rows, key=lambda r: (r["n"], r[key]))]
   series_n = {m: [(r["n"], r["accuracy"]) for r in rows] for m, rows in curves.items()}
   series_f = {m: [(r["flops"], r["accuracy"]) for r in rows] for m, rows in curves.items()
               if m != "pass"}
@@ -457,10 +460,11 @@ def write_report(results: dict, out_dir: str) -> None:
                       title="accuracy vs compute")
   for key, rows in results["sweeps"].items():
     if rows:
-      metrics.plot_series({"pav_beam": [(r[key], r["accuracy"]) for r in rows]},
+      metrics.plot_series({f"pav_beam, N={n}": [(r[key], r["accuracy"]) for r in rows
+                                                 if r["n"] == n] for n in sweep_ns[key]},
                           os.path.join(out_dir, f"sweep_{key}.png"), xlabel=key,
                           ylabel="accuracy", log_base=2 if key == "bok_k" else None,
-                          title=f"PAV beam, N={rows[0]['n']}")
+                          title=f"PAV beam sweep over {key}")
   lines += ["", "![accuracy vs N](accuracy_vs_n.png)", "",
             "![accuracy vs FLOPs](accuracy_vs_flops.png)", ""]
   with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:

@@ -177,3 +177,24 @@ def test_bad_lists_and_methods_name_the_field(tmp_path, toy_policy):
   config.search.ns = "2,four"
   with pytest.raises(Exception, match=r"search.ns"):
     run_job(config, str(tmp_path))
+
+
+def test_report_keeps_each_sweep_n_apart(tmp_path):
+  # A workdir rerun with another sweep_n holds both sweeps' rows: the table and the
+  # plot label each row with its N instead of heading them all with the first N.
+  def row(n, acc, **extra):
+    return {"n": n, "accuracy": acc, "flops": 1e6 * n, "policy_tokens": 10.0 * n,
+            "verifier_tokens": 5.0 * n, "wall_s": 1.0, **extra}
+  results = {
+      "problems": 8, "params": 1000, "curves": {"pav_beam": [row(4, 0.3), row(64, 0.8)]},
+      "efficiency_vs_orm": {},
+      "sweeps": {"alpha": [row(64, 0.9, alpha=0.5), row(4, 0.2, alpha=0.0),
+                           row(4, 0.25, alpha=0.5)], "bok_k": []},
+      "settings": {"alpha": 0.5, "bok_k": 4, "prover": "bok", "prover_checkpoint": ""}}
+  search_job.write_report(results, str(tmp_path))
+  text = (tmp_path / "results.md").read_text()
+  assert "## PAV beam sweep over alpha (N=4, 64)" in text
+  table = text[text.index("| N | alpha | accuracy | FLOPs |"):].splitlines()
+  assert table[2:5] == ["| 4 | 0 | 0.200 | 4e+06 |", "| 4 | 0.5 | 0.250 | 4e+06 |",
+                        "| 64 | 0.5 | 0.900 | 6.4e+07 |"]
+  assert (tmp_path / "sweep_alpha.png").exists()
