@@ -17,6 +17,7 @@ from pavjax import models
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
+from pavjax.tasks import arith
 
 # name -> (embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim)
 MODEL_SIZES = {
@@ -85,7 +86,6 @@ def task_config(name: str, difficulty: str = "") -> ml_collections.ConfigDict:
     return cfg
   if name != "arith":
     raise ConfigError("difficulty", f"only task=arith has difficulties, not {name!r}")
-  from pavjax.tasks import arith  # pylint: disable=g-import-not-at-top
   try:
     cfg.update(arith.difficulty(difficulty))
   except ValueError as e:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import flax.linen as nn
+import jax
 import ml_collections
 import numpy as np
 
@@ -138,12 +140,9 @@ def poison_loss_on_steps(monkeypatch, bad_steps) -> None:
   monkeypatch.setattr(shd, "shard_batch", poisoned)
 
 
-
 def assert_params_named_and_counted(boxed, num_params: int) -> None:
   """Every parameter of `boxed` (from `model.init`) carries one logical axis name
   per dimension, and the unboxed sizes add up to `num_params` (the config's count)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
   for leaf in leaves:

@@ -104,8 +104,9 @@ def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
   out["siblings/sign_accuracy"] = rewards.sign_accuracy(
       pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], step_valid)
   ids = prefix_ids(data["tokens"], positions, mask)
-  sib = rewards.sibling_metrics(pred[:, 1:][valid[:, 1:]], target[:, 1:][valid[:, 1:]],
-                                ids[:, :-1][valid[:, 1:]], step_ids=ids[:, 1:][valid[:, 1:]])
+  steps = valid[:, 1:]  # column h >= 1: a step, its parent is column h - 1
+  sib = rewards.sibling_metrics(pred[:, 1:][steps], target[:, 1:][steps], ids[:, :-1][steps],
+                                step_ids=ids[:, 1:][steps])
   out.update({f"siblings/{k}": float(v) for k, v in sib.items()})
   return out
 
