@@ -51,8 +51,8 @@ def get_config(arg=None):
   s.rl_pav = _load("rl").get_config(spec + ",reward=pav,prover=bok")
   s.rl_outcome = _load("rl").get_config(spec + ",reward=outcome")
 
-  if size == "tiny":
-    s.sft.train.num_steps = 800
+  if size == "tiny":  # ~10 minutes on 2 CPU cores: README "Quick start" has the stage times
+    s.sft.train.num_steps = 600
     s.rft.rft.num_problems, s.rft.rft.num_samples = 256, 4
     s.rft.train.num_steps = 100
     s.rollouts_train.rollouts.num_problems = 96
@@ -60,16 +60,17 @@ def get_config(arg=None):
     for name in ("rollouts_train", "rollouts_validation"):
       s[name].rollouts.n_cov, s[name].rollouts.n_mc = 4, 4
     for name in ("verifier_q", "verifier_orm"):
-      s[name].train.num_steps = 200
-      s[name].checkpoint.every = 100
+      s[name].train.num_steps = 150
+      s[name].checkpoint.every = 75
     s.search.search.num_problems = 32
     s.search.search.ns, s.search.search.beam_ns = "1,2,4,8,16", "2,4"
+    s.search.search.beam_methods = "q_beam,pav_beam"
     s.search.search.sweep_n = 0
     for name in ("rl_pav", "rl_outcome"):
-      s[name].train.num_steps = 40
-      s[name].optim.lr = 1e-4  # 40 iterations: the GPU default (2e-5) barely moves
-      s[name].train.eval_every = 20
-      s[name].checkpoint.every = 20
+      s[name].train.num_steps = 30
+      s[name].optim.lr = 1e-4  # 30 iterations: the GPU default (2e-5) barely moves
+      s[name].train.eval_every = 15
+      s[name].checkpoint.every = 15
       s[name].rl.eval_pass_ns = "1,4,16"
   else:
     s.sft.train.num_steps = 5000 * scale

@@ -59,7 +59,9 @@ def train(env: common.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
   """
   config = env.config
   task, mesh, rules, model = env.task, env.mesh, env.rules, env.model
-  logging.info("%s on %d %s examples", job, len(data), task.name)
+  data = data.trimmed()
+  logging.info("%s on %d %s examples of %d columns", job, len(data), task.name,
+               data.inputs.shape[1])
 
   trainer = common.make_trainer(env, sft_train_step)
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin

@@ -26,6 +26,7 @@ from pavjax import metrics
 from pavjax import rewards
 from pavjax import rollout_data
 from pavjax import sharding as shd
+from pavjax import tasks
 from pavjax import training
 from pavjax import verifiers
 from pavjax.jobs import common
@@ -71,14 +72,20 @@ def _examples(data: dict, kind: str) -> dict[str, np.ndarray]:
   positions, mask = verifiers.prefix_arrays(data, COLUMNS[kind])
   label = data["outcome"][:, None] if kind == "orm" else data["q_hat"]
   targets = np.where(mask, label, 0.0).astype(np.float32)
-  return {"tokens": data["tokens"].astype(np.int32), "positions": positions.astype(np.int32),
-          "mask": mask, "targets": targets}
+  return {"tokens": _trimmed(data["tokens"].astype(np.int32), positions),
+          "positions": positions.astype(np.int32), "mask": mask, "targets": targets}
+
+
+def _trimmed(tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+  """Tokens without the columns after the last prefix read (causal: values unchanged)."""
+  return tokens[:, :tasks.covering_width(int(positions.max(initial=0)), tokens.shape[1])]
 
 
 def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batch_size: int
             ) -> np.ndarray:
   """Predicted Q at every position, batched with fixed shapes (one compile)."""
   batch_size = shd.round_to_data_parallel(batch_size, mesh)
+  tokens = _trimmed(tokens, positions)
   out = []
   for start in range(0, len(tokens), batch_size):
     t = tokens[start:start + batch_size]

@@ -11,7 +11,8 @@ import importlib
 
 import ml_collections
 
-from pavjax.tasks.base import Outcome, Problem, SFTArrays, Task, sequence_arrays, sft_arrays
+from pavjax.tasks.base import (Outcome, Problem, SFTArrays, Task, covering_width, sequence_arrays,
+                               sft_arrays)
 
 # name -> module path
 TASKS = {
@@ -42,4 +43,4 @@ def make_task(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -
 
 
 __all__ = ["Outcome", "Problem", "SFTArrays", "Task", "TASKS", "default_task_config",
-           "make_task", "sequence_arrays", "sft_arrays"]
+           "make_task", "covering_width", "sequence_arrays", "sft_arrays"]

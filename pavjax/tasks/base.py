@@ -160,6 +160,22 @@ class SFTArrays:
   def __len__(self) -> int:
     return self.inputs.shape[0]
 
+  def trimmed(self, multiple: int = 8) -> "SFTArrays":
+    """The same examples without the all-padding columns after the last loss token.
+
+    Attention is causal, so a column affects only the losses at or after it: the
+    loss is unchanged and each step costs less (seq_len drops from max_len to
+    the longest example, rounded up to `multiple` columns).
+    """
+    cols = np.flatnonzero(self.mask.any(axis=0))
+    width = covering_width(int(cols[-1]) if len(cols) else 0, self.inputs.shape[1], multiple)
+    return SFTArrays(self.inputs[:, :width], self.targets[:, :width], self.mask[:, :width])
+
+
+def covering_width(last_column: int, width: int, multiple: int = 8) -> int:
+  """Columns that keep `last_column`, rounded up to `multiple`, at most `width`."""
+  return min(width, -(-(last_column + 1) // multiple) * multiple)
+
 
 def sft_arrays(task: Task, problems: Sequence[Problem], seq_len: int) -> SFTArrays:
   """Prompt + reference solution per problem; the loss covers the solution only."""
