@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # PAV-RL vs ORM-RL on arith from one RFT init (PAPER.md section 6); see README.md here.
 #   bash experiments/rl_vs_orm/run.sh     # 2-core CPU, easy arith, 0.8M params
-# It starts from the first stages of the tiny pipeline (README command 1), run here with the
-# step counts its results were taken with (SFT 800, PRM-Q 200; command 1 now uses fewer).
-# Every run resumes from its checkpoints, so rerunning after an interruption is safe.
+# It starts from the RFT policy and PRM-Q of experiments/easy_base.sh (the tiny pipeline's
+# first stages). Every run resumes from its checkpoints: rerunning after an interruption is safe.
 set -euo pipefail
-PIPE=${PIPE:-runs/rl_vs_orm_base}
+export PIPE=${PIPE:-runs/easy_base}
 R=${RUNS:-runs/rl_vs_orm}
 SEEDS=${SEEDS:-"0 1"}
 STEPS=${STEPS:-120}
@@ -15,10 +14,7 @@ MAIN="python -m pavjax.main"
 common="--config.init_from=$PIPE/rft/checkpoints --config.rl.prover.verifier=$PIPE/verifier_q/checkpoints
   --config.train.num_steps=$STEPS --config.train.eval_every=20 --config.checkpoint.every=40
   --config.optim.lr=$LR --config.rl.eval_pass_ns=1,4,16 ${EXTRA:-}"  # EXTRA: more overrides
-$MAIN --config=configs/pipeline.py:size=tiny --workdir=$PIPE \
-  --config.only=sft,rft,rollouts_train,rollouts_validation,verifier_q \
-  --config.stages.sft.train.num_steps=800 --config.stages.verifier_q.train.num_steps=200 \
-  --config.stages.verifier_q.checkpoint.every=100  # skipped once complete
+bash experiments/easy_base.sh
 # difficulty=easy: the tiny pipeline's arith (pavjax.tasks.arith.DIFFICULTIES['easy']).
 rl() { $MAIN --config=configs/rl.py:task=arith,size=tiny,difficulty=easy,$1 --workdir=$R/$2 $common "${@:3}"; }
 

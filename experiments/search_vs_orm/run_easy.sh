@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# search_vs_orm on arith's `easy` difficulty, from the SFT policy of README command 1
-# (runs/demo), with 8x the tiny pipeline's rollout budget and 5x (PRM-Q) and 2.5x (ORM)
-# its verifier steps, so that the verifiers have a chance to rank. 2-core CPU; every job
-# resumes or skips finished work, so rerunning after an interruption is safe.
-#   python -m pavjax.main --config=configs/pipeline.py:size=tiny --workdir=runs/demo
+# search_vs_orm on arith's `easy` difficulty, from the SFT policy of experiments/easy_base.sh
+# (the tiny pipeline's, 800 steps), with 8x that pipeline's rollout budget and 5x (PRM-Q) and
+# 2.5x (ORM) its verifier steps, so that the verifiers have a chance to rank. 2-core CPU; every
+# job resumes or skips finished work, so rerunning after an interruption is safe.
 #   bash experiments/search_vs_orm/run_easy.sh
 set -euo pipefail
-PIPE=${PIPE:-runs/demo}
+export PIPE=${PIPE:-runs/easy_base}
 R=${RUNS:-runs/search_vs_orm_easy}
 SFT=$PIPE/sft
 NTRAIN=${NTRAIN:-768}
@@ -14,6 +13,8 @@ QSTEPS=${QSTEPS:-1000}
 ORMSTEPS=${ORMSTEPS:-500}
 MAIN="python -m pavjax.main"
 V="task=arith,size=tiny,difficulty=easy"  # the tiny pipeline's arith
+
+bash experiments/easy_base.sh sft
 
 for split in train validation; do
   n=$([ $split = train ] && echo $NTRAIN || echo 64)

@@ -50,7 +50,6 @@ from pavjax.rl import estimators
 from pavjax.sampling import Sampler, Temperature, cached_lm, evaluate, left_pad
 from pavjax.sampling import methods as sampling_methods
 from pavjax.search import best_of_n
-from pavjax.tasks import arith
 
 REWARDS = ("outcome", "pav", "q_bonus")
 PROVERS = ("bok", "verifier", "procedural")
@@ -109,14 +108,11 @@ class Prover:
     self.env = env
     if cfg.kind not in PROVERS:
       raise config_lib.ConfigError("rl.prover.kind", f"{cfg.kind!r} is not one of {PROVERS}")
-    if cfg.kind == "procedural":
-      if hasattr(env.task, "step_prover"):  # arith: exact mu over solution lines
-        self.mu = env.task.step_prover(cfg.step_accuracy)
-      elif hasattr(env.task, "prover"):  # planted: mu_gamma over tokens
-        self.mu = env.task.prover(cfg.gamma)
-      else:
-        raise config_lib.ConfigError(
-            "rl.prover.kind", f"'procedural' needs planted or arith, not {env.task.name!r}")
+    if cfg.kind == "procedural":  # arith's line prover, planted's mu_gamma
+      try:
+        self.prefix_values = env.task.procedural_prover(cfg)
+      except NotImplementedError as e:
+        raise config_lib.ConfigError("rl.prover.kind", f"'procedural': {e}") from None
     else:
       self.params = common.load_params(env, cfg.verifier, "rl.prover.verifier")
 
@@ -124,16 +120,7 @@ class Prover:
     """[B, H + 1] Q^mu after the question (column 0) and after each step (0 where absent)."""
     mask = ro.positions >= 0
     if self.kind == "procedural":
-      task, width = self.env.task, ro.positions.shape[1]
-      if isinstance(self.mu, arith.StepProver):  # compares solution lines
-        values = np.stack([self.mu.line_values(p, task.step_texts(r), width)
-                           for p, r in zip(ro.problems, ro.responses)])
-      else:  # planted's mu_gamma: one token per step, column h = h tokens
-        raw = np.full((len(ro.responses), width - 1), -1, np.int64)
-        for i, r in enumerate(ro.responses):
-          t = task.from_ids(r)[:width - 1]
-          raw[i, :len(t)] = t
-        values = self.mu.prefix_values_batch(raw)
+      values = self.prefix_values(ro.problems, ro.responses, ro.positions.shape[1])
       # A response that emitted EOS is complete: its value after the last step is
       # its outcome, whatever the prover would have written (arith's line prover
       # compares lines only, so without this an early EOS after right lines kept

@@ -345,6 +345,15 @@ class ArithTask(tokenizer_lib.TextTask):
     """The exact procedural prover with per-line accuracy `p` (see StepProver)."""
     return StepProver(p)
 
+  def procedural_prover(self, prover_cfg) -> base.PrefixValues:
+    """StepProver(`prover_cfg.step_accuracy`) over each response's lines."""
+    mu = self.step_prover(prover_cfg.step_accuracy)
+
+    def values(problems, responses, width):
+      return np.stack([mu.line_values(p, self.step_texts(r), width)
+                       for p, r in zip(problems, responses)])
+    return values
+
   def answer_key(self, response: Sequence[int]) -> str | None:
     """The canonical number on the response's answer line, or None."""
     body, _ = base.response_until_eos([int(t) for t in np.asarray(response).reshape(-1)],

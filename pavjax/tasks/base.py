@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class Outcome:
   def __post_init__(self):
     if self.reason not in REASONS:
       raise ValueError(f"unknown outcome reason {self.reason!r}; known: {REASONS}")
+
+
+# (problems, responses, width) -> [B, width] Q^mu of each response's prefixes.
+PrefixValues = Callable[[Sequence[Problem], Sequence[Sequence[int]], int], np.ndarray]
 
 
 class Task(abc.ABC):
@@ -111,6 +115,15 @@ class Task(abc.ABC):
     body, _ = response_until_eos(response, self.eos_id)
     body = [t for t in body if t != self.pad_id]
     return " ".join(map(str, body)) if body else None
+
+  def procedural_prover(self, prover_cfg) -> PrefixValues:
+    """An exact prover mu for RL (`rl.prover.kind='procedural'`), where the task has one.
+
+    Returns a function of (problems, responses, width) giving Q^mu after the question
+    and after each step of each response ([B, width], 0 past its last step).
+    `prover_cfg` is the RL config's `rl.prover` (each task reads its own fields).
+    """
+    raise NotImplementedError(f"task {self.name!r} has no procedural prover")
 
   def data_report(self) -> dict:
     """What loading the data skipped or counted (per-reason counts); job summaries include it."""

@@ -417,6 +417,19 @@ class PlantedTask(base.Task):
     """mu_gamma for this task's planted sequence, alphabet and horizon (raw tokens)."""
     return ProceduralProver(self.planted, self.num_tokens, gamma, self.length)
 
+  def procedural_prover(self, prover_cfg) -> base.PrefixValues:
+    """mu_gamma (`prover_cfg.gamma`); a step is one token, so column h = h tokens."""
+    mu = self.prover(prover_cfg.gamma)
+
+    def values(problems, responses, width):
+      del problems  # one planted sequence for every prompt
+      raw = np.full((len(responses), width - 1), -1, np.int64)
+      for i, r in enumerate(responses):
+        t = self.from_ids(r)[:width - 1]
+        raw[i, :len(t)] = t
+      return mu.prefix_values_batch(raw)
+    return values
+
   # -- protocol ------------------------------------------------------------------------------------
 
   def split(self, name: str) -> Sequence[base.Problem]:

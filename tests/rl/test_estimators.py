@@ -140,3 +140,14 @@ def test_planted_procedural_prover_gives_exact_prefix_values():
     np.testing.assert_allclose(q[i, :len(r) + 1], want, rtol=1e-6)
     assert not q[i, len(r) + 1:].any()  # no such prefix
   assert q[0, 6] == 1.0  # the planted sequence is complete after 6 tokens
+
+
+def test_procedural_prover_on_a_task_without_one_names_the_field():
+  import types
+  import ml_collections
+  from pavjax import config_lib
+  from pavjax.jobs import rl as rl_job
+
+  with pytest.raises(config_lib.ConfigError, match=r"rl\.prover\.kind.*'toy' has no procedural"):
+    rl_job.Prover(types.SimpleNamespace(task=ToyTask()), ml_collections.ConfigDict(
+        dict(kind="procedural", bok_k=4, step_accuracy=0.5, gamma=10.0, verifier="")))
