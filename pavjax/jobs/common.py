@@ -140,6 +140,7 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
   last: dict[str, float] = {}
   t_last = time.time()
   bar = metrics.progress(total, initial=start, desc=desc)
+  in_flight = None  # metrics of the newest dispatched step the bar has not counted
 
   def flush(step: int):
     nonlocal consecutive_bad, last, t_last
@@ -171,11 +172,16 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
   try:
     for step in range(start + 1, total + 1):
       state, step_metrics = step_fn(state, batch_fn(step - 1, state))
+      if in_flight is not None:  # one step runs ahead; the bar counts finished steps
+        jax.block_until_ready(in_flight)
+        bar.update(1)
+      in_flight = step_metrics
       pending.append(step_metrics)
-      bar.update(1)
       is_last = step == total or step == halt
       if step % train_cfg.log_every == 0 or is_last or checkpointer.should_save(step):
-        flush(step)
+        flush(step)  # fetches every pending step's metrics: all have finished
+        bar.update(1)
+        in_flight = None
       if checkpointer.should_save(step) or is_last:
         checkpointer.save(step, state)
       if eval_fn is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
