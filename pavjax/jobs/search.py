@@ -43,6 +43,7 @@ import numpy as np
 
 from pavjax import config_lib
 from pavjax import metrics
+from pavjax import models
 from pavjax import rewards
 from pavjax import rollout_data
 from pavjax import verifiers
@@ -71,14 +72,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   check_config(config)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Search-specific checks that need no checkpoint; errors name the field."""
-  prover = config.search.prover
-  if prover not in PROVERS:
-    raise config_lib.ConfigError("search.prover", f"{prover!r} is not one of {PROVERS}")
-  if prover == "verifier" and not config.verifiers.prover:
+def check_config(config: ml_collections.ConfigDict, prompt_len: int | None = None) -> None:
+  """Search-specific checks that need no checkpoint; errors name the field.
+
+  With the task's longest prompt known, a MADE policy (a fixed number of input
+  positions) must also fit the longest beam prefix.
+  """
+  s = config.search
+  if s.prover not in PROVERS:
+    raise config_lib.ConfigError("search.prover", f"{s.prover!r} is not one of {PROVERS}")
+  if s.prover == "verifier" and not config.verifiers.prover:
     raise config_lib.ConfigError("verifiers.prover", "needs the checkpoints dir of the prover's "
                                  "q verifier (Q^mu) when search.prover='verifier'")
+  longest = (prompt_len or 0) + s.max_steps * s.max_step_tokens
+  if (prompt_len is not None and models.arch_of(config.model) == "made"
+      and longest > config.model.max_len):
+    raise config_lib.ConfigError(
+        "search.max_steps", f"beam prefixes reach {longest} tokens (longest prompt {prompt_len} "
+        f"+ max_steps {s.max_steps} x max_step_tokens {s.max_step_tokens}), past the MADE "
+        f"policy's model.max_len={config.model.max_len} positions")
 
 
 def value_fn(model):
@@ -282,7 +294,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates every search method of `config.search` and writes curves and tables."""
   env = common.setup(config, workdir)
   cfg = config.search
-  check_config(config)
+  check_config(config, prompt_len=env.task.max_prompt_len)
   ns = parse_list(cfg.ns, "search.ns")
   beam_ns = parse_list(cfg.beam_ns, "search.beam_ns")
   beam_methods = [m for m in parse_list(cfg.beam_methods, "search.beam_methods", str)]
