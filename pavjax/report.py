@@ -58,6 +58,22 @@ def rl_sample_efficiency(pav: list[dict], outcome: list[dict], key: str = "eval/
           "ratio": None if not hit else final["step"] / hit}
 
 
+def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[str]:
+  """Report lines for each verifier whose held-out MSE does not beat a constant's.
+
+  `evals` maps a label to a verifier's held-out metrics, which include
+  `constant/mse` (the mean training label, scored on the same prefixes).
+  """
+  lines = []
+  for label, ev in evals.items():
+    if "constant/mse" in ev and ev["mse"] >= ev["constant/mse"]:
+      lines.append(f"**The {label} does not beat a constant:** held-out MSE {ev['mse']:.3f}, "
+                   f"against {ev['constant/mse']:.3f} for its mean training label. Its "
+                   "scores carry no held-out information, so search and RL that use it test "
+                   "the machinery, not the method.")
+  return lines
+
+
 def _samples(workdir: str, stage_cfg, num: int = 3) -> list[str]:
   """Highest-ORM pool responses of a few problems, with Q^pi after each step."""
   path = os.path.join(workdir, "search", "pool.npz")
@@ -194,6 +210,9 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
     for label, s in (("PRM-Q", vq), ("ORM", vo)):
       for k, val in sorted((s or {}).get("eval", {}).items()):
         lines.append(f"| {label} | {k} | {_fmt(val, 4)} |")
+    for line in uninformative_verifiers({label: s["eval"] for label, s in
+                                         (("PRM-Q", vq), ("ORM", vo)) if s and s.get("eval")}):
+      lines += ["", line]
     budget = (vq or vo or {}).get("budget", {})
     if budget:
       lines += ["", "Rollout budget: " + ", ".join(f"{k} {v}" for k, v in sorted(budget.items()))]

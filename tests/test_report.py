@@ -14,3 +14,12 @@ def test_rl_sample_efficiency_by_hand():
   # Outcome-RL that ends below its start sets no target worth reaching.
   se = report.rl_sample_efficiency(pav, rows([(0, 0.3), (100, 0.2)]))
   assert se["ratio"] is None and "below" in se["note"]
+
+
+def test_verifiers_that_do_not_beat_a_constant_are_flagged():
+  evals = {"PRM-Q": {"mse": 0.35, "constant/mse": 0.19},
+           "ORM": {"mse": 0.10, "constant/mse": 0.19},
+           "old run": {"mse": 0.30}}  # written before the baseline existed: not judged
+  lines = report.uninformative_verifiers(evals)
+  assert len(lines) == 1 and "PRM-Q does not beat a constant" in lines[0]
+  assert "0.350" in lines[0] and "0.190" in lines[0]

@@ -127,6 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return shd.shard_batch({k: v[idx] for k, v in train.items()}, mesh)
 
   eval_data = rollout_data.load(vcfg.eval_data) if vcfg.eval_data else None
+  # The baseline a verifier must beat: predict the mean training label everywhere.
+  prior = float(train["targets"][train["mask"]].mean())
   eval_writer = metrics.MetricWriter(env.workdir, "eval")
 
   def eval_fn(st, step):
@@ -139,9 +141,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       target = eval_data["outcome"]
       last = pred[np.arange(len(pred)), eval_data["num_steps"]]
       result = {"mse": float(np.mean((last - target) ** 2)),
-                "accuracy": float(np.mean((last >= 0.5) == (target >= 0.5)))}
+                "accuracy": float(np.mean((last >= 0.5) == (target >= 0.5))),
+                "constant/mse": float(np.mean((prior - target) ** 2)),
+                "constant/accuracy": float(np.mean((prior >= 0.5) == (target >= 0.5)))}
     else:
       result = verifiers.evaluate_predictions(pred, eval_data, positions, mask)
+      valid = mask & np.isfinite(eval_data["q_hat"])
+      result["constant/mse"] = float(np.mean((prior - eval_data["q_hat"][valid]) ** 2))
     eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
     return result
 

@@ -62,6 +62,11 @@ def test_q_verifier_learns_exact_planted_values(tmp_path, planted_rollouts):
   held_out = rollout_data.load(planted_rollouts + "/validation")
   _, mask = rollout_data.prefix_positions(held_out)
   constant_mse = float(np.var(held_out["q_hat"][mask]))
+  # The reported baseline: the mean training label, scored on the held-out prefixes.
+  train = rollout_data.load(planted_rollouts + "/train")
+  prior = train["q_hat"][rollout_data.prefix_positions(train)[1]].mean()
+  assert ev["constant/mse"] == pytest.approx(np.mean((prior - held_out["q_hat"][mask]) ** 2))
+  assert ev["constant/mse"] >= constant_mse - 1e-9  # no constant beats the held-out mean
   # Stated error against the DP oracle on held-out prefixes: RMSE below 0.02 (the
   # values span 0.004 .. 1), and far below predicting the mean.
   assert ev["num_prefixes"] == int(mask.sum())
@@ -77,6 +82,10 @@ def test_orm_predicts_outcomes(tmp_path, planted_rollouts):
   majority = max(np.mean(held_out["outcome"]), 1 - np.mean(held_out["outcome"]))
   # The outcome is a function of the sequence: the ORM must beat the majority guess.
   assert out["eval"]["accuracy"] > majority, (out["eval"], majority)
+  prior = rollout_data.load(planted_rollouts + "/train")["outcome"].mean()
+  held = held_out["outcome"]
+  assert out["eval"]["constant/mse"] == pytest.approx(np.mean((prior - held) ** 2))
+  assert out["eval"]["constant/accuracy"] == pytest.approx(np.mean((prior >= 0.5) == (held >= 0.5)))
 
 
 def test_balanced_weights_give_each_side_half():
