@@ -68,9 +68,8 @@ def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[st
   for label, ev in evals.items():
     if "constant/mse" in ev and ev["mse"] >= ev["constant/mse"]:
       lines.append(f"**The {label} does not beat a constant:** held-out MSE {ev['mse']:.3f}, "
-                   f"against {ev['constant/mse']:.3f} for its mean training label. Its "
-                   "scores carry no held-out information, so search and RL that use it test "
-                   "the machinery, not the method.")
+                   f"against {ev['constant/mse']:.3f} for predicting its mean training label "
+                   "everywhere. Read the search and RL results that use it with that in mind.")
   return lines
 
 
