@@ -206,11 +206,10 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
   if vq or vo:
     lines += ["", "## Verifiers (held-out rollouts)", "", "| verifier | metric | value |",
               "|---|---|---|"]
-    for label, s in (("PRM-Q", vq), ("ORM", vo)):
-      for k, val in sorted((s or {}).get("eval", {}).items()):
-        lines.append(f"| {label} | {k} | {_fmt(val, 4)} |")
-    for line in uninformative_verifiers({label: s["eval"] for label, s in
-                                         (("PRM-Q", vq), ("ORM", vo)) if s and s.get("eval")}):
+    evals = {label: (s or {}).get("eval", {}) for label, s in (("PRM-Q", vq), ("ORM", vo))}
+    for label, ev in evals.items():
+      lines += [f"| {label} | {k} | {_fmt(val, 4)} |" for k, val in sorted(ev.items())]
+    for line in uninformative_verifiers(evals):
       lines += ["", line]
     budget = (vq or vo or {}).get("budget", {})
     if budget:

@@ -84,13 +84,16 @@ def prefix_ids(tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> n
 
 
 def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
-                         mask: np.ndarray, num_bins: int = 10) -> dict[str, float]:
+                         mask: np.ndarray, num_bins: int = 10,
+                         prior: float | None = None) -> dict[str, float]:
   """Held-out metrics of predicted prefix Q against the dataset's Q_hat.
 
   Calibration, MSE and BCE over every prefix; sign accuracy of predicted
   advantages; rank correlation and pair accuracy among siblings (distinct steps
   from one parent prefix, the choice a beam search makes), ranked by Q with the
-  copies of one step that several seeds wrote merged into one candidate.
+  copies of one step that several seeds wrote merged into one candidate. With
+  `prior` (e.g. the mean training label), `constant/mse` is the MSE of
+  predicting it everywhere: the baseline a verifier must beat.
   """
   target = data["q_hat"]
   valid = mask & np.isfinite(target)
@@ -100,6 +103,8 @@ def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
   out = {"mse": float(np.mean((pred[valid] - t) ** 2)),
          "bce": float(np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))),
          "ece": float(cal.ece), "num_prefixes": int(valid.sum())}
+  if prior is not None:
+    out["constant/mse"] = float(np.mean((prior - t) ** 2))
   step_valid = valid[:, 1:] & valid[:, :-1]
   out["siblings/sign_accuracy"] = rewards.sign_accuracy(
       pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], step_valid)

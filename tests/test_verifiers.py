@@ -40,3 +40,8 @@ def test_sibling_metrics_rank_distinct_steps_by_merged_q():
   # Advantage signs (true A = 0 has no sign): A +,+; B 0,-; C -,0 -> 4 of 4.
   assert out["siblings/sign_accuracy"] == 1.0
   np.testing.assert_allclose(out["mse"], np.mean((pred - data["q_hat"]) ** 2))
+  assert "constant/mse" not in out
+  # The constant baseline over the same 9 prefixes, by hand: squared gaps from 0.5
+  # of (0.5, 0.75, 1, 0.25, 0.25, 0, 0.5, 0, 0) sum to 1.1875.
+  out = verifiers.evaluate_predictions(pred, data, positions, mask, prior=0.5)
+  np.testing.assert_allclose(out["constant/mse"], 1.1875 / 9)

@@ -84,9 +84,10 @@ def check_config(config: ml_collections.ConfigDict, prompt_len: int | None = Non
   if s.prover == "verifier" and not config.verifiers.prover:
     raise config_lib.ConfigError("verifiers.prover", "needs the checkpoints dir of the prover's "
                                  "q verifier (Q^mu) when search.prover='verifier'")
-  longest = (prompt_len or 0) + s.max_steps * s.max_step_tokens
-  if (prompt_len is not None and models.arch_of(config.model) == "made"
-      and longest > config.model.max_len):
+  if prompt_len is None or models.arch_of(config.model) != "made":
+    return
+  longest = prompt_len + s.max_steps * s.max_step_tokens
+  if longest > config.model.max_len:
     raise config_lib.ConfigError(
         "search.max_steps", f"beam prefixes reach {longest} tokens (longest prompt {prompt_len} "
         f"+ max_steps {s.max_steps} x max_step_tokens {s.max_step_tokens}), past the MADE "

@@ -145,9 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "constant/mse": float(np.mean((prior - target) ** 2)),
                 "constant/accuracy": float(np.mean((prior >= 0.5) == (target >= 0.5)))}
     else:
-      result = verifiers.evaluate_predictions(pred, eval_data, positions, mask)
-      valid = mask & np.isfinite(eval_data["q_hat"])
-      result["constant/mse"] = float(np.mean((prior - eval_data["q_hat"][valid]) ** 2))
+      result = verifiers.evaluate_predictions(pred, eval_data, positions, mask, prior=prior)
     eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
     return result
 
