@@ -184,9 +184,46 @@ def set_task_lengths(config: ml_collections.ConfigDict, task_name: str) -> None:
   config.model.max_len, config.sample.max_new_tokens = TASK_LENGTHS[task_name]
 
 
-def _check(cond: bool, field: str, message: str) -> None:
+def check(cond: bool, field: str, message: str) -> None:
+  """Raises ConfigError naming `field` unless `cond`."""
   if not cond:
     raise ConfigError(field, message)
+
+
+_check = check
+
+
+def check_choice(value, allowed, field: str) -> None:
+  """`value` must be one of `allowed`; the error names the field and the allowed values."""
+  check(value in allowed, field, f"{value!r} is not one of {tuple(allowed)}")
+
+
+def check_set(path: str, field: str, why: str) -> None:
+  """A path field the job will read must be given."""
+  check(bool(path), field, f"is empty; {why}")
+
+
+def check_finite(value, field: str, minimum: float | None = None) -> None:
+  """A float field must be finite (and at least `minimum`)."""
+  check(isinstance(value, (int, float)) and math.isfinite(value), field,
+        f"{value!r} is not a finite number")
+  if minimum is not None:
+    check(value >= minimum, field, f"{value} is below {minimum}")
+
+
+def parse_list(text: str, field: str, kind=int) -> list:
+  """'2,4,8' -> [2, 4, 8]; names the config field on a bad entry."""
+  try:
+    return [kind(x) for x in str(text).split(",") if x.strip()]
+  except ValueError as e:
+    raise ConfigError(field, f"{text!r} is not a comma-separated list: {e}") from e
+
+
+def prefixed(prefix: str, error: ConfigError) -> ConfigError:
+  """The same error with its field under `prefix` (e.g. a pipeline stage's `stages.rl_pav`)."""
+  if error.field is None:
+    return error
+  return ConfigError(f"{prefix}.{error.field}", error.message)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

@@ -19,9 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from pavjax import artifacts
 from pavjax import metrics
 from pavjax import prover_diagnostics
-from pavjax import rollout_data
+from pavjax import trajectories
 from pavjax import tasks
 
 
@@ -75,32 +76,30 @@ def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[st
 
 def _samples(workdir: str, stage_cfg, num: int = 3) -> list[str]:
   """Highest-ORM pool responses of a few problems, with Q^pi after each step."""
-  path = os.path.join(workdir, "search", "pool.npz")
-  if not os.path.exists(path):
+  pool_dir = os.path.join(workdir, "search", artifacts.SEARCH_POOL)
+  if trajectories.read_manifest(pool_dir) is None:
     return []
   task = tasks.make_task(stage_cfg.task, os.path.join(workdir, "search"))
-  with np.load(path, allow_pickle=False) as z:
-    pool = {k: z[k] for k in ("tokens", "correct", "positions", "q_pi", "orm", "prompt_tokens")}
+  pool = trajectories.load(pool_dir)
+  last = trajectories.num_steps(pool)
+  orm = pool["orm"][np.arange(len(pool)), last]
   lines = []
-  for i in range(min(num, len(pool["tokens"]))):
-    mask = pool["positions"][i] >= 0
-    last = np.maximum(mask.sum(-1) - 1, 0)
-    orm = pool["orm"][i][np.arange(len(last)), last]
-    j = int(np.argmax(orm))
-    plen = int(pool["prompt_tokens"][i])
-    seq = pool["tokens"][i, j]
-    ends = pool["positions"][i, j]
-    lines.append(f"**Problem {i}** `{task.decode(seq[:plen])!r}` - ORM {orm[j]:.3f}, "
-                 f"correct: {bool(pool['correct'][i, j])}")
+  for problem in np.unique(pool.problem)[:num]:
+    rows = np.flatnonzero(pool.problem == problem)
+    r = int(rows[np.argmax(orm[rows])])
+    plen = int(pool.prompt_len[r])
+    seq = pool.tokens[r]
+    lines.append(f"**Problem {problem}** `{task.decode(seq[:plen])!r}` - ORM {orm[r]:.3f}, "
+                 f"correct: {bool(pool.outcome[r] > 0)}")
     lines.append("")
     lines.append("| step | text | Q^pi after it |")
     lines.append("|---|---|---|")
-    lines.append(f"| 0 | (question) | {pool['q_pi'][i, j, 0]:.3f} |")
+    lines.append(f"| 0 | (question) | {pool['q_pi'][r, 0]:.3f} |")
     prev = plen
-    for h in range(1, int(mask[j].sum())):
-      end = int(ends[h]) + 1
+    for h in range(1, int(last[r]) + 1):
+      end = int(pool.prefix_ends[r, h]) + 1
       text = task.decode(seq[prev:end]).replace("\n", "⏎").replace("|", "\\|")
-      lines.append(f"| {h} | `{text}` | {pool['q_pi'][i, j, h]:.3f} |")
+      lines.append(f"| {h} | `{text}` | {pool['q_pi'][r, h]:.3f} |")
       prev = end
     lines.append("")
   return lines
@@ -111,7 +110,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
   """Writes <workdir>/report.md (and its plots); returns its path."""
   cfgs = {}
   for name in summaries:
-    path = os.path.join(workdir, name, "config.json")
+    path = os.path.join(workdir, name, artifacts.CONFIG)
     if os.path.exists(path):
       with open(path, encoding="utf-8") as f:
         cfgs[name] = ml_collections.ConfigDict(json.load(f))
@@ -173,7 +172,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
 
   # --- RL ------------------------------------------------------------------------------
   if "rl_pav" in summaries and "rl_outcome" in summaries:
-    ev = {n: metrics.read_jsonl(os.path.join(workdir, n, "eval.jsonl"))
+    ev = {n: metrics.read_jsonl(os.path.join(workdir, n, artifacts.EVAL_LOG))
           for n in ("rl_pav", "rl_outcome")}
     se = rl_sample_efficiency(ev["rl_pav"], ev["rl_outcome"])
     lines += ["", "## RL: sample efficiency and Pass@N", "",
@@ -214,9 +213,9 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
     budget = (vq or vo or {}).get("budget", {})
     if budget:
       lines += ["", "Rollout budget: " + ", ".join(f"{k} {v}" for k, v in sorted(budget.items()))]
-  train_data = os.path.join(workdir, "rollouts_train", "rollouts", "train")
-  if rollout_data.read_manifest(train_data):
-    sweep = prover_diagnostics.rollout_sweep(rollout_data.load(train_data))
+  train_data = os.path.join(workdir, "rollouts_train", artifacts.rollouts_dir("train"))
+  if trajectories.read_manifest(train_data):
+    sweep = prover_diagnostics.rollout_sweep(trajectories.load(train_data))
     lines += ["", "## Prover diagnostics (Theorem 3.1 terms of BoK(pi) from the train rollouts)",
               "", "| K | distinguishability | alignment |", "|---|---|---|"]
     lines += [f"| {r['param']} | {r['distinguishability']:.4g} | {r['alignment']:.4g} |"

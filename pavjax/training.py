@@ -1,4 +1,4 @@
-"""Train state, optimizer, sharded initialization and the non-finite guard.
+"""Train state, optimizer, sharded initialization, the non-finite guard and the train loop.
 
 Shared by every job that updates parameters (SFT, verifiers, RL).
 """
@@ -6,14 +6,20 @@ Shared by every job that updates parameters (SFT, verifiers, RL).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from pavjax import checkpoint as ckpt_lib
+from pavjax import metrics
 from pavjax import sharding as shd
 
 
@@ -136,7 +142,7 @@ def apply_update(state: TrainState, grads, tx, *, loss: jax.Array, nonfinite: st
   Under `nonfinite='skip'`, a step whose loss or gradient norm is NaN/Inf leaves
   params and optimizer state bitwise as they were (only `step` advances, so the
   next batch is new); under 'stop' the update is applied and the host-side guard
-  (`jobs.common.train_loop`) raises before any checkpoint of it is written.
+  (`training.train_loop`) raises before any checkpoint of it is written.
   """
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -157,3 +163,90 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
   denom = jnp.maximum(mask.sum(), 1.0)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return (nll * mask).sum() / denom, (correct * mask).sum() / denom
+
+
+def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[str, Any]], *,
+               train_cfg, checkpointer: ckpt_lib.Checkpointer, writer: metrics.MetricWriter,
+               eval_fn: Callable[[Any, int], Any] | None = None,
+               desc: str = "train"):
+  """Runs `step_fn(state, batch_fn(step, state))` from the state's step to `train_cfg.num_steps`.
+
+  `batch_fn` gets the 0-based step and the current state (RL samples its batch
+  from the current policy; supervised jobs ignore the state).
+
+  Metrics stay on device and are fetched every `log_every` steps (and before
+  every checkpoint) in one `device_get`. The non-finite guard runs on each fetch:
+  under 'stop' it raises before a checkpoint of bad values can be written; under
+  'skip' the step function has already left params untouched, and the run stops
+  after `max_skips` consecutive skipped steps.
+
+  Returns (state, last logged means).
+  """
+  start = int(jax.device_get(state.step))
+  total = train_cfg.num_steps
+  halt = train_cfg.halt_at_step
+  pending: list[Mapping[str, Any]] = []
+  consecutive_bad = 0
+  last: dict[str, float] = {}
+  t_last = time.time()
+  bar = metrics.progress(total, initial=start, desc=desc)
+  in_flight = None  # metrics of the newest dispatched step the bar has not counted
+
+  def flush(step: int):
+    nonlocal consecutive_bad, last, t_last
+    if not pending:
+      return
+    means, bad = metrics.reduce_metrics(pending)
+    first = step - len(pending) + 1
+    if bad and train_cfg.nonfinite == "stop":
+      raise metrics.NonFiniteError(
+          f"non-finite loss or gradients at step {first + bad[0]} (train.nonfinite='stop'); "
+          "no checkpoint was written after the last good one")
+    for i in range(len(pending)):
+      consecutive_bad = consecutive_bad + 1 if i in bad else 0
+      if consecutive_bad >= train_cfg.max_skips:
+        raise metrics.NonFiniteError(
+            f"{consecutive_bad} consecutive non-finite steps ending at step {first + i} "
+            f"(train.max_skips={train_cfg.max_skips})")
+    if bad:  # every step in the window may have been skipped: log no NaN means
+      means = {k: v for k, v in means.items() if math.isfinite(v)}
+      means["train/skipped_steps"] = float(len(bad))
+    now = time.time()
+    means["perf/steps_per_sec"] = len(pending) / max(now - t_last, 1e-9)
+    t_last = now
+    writer.write(step, means)
+    last = means
+    pending.clear()
+    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(means.items())[:3]})
+
+  try:
+    for step in range(start + 1, total + 1):
+      state, step_metrics = step_fn(state, batch_fn(step - 1, state))
+      if in_flight is not None:  # one step runs ahead; the bar counts finished steps
+        jax.block_until_ready(in_flight)
+        bar.update(1)
+      in_flight = step_metrics
+      pending.append(step_metrics)
+      is_last = step == total or step == halt
+      if step % train_cfg.log_every == 0 or is_last or checkpointer.should_save(step):
+        flush(step)  # fetches every pending step's metrics: all have finished
+        bar.update(1)
+        in_flight = None
+      if checkpointer.should_save(step) or is_last:
+        checkpointer.save(step, state)
+      if eval_fn is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
+        eval_fn(state, step)  # writes its own metrics
+      if step == halt:
+        logging.warning("halting after step %d (train.halt_at_step)", step)
+        break
+  finally:
+    # Good checkpoints still being written must land even when the loop raises.
+    bar.close()
+    checkpointer.wait()
+  return state, last
+
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The examples of step `step`: a pure function of (seed, step), so resumes are exact."""
+  rng = np.random.default_rng([seed, step])
+  return rng.choice(num_examples, batch_size, replace=num_examples < batch_size)

@@ -5,7 +5,7 @@ head's output at the last token of a prefix is the logit of that prefix's Q. The
 question-only prefix ends on the last prompt token (column 0), step h's prefix on
 step h's last token (column h).
 
-Kinds (PAPER.md section 1):
+Kinds (arXiv 2410.08146, Sec. 3):
   orm    predicts the outcome Rex from the whole response (read at its end);
   q      predicts Q of every prefix under the policy that made the rollouts
          (PRM-Q when that policy is the base policy; Q^mu for a prover);
@@ -17,14 +17,16 @@ Kinds (PAPER.md section 1):
 from __future__ import annotations
 
 import functools
-import hashlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pavjax import rewards
-from pavjax import rollout_data
+from pavjax import sharding as shd
+from pavjax import trajectories
 from pavjax.models import Transformer
+from pavjax.tasks import covering_width
 
 
 def prefix_logits(model: Transformer, params, tokens: jax.Array, positions: jax.Array
@@ -65,28 +67,9 @@ def pav_step_scores(q_pi: jax.Array, q_mu: jax.Array, mask: jax.Array, alpha: fl
   return rewards.effective_reward(q_pi[:, 1:], adv, alpha, steps_mask)
 
 
-def prefix_ids(tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """An id per prefix: a hash of its tokens (up to and including its position).
-
-  Equal ids are the same text, whichever seed wrote it. The parent of column
-  h >= 1 is column h - 1. Returns [N, P] int64 (-1 where absent).
-  """
-  n, p = positions.shape
-  out = np.full((n, p), -1, np.int64)
-  for i in range(n):
-    for col in range(p):
-      if not mask[i, col]:
-        continue
-      end = int(positions[i, col]) + 1
-      digest = hashlib.blake2b(np.asarray(tokens[i, :end], np.int32).tobytes(), digest_size=8)
-      out[i, col] = int.from_bytes(digest.digest(), "little", signed=True)
-  return out
-
-
-def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
-                         mask: np.ndarray, num_bins: int = 10,
+def evaluate_predictions(pred: np.ndarray, table: trajectories.Trajectories, num_bins: int = 10,
                          prior: float | None = None) -> dict[str, float]:
-  """Held-out metrics of predicted prefix Q against the dataset's Q_hat.
+  """Held-out metrics of predicted prefix Q [B, H+1] against the table's `q_hat` column.
 
   Calibration, MSE and BCE over every prefix; sign accuracy of predicted
   advantages; rank correlation and pair accuracy among siblings (distinct steps
@@ -95,8 +78,8 @@ def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
   `prior` (e.g. the mean training label), `constant/mse` is the MSE of
   predicting it everywhere: the baseline a verifier must beat.
   """
-  target = data["q_hat"]
-  valid = mask & np.isfinite(target)
+  target = table["q_hat"]
+  valid = trajectories.prefix_mask(table) & np.isfinite(target)
   p = np.clip(pred[valid], 1e-6, 1 - 1e-6)
   t = target[valid]
   cal = rewards.calibration_table(pred[valid], t, num_bins)
@@ -108,7 +91,7 @@ def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
   step_valid = valid[:, 1:] & valid[:, :-1]
   out["siblings/sign_accuracy"] = rewards.sign_accuracy(
       pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], step_valid)
-  ids = prefix_ids(data["tokens"], positions, mask)
+  ids = trajectories.prefix_ids(table)
   steps = valid[:, 1:]  # column h >= 1: a step, its parent is column h - 1
   sib = rewards.sibling_metrics(pred[:, 1:][steps], target[:, 1:][steps], ids[:, :-1][steps],
                                 step_ids=ids[:, 1:][steps])
@@ -116,17 +99,36 @@ def evaluate_predictions(pred: np.ndarray, data: dict, positions: np.ndarray,
   return out
 
 
-def prefix_arrays(data: dict, columns: str = "all") -> tuple[np.ndarray, np.ndarray]:
-  """Positions and mask of the prefixes a verifier kind trains on.
+def training_prefixes(table: trajectories.Trajectories, kind: str) -> np.ndarray:
+  """[B, H+1] the prefixes a verifier kind reads: every one (`q`) or the terminal one (`orm`)."""
+  if kind == "q":
+    return trajectories.prefix_mask(table)
+  if kind == "orm":
+    return trajectories.prefix_mask(table) & trajectories.last_prefix_mask(table)
+  raise ValueError(f"verifier kind {kind!r} is not 'q' or 'orm'")
 
-  `columns='all'` (q verifiers): every prefix; `'last'` (ORM): the terminal one.
-  """
-  positions, mask = rollout_data.prefix_positions(data)
-  if columns == "last":
-    last = np.zeros_like(mask)
-    last[np.arange(len(mask)), data["num_steps"]] = True
-    mask = mask & last
-  elif columns != "all":
-    raise ValueError(f"columns={columns!r} is not 'all' or 'last'")
-  return positions, mask
 
+def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batch_size: int
+            ) -> np.ndarray:
+  """Predicted Q at `positions` [N, P] of `tokens` [N, W], in fixed-shape batches (one compile)."""
+  batch_size = shd.round_to_data_parallel(batch_size, mesh)
+  tokens = tokens[:, :covering_width(int(positions.max(initial=0)), tokens.shape[1])]
+  out = []
+  for start in range(0, len(tokens), batch_size):
+    t = tokens[start:start + batch_size]
+    p = positions[start:start + batch_size]
+    n = len(t)
+    if n < batch_size:  # pad the last batch to the fixed shape
+      t = np.concatenate([t, np.zeros((batch_size - n, t.shape[1]), t.dtype)])
+      p = np.concatenate([p, -np.ones((batch_size - n, p.shape[1]), p.dtype)])
+    batch = shd.shard_batch({"tokens": t, "positions": p}, mesh)
+    q = score(model, params, batch["tokens"], batch["positions"])
+    out.append(np.asarray(shd.to_host(q))[:n])
+  return np.concatenate(out)
+
+
+def predict_table(model, params, table: trajectories.Trajectories, mesh, batch_size: int
+                  ) -> np.ndarray:
+  """[B, H+1] predicted Q of every prefix of a table (0 where absent)."""
+  return predict(model, params, table.tokens.astype(np.int32), table.prefix_ends, mesh,
+                 batch_size)

@@ -1,13 +1,14 @@
 """Smoke tests of the benchmarks: each main runs at the tiniest size, its check can fail."""
 
 import importlib.util
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax.bench import common, decode, peer, rl_step, rollouts, verifier_train
+from pavjax.bench import harness, decode, peer, rl_step, rollouts, verifier_train
 from pavjax.models import Transformer
 
 # Tiniest settings shared by every bench (flags each bench knows).
@@ -35,7 +36,7 @@ def test_decode_runs_and_prints_a_table(capsys):
 
 
 def test_decode_check_fails_on_a_wrong_model():
-  with pytest.raises(common.CorrectnessError, match="not the uncached model's argmax"):
+  with pytest.raises(harness.CorrectnessError, match="not the uncached model's argmax"):
     decode.main(TINY + ["--batch=2", "--prompt_len=4", "--new_tokens=6", "--skip_naive",
                         "--fault=params"])
 
@@ -51,7 +52,7 @@ def test_rollouts_runs():
 def test_rollouts_check_fails_on_a_wrong_model():
   args = ["--trajectories=2", "--prompt_len=3", "--step_len=2", "--n_mc=2", "--seq_batch=2",
           "--fork_batch=4", "--skip_per_prefix", "--fault=params"]
-  with pytest.raises(common.CorrectnessError, match="forked"):
+  with pytest.raises(harness.CorrectnessError, match="forked"):
     rollouts.main(TINY + args)
 
 
@@ -60,7 +61,7 @@ def test_verifier_train_runs_and_its_check_can_fail():
   (r,) = verifier_train.main(TINY + args)
   assert r["tokens_s"] > 0 and r["loss_check"][1] < r["loss_check"][0]
   assert r["mfu_datasheet"] is None  # no datasheet peak for a CPU
-  with pytest.raises(common.CorrectnessError, match="did not fall"):
+  with pytest.raises(harness.CorrectnessError, match="did not fall"):
     verifier_train.main(TINY + args + ["--fault=frozen"])
 
 
@@ -78,16 +79,16 @@ def test_rl_step_runs_without_recompiles():
 def test_rl_step_checks_can_fail(fault, match):
   args = ["--prompts=2", "--samples=2", "--prompt_len=4", "--new_tokens=8", "--step_len=4",
           "--micro_batch=4", f"--fault={fault}"]
-  with pytest.raises(common.CorrectnessError, match=match):
+  with pytest.raises(harness.CorrectnessError, match=match):
     rl_step.main(TINY + args)
 
 
-@pytest.mark.skipif(HAS_TORCH, reason="torch is installed: the peer runs instead")
-def test_peer_without_torch_says_what_to_install():
-  with pytest.raises(common.MissingDependency, match="pip install torch transformers"):
+def test_peer_without_torch_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+  with pytest.raises(harness.MissingDependency, match="pip install torch transformers"):
     peer.main(TINY + ["--batch=2"])
   with pytest.raises(SystemExit) as e:
-    common.run_main(lambda _: peer.main(TINY + ["--batch=2"]))
+    harness.run_main(lambda _: peer.main(TINY + ["--batch=2"]))
   assert e.value.code == 2
 
 
@@ -96,52 +97,52 @@ def test_peer_runs_and_matches():
   args = ["--batch=2", "--prompt_len=4", "--new_tokens=6"]
   (r,) = peer.main(TINY + args)
   assert r["logit_err"] < 1e-3 and r["same_rows"] == 1.0 and r["ratio"] > 0
-  with pytest.raises(common.CorrectnessError, match="logits differ"):
+  with pytest.raises(harness.CorrectnessError, match="logits differ"):
     peer.main(TINY + args + ["--fault=params"])
 
 
 def test_check_greedy_detects_a_changed_token():
-  cfg = common.model_config("test", 64, "float32", 32)
+  cfg = harness.model_config("test", 64, "float32", 32)
   model = Transformer(cfg)
-  params = common.init_params(model)
+  params = harness.init_params(model)
   contexts = [[5, 6, 7], [9, 10]]  # different lengths: right-padded internally
-  buf, ctx_len, _ = common.build_sequences(contexts, np.zeros((2, 5), np.int32))
+  buf, ctx_len, _ = harness.build_sequences(contexts, np.zeros((2, 5), np.int32))
   for i in range(2):
     buf[i, ctx_len[i]:] = 0
-  ref = np.asarray(common.reference_greedy(model, params, jnp.asarray(buf),
+  ref = np.asarray(harness.reference_greedy(model, params, jnp.asarray(buf),
                                            jnp.asarray(ctx_len), 5))
   generated = np.stack([ref[i, ctx_len[i]:ctx_len[i] + 5] for i in range(2)])
-  msg = common.check_greedy(model, params, contexts, generated, dtype="float32", what="t")
+  msg = harness.check_greedy(model, params, contexts, generated, dtype="float32", what="t")
   assert "2/2 rows identical" in msg
   logits = model.apply({"params": params}, jnp.asarray(ref)).logits
   wrong = generated.copy()
   # Replace row 1's third token by its least likely alternative.
   wrong[1, 2] = int(jnp.argmin(logits[1, ctx_len[1] + 1]))
-  with pytest.raises(common.CorrectnessError, match="row 1 at token 2"):
-    common.check_greedy(model, params, contexts, wrong, dtype="float32", what="t")
+  with pytest.raises(harness.CorrectnessError, match="row 1 at token 2"):
+    harness.check_greedy(model, params, contexts, wrong, dtype="float32", what="t")
 
 
 def test_compile_counter_counts_new_shapes_only():
   f = jax.jit(lambda x: x * 2 + 1)
   three, four = jnp.ones(3), jnp.ones(4)
   f(three)
-  with common.CompileCounter() as same:
+  with harness.CompileCounter() as same:
     f(three)
-  with common.CompileCounter() as new:
+  with harness.CompileCounter() as new:
     f(four)
   assert same.lowerings == 0 and new.lowerings == 1
 
 
 def test_flags_take_cpu_defaults_and_tables_align():
-  args = common.parse_flags([], description="", gpu={"size": ("125m",), "batch": (256,),
+  args = harness.parse_flags([], description="", gpu={"size": ("125m",), "batch": (256,),
                                                      "dtype": "bfloat16", "vocab": 32000},
                             cpu={"size": ("test",), "batch": (4,), "dtype": "float32",
                                  "vocab": 64})
   assert args.size == ("test",) and args.batch == (4,) and args.dtype == "float32"
   with pytest.raises(ValueError, match="unknown size"):
-    common.parse_flags(["--size=huge"], description="", gpu={}, cpu={"batch": (1,),
+    harness.parse_flags(["--size=huge"], description="", gpu={}, cpu={"batch": (1,),
                                                                      "dtype": "float32",
                                                                      "vocab": 8})
-  table = common.format_table(["a", "bb"], [[1, 2], ["long", 3]]).splitlines()
+  table = harness.format_table(["a", "bb"], [[1, 2], ["long", 3]]).splitlines()
   assert len({len(line) for line in table}) == 1
-  assert common.device_info().peak_flops is None  # CPU: no datasheet numbers
+  assert harness.device_info().peak_flops is None  # CPU: no datasheet numbers

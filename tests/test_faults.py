@@ -426,7 +426,7 @@ def test_skip_policy_with_inf_gradients(tmp_path, monkeypatch):
 
 
 def test_rollouts_sigkill_between_shard_and_manifest_resumes_exactly(sft_runs, tmp_path):
-  from pavjax import rollout_data  # pylint: disable=g-import-not-at-top
+  from pavjax import trajectories  # pylint: disable=g-import-not-at-top
   flags = _rollout_flags(os.path.join(sft_runs[0], "checkpoints"))
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   procs = [_start(straight, flags), _start(killed, flags, kill="--kill_after_shard=1")]
@@ -434,19 +434,20 @@ def test_rollouts_sigkill_between_shard_and_manifest_resumes_exactly(sft_runs, t
   _finish(procs[1], expect_rc=-signal.SIGKILL)
   out_dir = os.path.join(killed, "rollouts", "train")
   # Shard 1's file is on disk but the manifest never recorded it.
-  assert rollout_data.read_manifest(out_dir)["shards_done"] == [0]
-  assert os.path.exists(rollout_data.shard_path(out_dir, 1))
-  assert not os.path.exists(rollout_data.shard_path(out_dir, 2))
+  assert trajectories.read_manifest(out_dir)["shards_done"] == [0]
+  assert os.path.exists(trajectories.shard_path(out_dir, 1))
+  assert not os.path.exists(trajectories.shard_path(out_dir, 2))
 
   _finish(_start(killed, flags))
-  want = rollout_data.read_manifest(os.path.join(straight, "rollouts", "train"))
-  got = rollout_data.read_manifest(out_dir)
+  want = trajectories.read_manifest(os.path.join(straight, "rollouts", "train"))
+  got = trajectories.read_manifest(out_dir)
   assert got["complete"] and got["shards_done"] == [0, 1, 2]
   assert got["budget"] == want["budget"]  # shard 1 counted once
-  a = rollout_data.load(os.path.join(straight, "rollouts", "train"))
-  b = rollout_data.load(out_dir)
+  a = trajectories.load(os.path.join(straight, "rollouts", "train"))
+  b = trajectories.load(out_dir)
   assert len(b["problem"]) == 12 * 2  # 12 problems x n_cov, none twice
-  for key in rollout_data.FIELDS:
+  assert sorted(b.columns) == sorted(a.columns)
+  for key in trajectories.CORE + tuple(sorted(a.columns)):
     np.testing.assert_array_equal(b[key], a[key], err_msg=key)
 
 
@@ -547,15 +548,15 @@ def _install_kill_hook(flag: str) -> None:
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
   elif name == "kill_after_shard":
     # Dies after shard `target`'s file is in place but before the manifest lists it.
-    from pavjax import rollout_data  # pylint: disable=g-import-not-at-top
-    real_write = rollout_data.write_shard
+    from pavjax import trajectories  # pylint: disable=g-import-not-at-top
+    real_write = trajectories.write_shard
 
-    def write_shard(directory, index, arrays):
-      real_write(directory, index, arrays)
+    def write_shard(directory, index, table):
+      real_write(directory, index, table)
       if index == target:
         die()
 
-    rollout_data.write_shard = write_shard
+    trajectories.write_shard = write_shard
   else:
     raise SystemExit(f"unknown kill hook {flag!r}")
 

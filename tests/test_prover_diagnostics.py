@@ -1,10 +1,10 @@
-"""Prover diagnostics: the exact planted MDP, Theorem 3.1 terms, NPG gains, rollout sweeps."""
+"""Prover diagnostics: Theorem 3.1 terms and NPG gains on the planted task, rollout sweeps."""
 
 import numpy as np
 import pytest
 
 from pavjax import prover_diagnostics as pdx
-from pavjax import rollout_data
+from pavjax import trajectories
 from pavjax.tasks import planted as planted_lib
 
 GAMMAS = tuple(range(1, 18))
@@ -25,36 +25,6 @@ def _row(rows, kind, param):
   return row
 
 
-@pytest.mark.parametrize("gamma", [1.0, 5.0, 10.0, 17.5])
-def test_kmp_mdp_values_equal_the_prover_dp(task, gamma):
-  prover = task.prover(gamma)
-  mdp = pdx.KmpMdp(prover)
-  q, v = mdp.q_values(mdp.markov_policy(prover))
-  assert v[mdp.root] == prover.value(())  # same DP, same float operations: bit for bit
-  # Q rows agree with the prover's q_table on sampled live prefixes of every length.
-  for response in prover.sample(np.random.default_rng(0), 40):
-    for h in range(len(response) + 1):
-      s = mdp.state_of(response[:h])
-      if s is not None:
-        np.testing.assert_array_equal(q[s], prover.q_table(response[:h]))
-
-
-def test_occupancy_is_a_visitation_measure(task):
-  prover = task.prover(5.0)
-  mdp = pdx.KmpMdp(prover)
-  pi = mdp.markov_policy(prover)
-  occ = mdp.occupancy(pi)
-  grid_r = np.tile(np.arange(1, mdp.length + 1), mdp.m)  # r of each state
-  hit = np.repeat(prover.hit[:, :mdp.num_actions], mdp.length, axis=0)
-  ends = hit.copy()
-  ends[:, prover.eos] = True
-  ends[grid_r == 1] = True  # the last token ends the episode whatever it is
-  # Every episode ends exactly once, and it succeeds exactly when it ends on a hit.
-  np.testing.assert_allclose(np.sum(occ[:, None] * pi * ends), 1.0, rtol=1e-12)
-  np.testing.assert_allclose(np.sum(occ[:, None] * pi * hit), prover.value(()), rtol=1e-12)
-  assert occ[mdp.root] == 1.0
-
-
 def test_mu_equals_pi_and_bok1(rows):
   base = _row(rows, "gamma", 5)
   # With mu = pi, A^mu = A^pi: both terms are E[(A^pi)^2].
@@ -72,6 +42,17 @@ def test_mu_equals_pi_and_bok1(rows):
   assert outcome["gain_vs_outcome"] == 0.0
 
 
+def test_planted_sweep_context_is_the_exact_base_policy(task, rows):
+  # The shared context is mu_5's own DP value and its expected live decisions.
+  base = task.prover(5.0)
+  occ = base.markov_occupancy(base.markov_policy())
+  for row in rows:
+    assert row["v_pi_root"] == base.value(())
+    np.testing.assert_allclose(row["mass"], occ.sum(), rtol=1e-12)
+  for gamma in GAMMAS:
+    assert _row(rows, "gamma", gamma)["v_mu_root"] == task.prover(float(gamma)).value(())
+
+
 def test_npg_improvement_is_first_order_exact(task):
   """Exact gain >= 0 and equal to lr * (E[(A^pi)^2] + alpha * alignment) + O(lr^2)."""
   small, half = (pdx.planted_sweep(task, gammas=GAMMAS, bok_ks=(2, 4), lr=lr, alpha=2.0)
@@ -83,6 +64,9 @@ def test_npg_improvement_is_first_order_exact(task):
     assert abs(err_a) < 0.05 * a["first_order"], a
     # Halving lr quarters the gap: the remainder is second order.
     np.testing.assert_allclose(err_a / err_b, 4.0, rtol=0.05, err_msg=str(a["param"]))
+    np.testing.assert_allclose(a["first_order"],
+                               a["lr"] * (a["adv_pi_sq"] + a["alpha"] * a["alignment"]),
+                               rtol=1e-12)
 
 
 def test_bok_distinguishability_grows_with_k(rows):
@@ -91,30 +75,38 @@ def test_bok_distinguishability_grows_with_k(rows):
   assert d[0] < d[1] < d[2]
 
 
-def test_curve_shape():
-  xs = [1, 2, 3, 4, 5]
-  assert pdx.curve_shape(xs, [0, 2, 3, 2, 0]).startswith("inverted U (peak at 3)")
-  assert pdx.curve_shape(xs, [0, 1, 2, 3, 4]).startswith("increasing")
-  assert pdx.curve_shape(xs, [4, 3, 2, 1, 0]).startswith("decreasing")
-  assert pdx.curve_shape(xs, [1, 1, 1, 1, 1]) == "flat"
-
-
-def _hand_dataset():
+def _hand_table():
   """2 problems x 3 seeds; problem 0 has 2-token steps, problem 1 a 2-token prompt."""
   nan = np.nan
-  return {
+  return trajectories.Trajectories(
       # problem 0: prompt [9]; seeds 0 and 1 share the first step (1 1), seed 2 does not.
       # problem 1: prompt [8 9]; one one-token step each, seeds 0 and 2 identical.
-      "tokens": np.array([[9, 1, 1, 2, 2], [9, 1, 1, 3, 3], [9, 2, 2, 1, 1],
-                          [8, 9, 4, 0, 0], [8, 9, 5, 0, 0], [8, 9, 4, 0, 0]], np.int32),
-      "prompt_len": np.array([1, 1, 1, 2, 2, 2], np.int32),
-      "step_ends": np.array([[2, 4], [2, 4], [2, 4], [2, -1], [2, -1], [2, -1]], np.int32),
-      "num_steps": np.array([2, 2, 2, 1, 1, 1], np.int32),
-      "q_hat": np.array([[0.5, 0.6, 1.0], [0.5, 0.4, 0.0], [0.5, 0.2, 0.0],
-                         [0.25, 1.0, nan], [0.25, 0.0, nan], [0.25, 1.0, nan]], np.float32),
-      "problem": np.array([0, 0, 0, 1, 1, 1], np.int32),
-      "seed": np.array([0, 1, 2, 0, 1, 2], np.int32),
-  }
+      tokens=np.array([[9, 1, 1, 2, 2], [9, 1, 1, 3, 3], [9, 2, 2, 1, 1],
+                       [8, 9, 4, 0, 0], [8, 9, 5, 0, 0], [8, 9, 4, 0, 0]], np.int32),
+      prompt_len=np.array([1, 1, 1, 2, 2, 2], np.int32),
+      length=np.array([5, 5, 5, 3, 3, 3], np.int32),
+      prefix_ends=np.array([[0, 2, 4], [0, 2, 4], [0, 2, 4], [1, 2, -1], [1, 2, -1],
+                            [1, 2, -1]], np.int32),
+      outcome=np.array([1, 0, 0, 1, 0, 1], np.float32),
+      reason=np.zeros(6, np.int32),
+      problem=np.array([0, 0, 0, 1, 1, 1], np.int32),
+      finished=np.zeros(6, bool),
+      columns={
+          "q_hat": np.array([[0.5, 0.6, 1.0], [0.5, 0.4, 0.0], [0.5, 0.2, 0.0],
+                             [0.25, 1.0, nan], [0.25, 0.0, nan], [0.25, 1.0, nan]],
+                            np.float32),
+          "seed": np.array([0, 1, 2, 0, 1, 2], np.int32),
+          "mc_success": np.zeros((6, 3), np.int32),
+          "mc_count": np.zeros((6, 3), np.int32),
+      })
+
+
+def test_sibling_groups_of_the_hand_table():
+  # Children row by row: (row 0: P0, P1), (row 1: P0, P1), (row 2: P0, "9 2 2"), rows 3-5: P3.
+  group, child_q, parent_q = pdx.sibling_groups(_hand_table())
+  np.testing.assert_array_equal(group, [0, 1, 0, 1, 0, 2, 3, 3, 3])
+  np.testing.assert_allclose(child_q, [0.6, 1.0, 0.4, 0.0, 0.2, 0.0, 1.0, 0.0, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(parent_q, [0.5, 0.5, 0.2, 0.25], rtol=1e-6)
 
 
 def test_rollout_sweep_matches_hand_computation():
@@ -123,7 +115,7 @@ def test_rollout_sweep_matches_hand_computation():
   #   P1 = problem 0 after "1 1": children Q 1.0 0.0 (seeds 0, 1), parent mean(0.6, 0.4) = 0.5
   #   P2 = problem 1 question: children Q 1 0 1, parent 0.25
   # ("2 2" of problem 0 has one child and is dropped.)
-  data = _hand_dataset()
+  data = _hand_table()
   out = {r["param"]: r for r in pdx.rollout_sweep(data, bok_ks=(1, 2))}
   for r in out.values():
     assert (r["num_parents"], r["num_children"]) == (3, 8)
@@ -144,27 +136,32 @@ def test_rollout_sweep_matches_hand_computation():
 
 
 def test_rollout_siblings_need_identical_prefixes_and_same_problem():
-  data = _hand_dataset()
+  data = _hand_table()
   # Same tokens in another problem are not siblings; a one-token change splits a parent.
-  data["tokens"][1, 2] = 7  # seed 1 of problem 0 now starts "1 7": P1 loses a child
+  data.tokens[1, 2] = 7  # seed 1 of problem 0 now starts "1 7": P1 loses a child
   (row,) = pdx.rollout_sweep(data, bok_ks=(1,))
   assert (row["num_parents"], row["num_children"]) == (2, 6)
-  data["problem"][:] = 0  # problem 1's seeds still differ in prompt tokens
+  data.problem[:] = 0  # problem 1's seeds still differ in prompt tokens
   (row,) = pdx.rollout_sweep(data, bok_ks=(1,))
   assert row["num_parents"] == 2
 
 
-def _hand_prover_dataset():
-  """The seeds of `_hand_dataset` with a prover's Q_hat, given by hand.
+def test_rollout_sweep_rejects_q_hat_of_another_width():
+  data = _hand_table()
+  data = data.with_columns(q_hat=data["q_hat"][:, :2])
+  with pytest.raises(ValueError, match="q_hat has shape"):
+    pdx.rollout_sweep(data, bok_ks=(1,))
+
+
+def _hand_prover_table():
+  """The seeds of `_hand_table` with a prover's Q_hat, given by hand.
 
   Terminal prefixes keep the seed's outcome (no completion is run from them);
   column 0 is one value per problem, as rollouts broadcast it.
   """
-  data = _hand_dataset()
-  data["q_hat"] = np.array([[0.8, 0.9, 1.0], [0.8, 0.7, 0.0], [0.8, 0.6, 0.0],
-                            [0.5, 1.0, np.nan], [0.5, 0.0, np.nan], [0.5, 1.0, np.nan]],
-                           np.float32)
-  return data
+  return _hand_table().with_columns(
+      q_hat=np.array([[0.8, 0.9, 1.0], [0.8, 0.7, 0.0], [0.8, 0.6, 0.0],
+                      [0.5, 1.0, np.nan], [0.5, 0.0, np.nan], [0.5, 1.0, np.nan]], np.float32))
 
 
 def test_prover_sweep_matches_hand_computation():
@@ -174,7 +171,7 @@ def test_prover_sweep_matches_hand_computation():
   #   P1: children 1.0 0.0, parent mean(0.9, 0.7) = 0.8   -> A^mu = [0.2, -0.8]
   #   P2: children 1 0 1, parent 0.5                      -> A^mu = [0.5, -0.5, 0.5]
   # A^pi = [0.1, -0.1, -0.3], [0.5, -0.5], [0.75, -0.25, 0.75].
-  (row,) = pdx.prover_sweep(_hand_dataset(), {"ckpt": _hand_prover_dataset()})
+  (row,) = pdx.prover_sweep(_hand_table(), {"ckpt": _hand_prover_table()})
   assert (row["kind"], row["param"]) == ("checkpoint", "ckpt")
   assert (row["num_parents"], row["num_children"]) == (3, 8)
   var = (np.var([0.1, -0.1, -0.2]), 0.25, 2 / 9)
@@ -187,9 +184,9 @@ def test_prover_sweep_matches_hand_computation():
 
 
 def test_prover_equal_to_base_is_the_k1_row():
-  base = _hand_dataset()
+  base = _hand_table()
   (bok1,) = pdx.rollout_sweep(base, bok_ks=(1,))
-  rows = pdx.prover_sweep(base, {"self": _hand_dataset(), "other": _hand_prover_dataset()})
+  rows = pdx.prover_sweep(base, {"self": _hand_table(), "other": _hand_prover_table()})
   assert [r["param"] for r in rows] == ["self", "other"]
   for key in ("distinguishability", "alignment", "bound", "adv_pi_var"):
     np.testing.assert_allclose(rows[0][key], bok1[key], rtol=1e-12, err_msg=key)
@@ -197,51 +194,33 @@ def test_prover_equal_to_base_is_the_k1_row():
     assert rows[0][key] == bok1[key], key
 
 
-@pytest.mark.parametrize("field,index,value", [
-    ("seed", 4, 2), ("problem", 2, 1), ("tokens", (1, 3), 7), ("num_steps", 0, 1),
+@pytest.mark.parametrize("field,array,index,value", [
+    ("seed", "seed", 4, 2), ("problem", "problem", 2, 1), ("tokens", "tokens", (1, 3), 7),
+    # Row 0 loses its second step: the derived step count is the first thing to differ.
+    ("num_steps", "prefix_ends", (0, 2), -1),
+    ("prompt_len", "prompt_len", 0, 2), ("prefix_ends", "prefix_ends", (0, 1), 1),
 ])
-def test_prover_sweep_rejects_unpaired_seeds(field, index, value):
-  prover = _hand_prover_dataset()
-  prover[field][index] = value
+def test_prover_sweep_rejects_unpaired_seeds(field, array, index, value):
+  prover = _hand_prover_table()
+  target = prover[array] if array in prover.columns else getattr(prover, array)
+  target[index] = value
   with pytest.raises(ValueError, match=f"'ckpt'.*first mismatch in '{field}'"):
-    pdx.prover_sweep(_hand_dataset(), {"ckpt": prover})
+    pdx.prover_sweep(_hand_table(), {"ckpt": prover})
 
 
 def test_prover_sweep_rejects_other_row_counts_and_missing_q():
-  short = {k: v[:5] for k, v in _hand_prover_dataset().items()}
+  short = _hand_prover_table().take(np.arange(5))
   with pytest.raises(ValueError, match="5 seed rows vs 6"):
-    pdx.prover_sweep(_hand_dataset(), {"ckpt": short})
-  holed = _hand_prover_dataset()
+    pdx.prover_sweep(_hand_table(), {"ckpt": short})
+  holed = _hand_prover_table()
   holed["q_hat"][1, 1] = np.nan
   with pytest.raises(ValueError, match="row 1, prefix column 1"):
-    pdx.prover_sweep(_hand_dataset(), {"ckpt": holed})
+    pdx.prover_sweep(_hand_table(), {"ckpt": holed})
 
 
-def _write_dataset(directory, data):
-  n, h = data["step_ends"].shape
-  full = dict(data, length=data["step_ends"].max(axis=1) + 1,
-              outcome=np.zeros(n, np.float32), reason=np.zeros(n, np.int32),
-              mc_success=np.zeros((n, h + 1), np.int32), mc_count=np.zeros((n, h + 1), np.int32))
-  rollout_data.write_shard(str(directory), 0, full)
-  rollout_data.write_manifest(str(directory), {"shards_done": [0]})
-
-
-def test_cli_rollouts_with_provers(tmp_path, capsys):
-  _write_dataset(tmp_path / "base", _hand_dataset())
-  _write_dataset(tmp_path / "ckpt", _hand_prover_dataset())
-  assert pdx.main([f"--rollouts={tmp_path / 'base'}", "--bok_ks=1,2",
-                   f"--prover=rl_step_100={tmp_path / 'ckpt'}"]) == 0
-  lines = capsys.readouterr().out.splitlines()
-  (line,) = [l for l in lines if "rl_step_100" in l]
-  assert line.split()[0] == "checkpoint"
-  assert len([l for l in lines if l.split()[:1] == ["bok"]]) == 2
-  with pytest.raises(SystemExit):
-    pdx.main([f"--rollouts={tmp_path / 'base'}", f"--prover={tmp_path / 'ckpt'}"])
-
-
-def test_cli(tmp_path, capsys):
-  out = tmp_path / "terms.png"
-  assert pdx.main(["--planted", "--gammas=1,5,10", "--bok_ks=1,4", f"--plot={out}"]) == 0
-  text = capsys.readouterr().out
-  assert "distinguishability" in text and "improvement over gamma" in text
-  assert out.exists() and out.stat().st_size > 0
+def test_rollout_sweep_reads_a_saved_table(tmp_path):
+  # What report.py and the CLI do: the table round-trips through disk unchanged.
+  trajectories.save(str(tmp_path / "base"), _hand_table(), "test")
+  loaded = trajectories.load(str(tmp_path / "base"))
+  assert pdx.rollout_sweep(loaded, bok_ks=(1, 2)) == pdx.rollout_sweep(_hand_table(),
+                                                                        bok_ks=(1, 2))

@@ -12,7 +12,7 @@ from pavjax import config_lib
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
-from pavjax.jobs import sft
+from pavjax import supervised
 from pavjax.models import Transformer, TransformerConfig
 
 MODEL = TransformerConfig(vocab_size=16, embed_dim=32, num_layers=2, num_heads=4,
@@ -31,7 +31,7 @@ def _one_step(mesh_cfg, devices):
   data = tasks.sft_arrays(task, task.split("train")[:8], MODEL.max_len)
   batch = shd.shard_batch({"inputs": data.inputs, "targets": data.targets, "mask": data.mask},
                           mesh)
-  step = jax.jit(functools.partial(sft.sft_train_step, model=model, tx=tx, nonfinite="stop"),
+  step = jax.jit(functools.partial(supervised.sft_train_step, model=model, tx=tx, nonfinite="stop"),
                  in_shardings=(spec.shardings, shd.batch_sharding(mesh)),
                  out_shardings=(spec.shardings, None))
   with shd.activate(mesh, rules):

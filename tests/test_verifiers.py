@@ -2,18 +2,23 @@
 
 import numpy as np
 
-from pavjax import rollout_data
+from pavjax import trajectories
 from pavjax import verifiers
 
 
 def _dataset():
   # Prompt [1, 2]; one-token steps. Seeds A and B both open with step 5, C with 6.
   tokens = np.array([[1, 2, 5, 7], [1, 2, 5, 8], [1, 2, 6, 7]], np.int32)
-  data = {"tokens": tokens, "prompt_len": np.array([2, 2, 2], np.int32),
-          "step_ends": np.array([[2, 3], [2, 3], [2, 3]], np.int32),
-          # MC Q_hat of (question, after step 1, after step 2) per seed: the two
-          # copies of prefix [1, 2, 5] got different estimates (0.75, 0.25).
-          "q_hat": np.array([[0.5, 0.75, 1.0], [0.25, 0.25, 0.0], [0.5, 0.0, 0.0]])}
+  data = trajectories.Trajectories(
+      tokens=tokens, prompt_len=np.array([2, 2, 2], np.int32),
+      length=np.array([4, 4, 4], np.int32),
+      # Column 0 ends on the last prompt token, column h on step h's last token.
+      prefix_ends=np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3]], np.int32),
+      outcome=np.array([1.0, 0.0, 0.0], np.float32), reason=np.zeros(3, np.int32),
+      problem=np.zeros(3, np.int32), finished=np.ones(3, bool),
+      # MC Q_hat of (question, after step 1, after step 2) per seed: the two
+      # copies of prefix [1, 2, 5] got different estimates (0.75, 0.25).
+      columns={"q_hat": np.array([[0.5, 0.75, 1.0], [0.25, 0.25, 0.0], [0.5, 0.0, 0.0]])})
   # A causal verifier gives equal prefixes equal scores.
   pred = np.array([[0.4, 0.6, 0.9], [0.4, 0.6, 0.2], [0.4, 0.3, 0.1]])
   return data, pred
@@ -21,8 +26,8 @@ def _dataset():
 
 def test_prefix_ids_name_equal_text_equally():
   data, _ = _dataset()
-  positions, mask = rollout_data.prefix_positions(data)
-  ids = verifiers.prefix_ids(data["tokens"], positions, mask)
+  assert trajectories.prefix_mask(data).all()
+  ids = trajectories.prefix_ids(data)
   assert len(set(ids[:, 0])) == 1  # the question
   assert ids[0, 1] == ids[1, 1] != ids[2, 1]
   assert len(set(ids[:, 2])) == 3
@@ -30,8 +35,7 @@ def test_prefix_ids_name_equal_text_equally():
 
 def test_sibling_metrics_rank_distinct_steps_by_merged_q():
   data, pred = _dataset()
-  positions, mask = rollout_data.prefix_positions(data)
-  out = verifiers.evaluate_predictions(pred, data, positions, mask)
+  out = verifiers.evaluate_predictions(pred, data)
   # Siblings of the question: step 5 (merged target 0.5, predicted 0.6) over
   # step 6 (0, 0.3): right. Siblings of [1, 2, 5]: 7 (1.0, 0.9) over 8 (0, 0.2):
   # right. [1, 2, 6] has one child. So 2 of 2 pairs, in 2 groups.
@@ -43,5 +47,5 @@ def test_sibling_metrics_rank_distinct_steps_by_merged_q():
   assert "constant/mse" not in out
   # The constant baseline over the same 9 prefixes, by hand: squared gaps from 0.5
   # of (0.5, 0.75, 1, 0.25, 0.25, 0, 0.5, 0, 0) sum to 1.1875.
-  out = verifiers.evaluate_predictions(pred, data, positions, mask, prior=0.5)
+  out = verifiers.evaluate_predictions(pred, data, prior=0.5)
   np.testing.assert_allclose(out["constant/mse"], 1.1875 / 9)

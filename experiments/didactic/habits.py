@@ -14,8 +14,9 @@ import os
 import jax
 import ml_collections
 
-from pavjax.jobs import common
-from pavjax.sampling import Sampler, cached_lm, evaluate
+from pavjax import runtime
+from pavjax import evaluation
+from pavjax.sampling import Sampler, cached_lm
 from pavjax.sampling import methods
 
 
@@ -23,10 +24,10 @@ def habits(run: str, num_samples: int, seed: int) -> dict:
   """Counts of each distinct response of `run`'s final policy (planted tokens)."""
   with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  env = common.setup(config, run)
-  params = common.load_params(env, os.path.join(run, "checkpoints"), "run")
+  env = runtime.setup(config, run)
+  params = runtime.load_params(env, os.path.join(run, "checkpoints"), "run")
   problem = env.task.split("validation")[0]  # planted: every problem is the same prompt
-  [group] = evaluate.sample_responses(
+  [group] = evaluation.sample_responses(
       env.task, Sampler(cached_lm(env.model), pad_id=env.task.pad_id), params, [problem],
       rng=jax.random.PRNGKey(seed), mesh=env.mesh, method=methods.from_config(config.sample),
       max_new_tokens=config.sample.max_new_tokens, batch_size=num_samples,

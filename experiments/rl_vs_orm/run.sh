@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PAV-RL vs ORM-RL on arith from one RFT init (PAPER.md section 6); see README.md here.
+# PAV-RL vs ORM-RL on arith from one RFT init (arXiv 2410.08146, Sec. 5, App. E); see README.md here.
 #   bash experiments/rl_vs_orm/run.sh     # 2-core CPU, easy arith, 0.8M params
 # It starts from the RFT policy and PRM-Q of experiments/easy_base.sh (the tiny pipeline's
 # first stages). Every run resumes from its checkpoints: rerunning after an interruption is safe.

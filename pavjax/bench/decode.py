@@ -7,7 +7,7 @@ Per model size and batch: random prompts of `prompt_len` tokens, `new_tokens`
 greedy tokens (no stop token, so every row decodes the full length).
 
   * check: the sampler's greedy tokens against the uncached model
-    (`common.check_greedy`), before anything is timed; the two naive loops'
+    (`harness.check_greedy`), before anything is timed; the two naive loops'
     tokens are checked the same way;
   * generate tok/s: `Sampler.generate` end to end (prefill + decode, one program);
   * decode tok/s, ms/step: `Sampler.decode` alone (the while loop), after a prefill;
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pavjax.bench import common
+from pavjax.bench import harness
 from pavjax.models import Transformer
 from pavjax.sampling import Greedy, Sampler, TransformerLM
 from pavjax.sampling.sampler import init_state, row_keys_for
@@ -103,17 +103,17 @@ def _prefill(lm, params, prompts, lengths, *, cache_size):
   return cache, logits[:, -1, :].astype(jnp.float32)
 
 
-def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> dict:
+def bench_one(args, size: str, batch: int, ceilings: harness.Ceilings | None) -> dict:
   p, n = args.prompt_len, args.new_tokens
-  cfg = common.model_config(size, args.vocab, args.dtype, max_len=p + n)
+  cfg = harness.model_config(size, args.vocab, args.dtype, max_len=p + n)
   model = Transformer(cfg)
-  params = common.init_params(model)
+  params = harness.init_params(model)
   if not args.fp32_params:
-    params = common.cast_params(params, args.dtype)
+    params = harness.cast_params(params, args.dtype)
   lm = TransformerLM(model)
   sampler = Sampler(lm)
-  run_params = common.perturbed(params) if args.fault == "params" else params
-  prompts = jnp.asarray(common.random_tokens(batch, (batch, p), args.vocab))
+  run_params = harness.perturbed(params) if args.fault == "params" else params
+  prompts = jnp.asarray(harness.random_tokens(batch, (batch, p), args.vocab))
   lengths = jnp.full((batch,), p, jnp.int32)
   rng = jax.random.PRNGKey(0)
   method = Greedy()
@@ -124,7 +124,7 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
   k = min(args.check_rows, batch)
   ctx = np.asarray(prompts[:k])
   tokens = np.asarray(generate().tokens)
-  print(common.check_greedy(model, params, ctx, tokens[:k], dtype=args.dtype,
+  print(harness.check_greedy(model, params, ctx, tokens[:k], dtype=args.dtype,
                             what=f"decode {size} b{batch}"), flush=True)
   naive = None
   if not args.skip_naive:
@@ -133,28 +133,28 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
              "fori": lambda: fori_generate(run_params, prompts, num_new=n)}
     for name, fn in naive.items():
       got = np.asarray(fn())
-      print(common.check_greedy(model, params, ctx, got[:k], dtype=args.dtype,
+      print(harness.check_greedy(model, params, ctx, got[:k], dtype=args.dtype,
                                 what=f"naive-{name} {size} b{batch}", literal_rows=0), flush=True)
 
   timing = dict(warmup=args.warmup, runs=args.runs)
-  t_gen = common.time_fn(generate, **timing)
+  t_gen = harness.time_fn(generate, **timing)
 
   def setup():
     cache, logits = sampler.prefill(run_params, prompts, lengths, cache_size=p + n)
     return (init_state(cache, logits, row_keys_for(rng, batch), n),)
 
-  t_dec = common.time_fn(lambda state: sampler.decode(run_params, state, method=method,
+  t_dec = harness.time_fn(lambda state: sampler.decode(run_params, state, method=method,
                                                       stop_tokens=()), setup=setup, **timing)
-  t_naive = {name: common.time_fn(fn, **timing) for name, fn in (naive or {}).items()}
+  t_naive = {name: harness.time_fn(fn, **timing) for name, fn in (naive or {}).items()}
 
-  weight_bytes = common.tree_bytes(params)
-  kv_seq = common.kv_bytes_per_sequence(cfg, p + n)
+  weight_bytes = harness.tree_bytes(params)
+  kv_seq = harness.kv_bytes_per_sequence(cfg, p + n)
   step_bytes = batch * kv_seq + weight_bytes
   bw = ceilings.bandwidth if ceilings else None
   step_s = t_dec.median / n
   floor_s = step_bytes / bw if bw else None
   # Mean live slots over the decode steps: what a length-aware attention would read.
-  live_bytes = batch * common.kv_bytes_per_sequence(cfg, p + (n + 1) // 2) + weight_bytes
+  live_bytes = batch * harness.kv_bytes_per_sequence(cfg, p + (n + 1) // 2) + weight_bytes
   return {
       "size": size, "params": cfg.num_params(), "batch": batch, "prompt_len": p,
       "new_tokens": n, "dtype": args.dtype, "param_dtype": str(jax.tree.leaves(params)[0].dtype),
@@ -170,23 +170,23 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
+  args, ceilings = harness.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size, batch, ceilings) for size in args.size for batch in args.batch]
   rows = []
   for r in results:
     nv, vs = r["naive_tok_s"], r["vs_naive"]
     rows.append([
-        r["size"], common.fmt_si(r["params"]), r["batch"], f"{r['prompt_len']}+{r['new_tokens']}",
-        common.fmt_si(r["generate_tok_s"]), common.fmt_si(r["decode_tok_s"]),
+        r["size"], harness.fmt_si(r["params"]), r["batch"], f"{r['prompt_len']}+{r['new_tokens']}",
+        harness.fmt_si(r["generate_tok_s"]), harness.fmt_si(r["decode_tok_s"]),
         f"{r['decode_step_ms']:.3g}", f"{r['floor_ms']:.3g}" if r["floor_ms"] else "n/a",
-        common.fmt_pct(r["floor_frac"]),
-        common.fmt_si(nv.get("python")), common.fmt_ratio(vs.get("python")),
-        common.fmt_si(nv.get("fori")), common.fmt_ratio(vs.get("fori"))])
+        harness.fmt_pct(r["floor_frac"]),
+        harness.fmt_si(nv.get("python")), harness.fmt_ratio(vs.get("python")),
+        harness.fmt_si(nv.get("fori")), harness.fmt_ratio(vs.get("fori"))])
   bw_note = ("n/a" if ceilings is None else
-             f"{common.fmt_si(ceilings.bandwidth, 'B/s')} "
+             f"{harness.fmt_si(ceilings.bandwidth, 'B/s')} "
              f"({'datasheet' if ceilings.device.peak_bandwidth else 'measured copy'})")
-  common.print_table(
-      f"decode: {common.device_info().describe()}, {args.dtype} compute, "
+  harness.print_table(
+      f"decode: {harness.device_info().describe()}, {args.dtype} compute, "
       f"{results[0]['param_dtype']} weights, greedy",
       ["model", "params", "batch", "prompt+new", "generate tok/s", "decode tok/s", "ms/step",
        "floor ms/step", "% of floor", "naive-python tok/s", "generate / naive-python",
@@ -194,14 +194,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       notes=[f"floor = (batch x full-cache KV bytes per sequence + weight bytes) / {bw_note}; "
              "% of floor = floor / measured decode step. Naive loops are end to end, like "
              "generate. Correctness: greedy tokens checked against the uncached model first.",
-             common.spread_note(results)]
+             harness.spread_note(results)]
       + (["On a CPU these small caches and weights stay in the processor's caches, so the "
           "DRAM-copy floor is no bound there (% of floor can pass 100%); compare ratios."]
-         if common.on_cpu() else []))
-  common.write_json(args.json, {"bench": "decode", "ceilings": ceilings and ceilings.to_dict(),
+         if harness.on_cpu() else []))
+  harness.write_json(args.json, {"bench": "decode", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
   return results
 
 
 if __name__ == "__main__":
-  common.run_main(main)
+  harness.run_main(main)

@@ -16,7 +16,7 @@ as its (untied) LM head. Norm scales are drawn away from 1 before porting, so
 every weight of the port is exercised by the checks.
 
 Checks before timing: the two models' logits on the prompts agree, and both
-frameworks' greedy tokens pass `common.check_greedy` against pavjax's uncached
+frameworks' greedy tokens pass `harness.check_greedy` against pavjax's uncached
 forward. Then both generate greedily (no stop token, full length) with the same
 batch and lengths; the table gives tokens/s and the ratio pavjax / transformers.
 """
@@ -35,7 +35,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 
-from pavjax.bench import common
+from pavjax.bench import harness
 from pavjax.models import Transformer
 from pavjax.sampling import Greedy, Sampler, TransformerLM
 
@@ -69,16 +69,16 @@ def import_peer():
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise common.MissingDependency(f"{INSTALL_HINT}(import failed: {e})") from None
+    raise harness.MissingDependency(f"{INSTALL_HINT}(import failed: {e})") from None
   return torch, transformers
 
 
 def torch_device(torch):
   """The torch device matching jax's default backend (same device for both)."""
-  if common.on_cpu():
+  if harness.on_cpu():
     return torch.device("cpu")
   if not torch.cuda.is_available():
-    raise common.MissingDependency(
+    raise harness.MissingDependency(
         f"jax runs on {jax.default_backend()} but this torch build has no CUDA: install a "
         "CUDA torch wheel so both frameworks use the same device")
   return torch.device("cuda")
@@ -130,7 +130,7 @@ def llama_from_pavjax(torch, transformers, cfg, params, dtype: str, device):
   missing, unexpected = model.load_state_dict(state, strict=False)
   missing = [m for m in missing if "rotary" not in m]
   if missing or unexpected:
-    raise common.CorrectnessError(f"weight port: missing {missing}, unexpected {unexpected}")
+    raise harness.CorrectnessError(f"weight port: missing {missing}, unexpected {unexpected}")
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
   model = model.to(device=device, dtype=torch_dtype).eval()
   model.generation_config.eos_token_id = None
@@ -141,16 +141,16 @@ def llama_from_pavjax(torch, transformers, cfg, params, dtype: str, device):
 
 def bench_one(args, torch, transformers, size: str, batch: int) -> dict:
   p, n = args.prompt_len, args.new_tokens
-  cfg = common.model_config(size, args.vocab, args.dtype, max_len=p + n)
+  cfg = harness.model_config(size, args.vocab, args.dtype, max_len=p + n)
   model = Transformer(cfg)
-  params = with_random_norms(common.init_params(model))
+  params = with_random_norms(harness.init_params(model))
   device = torch_device(torch)
   hf = llama_from_pavjax(torch, transformers, cfg, params, args.dtype, device)
-  params = common.cast_params(params, args.dtype)
+  params = harness.cast_params(params, args.dtype)
   if args.fault == "params":  # the port gets weights the jax side does not use
-    params = common.perturbed(params)
+    params = harness.perturbed(params)
   sampler = Sampler(TransformerLM(model))
-  prompts_np = common.random_tokens(batch, (batch, p), args.vocab)
+  prompts_np = harness.random_tokens(batch, (batch, p), args.vocab)
   prompts = jnp.asarray(prompts_np)
   lengths = jnp.full((batch,), p, jnp.int32)
   ids = torch.from_numpy(prompts_np.astype(np.int64)).to(device)
@@ -176,26 +176,26 @@ def bench_one(args, torch, transformers, size: str, batch: int) -> dict:
     got = hf(input_ids=ids[:k], attention_mask=mask[:k]).logits.float().cpu().numpy()
   logit_err = float(np.abs(ref - got).max())
   if logit_err > LOGIT_TOLERANCE[args.dtype]:
-    raise common.CorrectnessError(
+    raise harness.CorrectnessError(
         f"peer {size}: transformers logits differ from pavjax's by up to {logit_err:.3g} "
         f"(tolerance {LOGIT_TOLERANCE[args.dtype]} for {args.dtype}): the port is wrong")
   jax_tokens = np.asarray(jax_generate().tokens)
   hf_tokens = hf_generate()[:, p:].cpu().numpy().astype(np.int32)
   if hf_tokens.shape != (batch, n):
-    raise common.CorrectnessError(f"peer {size}: generate() returned {hf_tokens.shape[1]} "
+    raise harness.CorrectnessError(f"peer {size}: generate() returned {hf_tokens.shape[1]} "
                                   f"new tokens, expected {n}")
   ctx = prompts_np[:k]
   print(f"peer {size} b{batch}: max |logit difference| on the prompts {logit_err:.2g}",
         flush=True)
-  print(common.check_greedy(model, params, ctx, jax_tokens[:k], dtype=args.dtype,
+  print(harness.check_greedy(model, params, ctx, jax_tokens[:k], dtype=args.dtype,
                             what=f"pavjax {size} b{batch}"), flush=True)
-  print(common.check_greedy(model, params, ctx, hf_tokens[:k], dtype=args.dtype,
+  print(harness.check_greedy(model, params, ctx, hf_tokens[:k], dtype=args.dtype,
                             what=f"transformers {size} b{batch}", literal_rows=0), flush=True)
   same_rows = float(np.mean(np.all(jax_tokens == hf_tokens, axis=1)))
 
   timing = dict(warmup=args.warmup, runs=args.runs)
-  t_jax = common.time_fn(jax_generate, **timing)
-  t_hf = common.time_fn(hf_generate, sync=sync, **timing)
+  t_jax = harness.time_fn(jax_generate, **timing)
+  t_hf = harness.time_fn(hf_generate, sync=sync, **timing)
   return {"size": size, "params": cfg.num_params(), "batch": batch, "prompt_len": p,
           "new_tokens": n, "dtype": args.dtype, "torch_device": str(device),
           "logit_err": logit_err, "same_rows": same_rows,
@@ -204,21 +204,21 @@ def bench_one(args, torch, transformers, size: str, batch: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args = common.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
+  args = harness.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   torch, transformers = import_peer()
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
-  ceilings = None if args.skip_ceilings else common.measure_ceilings(args.dtype)
+  ceilings = None if args.skip_ceilings else harness.measure_ceilings(args.dtype)
   if ceilings:
-    common.print_ceilings(ceilings)
+    harness.print_ceilings(ceilings)
   results = [bench_one(args, torch, transformers, size, batch)
              for size in args.size for batch in args.batch]
-  rows = [[r["size"], common.fmt_si(r["params"]), r["batch"],
+  rows = [[r["size"], harness.fmt_si(r["params"]), r["batch"],
            f"{r['prompt_len']}+{r['new_tokens']}", f"{r['logit_err']:.2g}",
-           common.fmt_pct(r["same_rows"]), common.fmt_si(r["pavjax_tok_s"]),
-           common.fmt_si(r["hf_tok_s"]), common.fmt_ratio(r["ratio"])] for r in results]
-  common.print_table(
-      f"peer: {common.device_info().describe()}, torch {torch.__version__} on "
+           harness.fmt_pct(r["same_rows"]), harness.fmt_si(r["pavjax_tok_s"]),
+           harness.fmt_si(r["hf_tok_s"]), harness.fmt_ratio(r["ratio"])] for r in results]
+  harness.print_table(
+      f"peer: {harness.device_info().describe()}, torch {torch.__version__} on "
       f"{results[0]['torch_device']} ({torch.get_num_threads()} threads), "
       f"transformers {transformers.__version__}, {args.dtype}, greedy",
       ["model", "params", "batch", "prompt+new", "max logit diff", "rows with equal tokens",
@@ -227,11 +227,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              "Sampler.generate, transformers = LlamaForCausalLM.generate(do_sample=False) with "
              "its default dynamic cache. Both frameworks' tokens passed the uncached-reference "
              "check first.",
-             common.spread_note(results)])
-  common.write_json(args.json, {"bench": "peer", "ceilings": ceilings and ceilings.to_dict(),
+             harness.spread_note(results)])
+  harness.write_json(args.json, {"bench": "peer", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
   return results
 
 
 if __name__ == "__main__":
-  common.run_main(main)
+  harness.run_main(main)

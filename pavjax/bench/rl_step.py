@@ -26,7 +26,7 @@ what it measures. Each phase is timed to completion (`block_until_ready`).
 Checks first: the sampler's greedy tokens against the uncached model, and the
 log-probabilities the sampler reports against those the update recomputes for
 the same tokens (the update's alignment of tokens and logits). After warm-up,
-the timed iterations must trigger zero jit lowerings (`common.CompileCounter`).
+the timed iterations must trigger zero jit lowerings (`harness.CompileCounter`).
 The last column compares the generation phase with a decode-bench-style
 `generate` (greedy, prompts x samples distinct prompts) on the same model.
 """
@@ -45,7 +45,7 @@ from pavjax import rewards
 from pavjax import sharding as shd
 from pavjax import training
 from pavjax import verifiers
-from pavjax.bench import common
+from pavjax.bench import harness
 from pavjax.models import Transformer
 from pavjax.sampling import Greedy, Sampler, Temperature, TransformerLM
 
@@ -147,7 +147,7 @@ def bench_one(args, size: str) -> dict:
   a = args
   if (a.prompts * a.samples) % min(a.micro_batch, a.prompts * a.samples):
     raise ValueError(f"--micro_batch={a.micro_batch} must divide prompts x samples")
-  cfg = common.model_config(size, a.vocab, a.dtype, max_len=a.prompt_len + a.new_tokens)
+  cfg = harness.model_config(size, a.vocab, a.dtype, max_len=a.prompt_len + a.new_tokens)
   model = Transformer(cfg)
   verifier = Transformer(cfg)
   optim = config_lib.base_config("rl").optim
@@ -157,23 +157,23 @@ def bench_one(args, size: str) -> dict:
   spec = training.train_state_spec(model, tx, 0, jnp.zeros((1, 8), jnp.int32), mesh,
                                    shd.DEFAULT_RULES)
   state = spec.init()
-  vparams = common.init_params(verifier, seed=7)
+  vparams = harness.init_params(verifier, seed=7)
   vparams = dict(vparams, value_w=jax.random.normal(jax.random.PRNGKey(8), (cfg.embed_dim,)))
-  vparams = common.cast_params(vparams, a.dtype)
+  vparams = harness.cast_params(vparams, a.dtype)
   it = Iteration(a, model, verifier, tx)
-  prompts = jnp.asarray(common.random_tokens(0, (a.prompts, a.prompt_len), a.vocab))
+  prompts = jnp.asarray(harness.random_tokens(0, (a.prompts, a.prompt_len), a.vocab))
   batch = a.prompts * a.samples
 
   # Check 1: greedy generation of the (cast) policy against the uncached model.
   gen_params = it.cast(state.params)
   if a.fault == "params":
-    gen_params = common.perturbed(gen_params)
+    gen_params = harness.perturbed(gen_params)
   greedy = it.sampler.generate(gen_params, prompts,
                                jnp.full((a.prompts,), a.prompt_len, jnp.int32),
                                jax.random.PRNGKey(0), max_new_tokens=a.new_tokens,
                                method=Greedy())
   k = min(a.check_rows, a.prompts)
-  print(common.check_greedy(model, it.cast(state.params), np.asarray(prompts[:k]),
+  print(harness.check_greedy(model, it.cast(state.params), np.asarray(prompts[:k]),
                             np.asarray(greedy.tokens[:k]), dtype=a.dtype,
                             what=f"rl_step policy {size}"), flush=True)
   # Check 2: sampler log-probs vs the update's recomputed log-probs, same tokens.
@@ -184,7 +184,7 @@ def bench_one(args, size: str) -> dict:
   recomputed = it.logprobs(state.params, seqs)
   diff = np.abs(np.asarray(recomputed) - np.asarray(out.logprobs))[np.asarray(live) > 0]
   if not diff.mean() <= LOGPROB_TOLERANCE[a.dtype]:
-    raise common.CorrectnessError(
+    raise harness.CorrectnessError(
         f"rl_step {size}: log-probs recomputed for the update differ from the sampler's by "
         f"{diff.mean():.3g} on average (max {diff.max():.3g}; tolerance "
         f"{LOGPROB_TOLERANCE[a.dtype]})")
@@ -210,23 +210,23 @@ def bench_one(args, size: str) -> dict:
   for i in range(a.warmup):
     state, m, _ = iteration(state, i)
   times = []
-  with common.CompileCounter() as counter:
+  with harness.CompileCounter() as counter:
     for i in range(a.warmup, a.warmup + a.runs):
       state, m, t = iteration(state, i)
       times.append(t)
   if not np.isfinite(float(m["loss"])):
-    raise common.CorrectnessError(f"rl_step {size}: non-finite loss {float(m['loss'])}")
+    raise harness.CorrectnessError(f"rl_step {size}: non-finite loss {float(m['loss'])}")
   if counter.lowerings:
-    raise common.CorrectnessError(
+    raise harness.CorrectnessError(
         f"rl_step {size}: {counter.lowerings} jit lowerings ({counter.compiles} XLA compiles) "
         f"during the {a.runs} timed iterations after warm-up; expected 0")
   gen_s, score_s, update_s = (float(np.median(x)) for x in zip(*times))
   total_s = float(np.median([sum(t) for t in times]))
 
   # The decode bench's workload on the same model and batch: greedy, distinct prompts.
-  flat = jnp.asarray(common.random_tokens(1, (batch, a.prompt_len), a.vocab))
+  flat = jnp.asarray(harness.random_tokens(1, (batch, a.prompt_len), a.vocab))
   cast = it.cast(state.params)
-  t_dec = common.time_fn(lambda: it.sampler.generate(
+  t_dec = harness.time_fn(lambda: it.sampler.generate(
       cast, flat, jnp.full((batch,), a.prompt_len, jnp.int32), jax.random.PRNGKey(0),
       max_new_tokens=a.new_tokens, method=Greedy()), warmup=a.warmup, runs=a.runs)
   tokens = batch * a.new_tokens
@@ -241,17 +241,17 @@ def bench_one(args, size: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
+  args, ceilings = harness.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size) for size in args.size]
   pct = lambda r, k: f"{r[k]:.3g} s ({r[k] / r['iteration_s']:.0%})"
-  rows = [[r["size"], common.fmt_si(r["params"]), f"{r['prompts']} x {r['samples']}",
+  rows = [[r["size"], harness.fmt_si(r["params"]), f"{r['prompts']} x {r['samples']}",
            f"{r['prompt_len']}+{r['new_tokens']}", f"{r['iteration_s']:.3g} s",
            pct(r, "generation_s"), pct(r, "scoring_s"), pct(r, "update_s"),
-           r["lowerings_after_warmup"], common.fmt_si(r["generation_tok_s"]),
-           common.fmt_si(r["decode_bench_tok_s"]), common.fmt_pct(r["gen_vs_decode"])]
+           r["lowerings_after_warmup"], harness.fmt_si(r["generation_tok_s"]),
+           harness.fmt_si(r["decode_bench_tok_s"]), harness.fmt_pct(r["gen_vs_decode"])]
           for r in results]
-  common.print_table(
-      f"rl_step: {common.device_info().describe()}, {args.dtype} compute, float32 params + AdamW",
+  harness.print_table(
+      f"rl_step: {harness.device_info().describe()}, {args.dtype} compute, float32 params + AdamW",
       ["model", "params", "prompts x samples", "prompt+new", "iteration", "generation",
        "scoring", "update", "recompiles after warm-up", "generation tok/s",
        "decode-bench tok/s", "generation / decode-bench"], rows,
@@ -259,10 +259,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              "Recompiles = jit lowerings counted by jax.monitoring during the timed iterations. "
              "decode-bench = greedy Sampler.generate of prompts x samples distinct prompts, same "
              "model and lengths."])
-  common.write_json(args.json, {"bench": "rl_step", "ceilings": ceilings and ceilings.to_dict(),
+  harness.write_json(args.json, {"bench": "rl_step", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
   return results
 
 
 if __name__ == "__main__":
-  common.run_main(main)
+  harness.run_main(main)

@@ -20,7 +20,7 @@ each continuation scored on the host by the task, as the rollouts job does.
 
 Check first (greedy, on the first prefixes): the continuations that
 `prefill_sequences` + `fork_prefixes` give, and those of an independent
-`generate`, against the uncached model (`common.check_greedy`).
+`generate`, against the uncached model (`harness.check_greedy`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pavjax import sharding as shd
-from pavjax.bench import common
+from pavjax import trajectories
+from pavjax.bench import harness
 from pavjax.jobs import rollouts as rollouts_job
 from pavjax.models import Transformer
 from pavjax.sampling import Greedy, Sampler, Temperature, TransformerLM, bucket_length, left_pad
@@ -134,16 +135,22 @@ def make_runner(task, model, params, args) -> rollouts_job.RolloutRunner:
   return runner
 
 
-def seed_rows(task: SyntheticStepTask) -> list[dict]:
-  """Rows as `RolloutRunner.shard` builds them, with the reference solutions as seeds."""
-  segment = rollouts_job.segment_ends  # the job's step segmentation
-  rows = []
-  for i, problem in enumerate(task.problems):
-    prompt, resp = task.encode_prompt(problem), task.encode_solution(problem)
-    rows.append(dict(problem=i, seed=0, prompt=prompt, response=resp,
-                     ends=segment(task, prompt, resp, task.max_response_len),
-                     outcome=task.is_correct(resp, problem), problem_obj=problem))
-  return rows
+def seed_table(task: SyntheticStepTask) -> tuple[trajectories.Trajectories, list]:
+  """The reference solutions as seeds, segmented as `RolloutRunner.shard` does."""
+  prompts = [task.encode_prompt(p) for p in task.problems]
+  table = trajectories.from_responses(
+      task, prompts, [task.encode_solution(p) for p in task.problems], task.problems,
+      range(len(task.problems)), max_steps=task.max_response_len)
+  return table, list(task.problems)
+
+
+def seed_rows(table: trajectories.Trajectories, problems) -> list[dict]:
+  """Row dicts of a table for the baselines: prompt, response, step ends, problem."""
+  steps = trajectories.num_steps(table)
+  return [dict(problem=int(table.problem[i]), prompt=table.prompt(i),
+               response=table.response(i),
+               ends=[int(e) for e in table.prefix_ends[i, 1:steps[i] + 1]],
+               problem_obj=problems[i]) for i in range(len(table))]
 
 
 def prefix_list(rows) -> list[tuple[int, int, int]]:
@@ -158,13 +165,13 @@ def prefix_list(rows) -> list[tuple[int, int, int]]:
   return out
 
 
-def forked(runner, rows, rng):
+def forked(runner, table, problems, rng):
   """The job's Monte-Carlo Q: returns (successes, counts, q_hat) per prefix column."""
-  n, h = len(rows), runner.max_steps
+  n, h = len(table), runner.max_steps
   success, count = np.zeros((n, h + 1), np.int32), np.zeros((n, h + 1), np.int32)
   q_hat = np.full((n, h + 1), np.nan, np.float32)
   with shd.activate(runner.env.mesh, runner.env.rules):
-    runner._mc_q(rows, success, count, q_hat, rng)  # pylint: disable=protected-access
+    runner._mc_q(table, problems, success, count, q_hat, rng)  # pylint: disable=protected-access
   return success, count, q_hat
 
 
@@ -218,13 +225,13 @@ def check(runner, rows, model, params, args, size):
                               method=Greedy(), stop_tokens=(task.eos_id,))
   ctx = [rows[i]["prompt"] + rows[i]["response"][:plen - len(rows[i]["prompt"])]
          for i, _, plen in todo]
-  msgs = [common.check_greedy(model, params, ctx, np.asarray(out.tokens), dtype=args.dtype,
+  msgs = [harness.check_greedy(model, params, ctx, np.asarray(out.tokens), dtype=args.dtype,
                               gen_len=np.asarray(out.lengths), what=f"forked {size}")]
   ptoks, plens = left_pad(ctx, task.pad_id, buckets=(runner.width,))
   ind = sampler.generate(runner.prover_params, jnp.asarray(ptoks), jnp.asarray(plens),
                          jax.random.PRNGKey(0), max_new_tokens=task.max_response_len,
                          method=Greedy(), stop_tokens=(task.eos_id,))
-  msgs.append(common.check_greedy(model, params, ctx, np.asarray(ind.tokens), dtype=args.dtype,
+  msgs.append(harness.check_greedy(model, params, ctx, np.asarray(ind.tokens), dtype=args.dtype,
                                   gen_len=np.asarray(ind.lengths), what=f"independent {size}",
                                   literal_rows=0))
   return msgs
@@ -232,28 +239,29 @@ def check(runner, rows, model, params, args, size):
 
 def bench_one(args, size: str) -> dict:
   task = SyntheticStepTask(args.trajectories, args.prompt_len, args.step_len, args.vocab)
-  cfg = common.model_config(size, args.vocab, args.dtype,
+  cfg = harness.model_config(size, args.vocab, args.dtype,
                             max_len=bucket_length(args.prompt_len + NUM_STEPS * args.step_len)
                             + NUM_STEPS * args.step_len)
   model = Transformer(cfg)
-  params = common.cast_params(common.init_params(model), args.dtype)
+  params = harness.cast_params(harness.init_params(model), args.dtype)
   runner = make_runner(task, model,
-                       common.perturbed(params) if args.fault == "params" else params, args)
-  rows = seed_rows(task)
+                       harness.perturbed(params) if args.fault == "params" else params, args)
+  table, problems = seed_table(task)
+  rows = seed_rows(table, problems)
   for msg in check(runner, rows, model, params, args, size):
     print(msg, flush=True)
 
   rng = jax.random.PRNGKey(1)
   timing = dict(warmup=args.warmup, runs=args.runs)
-  t_fork = common.time_fn(lambda: forked(runner, rows, rng), **timing)
-  _, count, _ = forked(runner, rows, rng)
+  t_fork = harness.time_fn(lambda: forked(runner, table, problems, rng), **timing)
+  _, count, _ = forked(runner, table, problems, rng)
   num_prefixes = len(prefix_list(rows))
   total = num_prefixes * args.n_mc
   if int(count.sum()) != total:
-    raise common.CorrectnessError(f"forked rollouts: {int(count.sum())} continuations "
+    raise harness.CorrectnessError(f"forked rollouts: {int(count.sum())} continuations "
                                   f"counted, expected {total}")
-  t_ind = common.time_fn(lambda: independent(runner, rows, rng, per_prefix=False), **timing)
-  t_pp = None if args.skip_per_prefix else common.time_fn(
+  t_ind = harness.time_fn(lambda: independent(runner, rows, rng, per_prefix=False), **timing)
+  t_pp = None if args.skip_per_prefix else harness.time_fn(
       lambda: independent(runner, rows, rng, per_prefix=True), **timing)
   rate = lambda t: total / t.median if t else None
   return {"size": size, "params": cfg.num_params(), "trajectories": len(rows),
@@ -267,16 +275,16 @@ def bench_one(args, size: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
+  args, ceilings = harness.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size) for size in args.size]
-  rows = [[r["size"], common.fmt_si(r["params"]),
+  rows = [[r["size"], harness.fmt_si(r["params"]),
            f"{r['trajectories']} x {r['prefixes'] // r['trajectories']} x {r['n_mc']}",
-           f"{r['prompt_len']}+{r['response_len']}", common.fmt_si(r["forked_rollouts_s"]),
-           common.fmt_si(r["independent_rollouts_s"]), common.fmt_ratio(r["ratio"]),
-           common.fmt_si(r["per_prefix_rollouts_s"]), common.fmt_ratio(r["ratio_per_prefix"])]
+           f"{r['prompt_len']}+{r['response_len']}", harness.fmt_si(r["forked_rollouts_s"]),
+           harness.fmt_si(r["independent_rollouts_s"]), harness.fmt_ratio(r["ratio"]),
+           harness.fmt_si(r["per_prefix_rollouts_s"]), harness.fmt_ratio(r["ratio_per_prefix"])]
           for r in results]
-  common.print_table(
-      f"rollouts: {common.device_info().describe()}, {args.dtype}, temperature 1",
+  harness.print_table(
+      f"rollouts: {harness.device_info().describe()}, {args.dtype}, temperature 1",
       ["model", "params", "trajectories x prefixes x samples", "prompt+response",
        "forked rollouts/s", "independent rollouts/s", "forked / independent",
        "per-prefix rollouts/s", "forked / per-prefix"], rows,
@@ -284,11 +292,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              f"fork_batch {args.fork_batch}); independent = one prefill per rollout; per-prefix "
              "= one prefill per prefix, forked n_mc ways. Same decode batch (fork_batch x n_mc), "
              "prefill width, continuation budget and host-side scoring in all three.",
-             common.spread_note(results)])
-  common.write_json(args.json, {"bench": "rollouts", "ceilings": ceilings and ceilings.to_dict(),
+             harness.spread_note(results)])
+  harness.write_json(args.json, {"bench": "rollouts", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
   return results
 
 
 if __name__ == "__main__":
-  common.run_main(main)
+  harness.run_main(main)

@@ -5,7 +5,7 @@
 
 The step is the verifier job's own `verifier_train_step` (soft-label BCE at every
 prefix end, balanced weights, AdamW with clipping, the non-finite guard), jitted
-with the state donated as `jobs.common.make_trainer` does, on synthetic batches
+with the state donated as `runtime.make_trainer` does, on synthetic batches
 of `batch` random sequences of `seq_len` tokens with `prefixes` prefix ends each.
 
 FLOP convention (per trained token; forward + backward = 3 x forward):
@@ -36,7 +36,7 @@ import optax
 from pavjax import config_lib
 from pavjax import sharding as shd
 from pavjax import training
-from pavjax.bench import common
+from pavjax.bench import harness
 from pavjax.jobs.train_verifier import verifier_train_step
 from pavjax.models import Transformer
 
@@ -73,7 +73,7 @@ def synthetic_batch(batch: int, seq_len: int, prefixes: int, vocab: int, seed: i
 
 def make_step(args, size: str):
   """(model config, fresh-state function, jitted donated step)."""
-  cfg = common.model_config(size, args.vocab, args.dtype, max_len=args.seq_len)
+  cfg = harness.model_config(size, args.vocab, args.dtype, max_len=args.seq_len)
   if args.remat:
     cfg = dataclasses.replace(cfg, remat=True)
   model = Transformer(cfg)
@@ -90,7 +90,7 @@ def make_step(args, size: str):
   return cfg, spec.init, step
 
 
-def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> dict:
+def bench_one(args, size: str, batch: int, ceilings: harness.Ceilings | None) -> dict:
   cfg, init, step = make_step(args, size)
   data = jax.device_put(synthetic_batch(batch, args.seq_len, args.prefixes, args.vocab))
 
@@ -101,7 +101,7 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
     state, m = step(state, data)
     losses.append(float(m["train/loss"]))
   if not np.all(np.isfinite(losses)) or not losses[-1] < 0.99 * losses[0]:
-    raise common.CorrectnessError(
+    raise harness.CorrectnessError(
         f"verifier_train {size}: loss did not fall on a fixed batch over {args.check_steps} "
         f"steps ({losses[0]:.4f} -> {losses[-1]:.4f})")
   print(f"verifier_train {size} b{batch}: loss on a fixed batch {losses[0]:.4f} -> "
@@ -116,11 +116,11 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
     holder["state"] = s
     return s.step, m
 
-  t = common.time_fn(run, warmup=args.warmup, runs=args.runs)
+  t = harness.time_fn(run, warmup=args.warmup, runs=args.runs)
   tokens = batch * args.seq_len * args.steps_per_run
   tok_s = tokens / t.median
   flops = flops_per_token(cfg, args.seq_len) * tok_s
-  peak = common.device_info().peak_flops
+  peak = harness.device_info().peak_flops
   return {"size": size, "params": cfg.num_params(),
           "matmul_params": cfg.num_params(include_embedding=False), "batch": batch,
           "seq_len": args.seq_len, "dtype": args.dtype,
@@ -131,16 +131,16 @@ def bench_one(args, size: str, batch: int, ceilings: common.Ceilings | None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args, ceilings = common.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
+  args, ceilings = harness.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
   results = [bench_one(args, size, batch, ceilings) for size in args.size for batch in args.batch]
-  rows = [[r["size"], common.fmt_si(r["params"]), common.fmt_si(r["matmul_params"]), r["batch"],
-           r["seq_len"], f"{r['step_ms']:.3g}", common.fmt_si(r["tokens_s"]),
-           common.fmt_si(r["model_flops_s"], "FLOP/s"), common.fmt_pct(r["mfu_datasheet"]),
-           common.fmt_pct(r["mfu_measured"])] for r in results]
-  ceiling_note = (f"{common.fmt_si(ceilings.matmul_flops, 'FLOP/s')} measured {args.dtype} matmul"
+  rows = [[r["size"], harness.fmt_si(r["params"]), harness.fmt_si(r["matmul_params"]), r["batch"],
+           r["seq_len"], f"{r['step_ms']:.3g}", harness.fmt_si(r["tokens_s"]),
+           harness.fmt_si(r["model_flops_s"], "FLOP/s"), harness.fmt_pct(r["mfu_datasheet"]),
+           harness.fmt_pct(r["mfu_measured"])] for r in results]
+  ceiling_note = (f"{harness.fmt_si(ceilings.matmul_flops, 'FLOP/s')} measured {args.dtype} matmul"
                   if ceilings else "not measured")
-  common.print_table(
-      f"verifier_train: {common.device_info().describe()}, {args.dtype} compute, float32 "
+  harness.print_table(
+      f"verifier_train: {harness.device_info().describe()}, {args.dtype} compute, float32 "
       "params + AdamW",
       ["model", "params", "N (matmul params)", "batch", "seq", "ms/step", "tokens/s",
        "model FLOP/s", "MFU vs 989 TFLOP/s", "MFU vs measured ceiling"], rows,
@@ -148,11 +148,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              "backward; N excludes the embedding, which is a lookup here: the verifier reads "
              f"only the value head). Measured ceiling: {ceiling_note}. MFU vs 989 TFLOP/s "
              "is n/a off H100 SXM / H200.",
-             common.spread_note(results)])
-  common.write_json(args.json, {"bench": "verifier_train",
+             harness.spread_note(results)])
+  harness.write_json(args.json, {"bench": "verifier_train",
                                 "ceilings": ceilings and ceilings.to_dict(), "results": results})
   return results
 
 
 if __name__ == "__main__":
-  common.run_main(main)
+  harness.run_main(main)

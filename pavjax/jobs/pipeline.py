@@ -24,12 +24,14 @@ import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
 
+from pavjax import artifacts
 from pavjax import config_lib
+from pavjax import jobs
 from pavjax import metrics
-from pavjax import rollout_data
-from pavjax.jobs import common
+from pavjax import tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,24 +45,25 @@ class Stage:
     return tuple(dict.fromkeys(up for _, up, _ in self.links))
 
 
-CKPT = "checkpoints"
+CKPT = artifacts.CHECKPOINTS
+TRAIN_TABLE = artifacts.rollouts_dir("train")
+VALIDATION_TABLE = artifacts.rollouts_dir("validation")
 STAGES = (
     Stage("sft"),
     Stage("rft", (("init_from", "sft", CKPT),)),
     Stage("rollouts_train", (("policy.checkpoint", "rft", CKPT),)),
     Stage("rollouts_validation", (("policy.checkpoint", "rft", CKPT),)),
     Stage("verifier_q", (("init_from", "rft", CKPT),
-                         ("verifier.train_data", "rollouts_train", "rollouts/train"),
-                         ("verifier.eval_data", "rollouts_validation", "rollouts/validation"))),
+                         ("verifier.train_data", "rollouts_train", TRAIN_TABLE),
+                         ("verifier.eval_data", "rollouts_validation", VALIDATION_TABLE))),
     Stage("verifier_orm", (("init_from", "rft", CKPT),
-                           ("verifier.train_data", "rollouts_train", "rollouts/train"),
-                           ("verifier.eval_data", "rollouts_validation", "rollouts/validation"))),
+                           ("verifier.train_data", "rollouts_train", TRAIN_TABLE),
+                           ("verifier.eval_data", "rollouts_validation", VALIDATION_TABLE))),
     Stage("search", (("policy.checkpoint", "rft", CKPT), ("verifiers.q", "verifier_q", CKPT),
                      ("verifiers.orm", "verifier_orm", CKPT))),
     Stage("rl_pav", (("init_from", "rft", CKPT), ("rl.prover.verifier", "verifier_q", CKPT))),
     Stage("rl_outcome", (("init_from", "rft", CKPT),)),
 )
-STATE_FILE = "stage.json"
 
 
 def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
@@ -71,31 +74,53 @@ def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Validates every stage's config; errors name the field as `stages.<name>.<field>`."""
-  for stage in STAGES:
+  """Runs every stage job's own `validate` on its resolved config, before any compute.
+
+  Errors name the field as `stages.<name>.<field>`, so a typo in the last stage
+  fails in seconds, not after the stages before it have run.
+  """
+  for name, (cfg, _) in resolve(config, "<workdir>").items():
     try:
-      config_lib.validate(config.stages[stage.name], num_devices)
+      jobs.validate_job(cfg, num_devices)
     except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(f"stages.{stage.name}.{e.field}", e.message) from None
+      raise config_lib.prefixed(f"stages.{name}", e) from None
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[Any, str]]:
-  """Each stage's config with its inputs filled in, and its hash (config + inputs)."""
+  """Each stage's config with its inputs filled in, and its hash (config + inputs).
+
+  Every stage shares one task cache (`<workdir>/task`): the tokenizer is trained
+  and the data prepared once, then handed to every stage.
+  """
   out: dict[str, tuple[Any, str]] = {}
   for stage in STAGES:
     cfg = copy.deepcopy(config.stages[stage.name])
     for field, up, sub in stage.links:
       _set(cfg, field, os.path.join(workdir, up, sub))
+    if "cache_dir" in cfg.task:
+      cfg.task.cache_dir = os.path.join(workdir, artifacts.TASK_CACHE)
     ident = {"config": cfg.to_dict(), "inputs": {d: out[d][1] for d in stage.deps}}
-    out[stage.name] = (cfg, rollout_data.config_hash(ident))
+    out[stage.name] = (cfg, artifacts.content_hash(ident))
   return out
+
+
+def check_task_lengths(resolved: dict[str, tuple[Any, str]], num_devices: int) -> None:
+  """Builds each distinct task once (tokenizer included) and checks every stage's lengths."""
+  built = {}
+  for name, (cfg, _) in resolved.items():
+    key = artifacts.content_hash(cfg.task.to_dict())
+    if key not in built:
+      built[key] = tasks.make_task(cfg.task, cfg.task.get("cache_dir") or None)
+    try:
+      config_lib.validate(cfg, num_devices, prompt_len=built[key].max_prompt_len)
+    except config_lib.ConfigError as e:
+      raise config_lib.prefixed(f"stages.{name}", e) from None
 
 
 def run_stage(name: str, cfg, chash: str, workdir: str) -> tuple[dict, float, str]:
   """Runs (or skips, or resumes) one stage. Returns its summary, seconds and what happened."""
-  from pavjax.jobs import run_job  # pylint: disable=g-import-not-at-top
   sdir = os.path.join(workdir, name)
-  state = metrics.read_json(os.path.join(sdir, STATE_FILE))
+  state = artifacts.read_marker(sdir)
   if state is not None and state["hash"] == chash and state.get("complete"):
     return state["summary"], state["seconds"], "skipped (complete)"
   action = "ran"
@@ -109,12 +134,12 @@ def run_stage(name: str, cfg, chash: str, workdir: str) -> tuple[dict, float, st
     action = "reran (changed)"
   elif state is not None:
     action = "resumed"
-  common.write_json(os.path.join(sdir, STATE_FILE), {"hash": chash, "complete": False})
+  artifacts.write_marker(sdir, {"hash": chash, "complete": False})
   t0 = time.time()
-  summary = run_job(cfg, sdir)
+  summary = jobs.run_job(cfg, sdir)
   seconds = time.time() - t0 + (state or {}).get("seconds", 0.0)
-  common.write_json(os.path.join(sdir, STATE_FILE),
-                    {"hash": chash, "complete": True, "seconds": seconds, "summary": summary})
+  artifacts.write_marker(sdir, {"hash": chash, "complete": True, "seconds": seconds,
+                                "summary": summary})
   return summary, seconds, action
 
 
@@ -122,6 +147,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from pavjax import report  # pylint: disable=g-import-not-at-top
   workdir = config_lib.check_workdir(workdir)
   resolved = resolve(config, workdir)
+  check_task_lengths(resolved, jax.device_count())
   only = [s for s in str(config.only).split(",") if s]
   summaries, timings, actions = {}, {}, {}
   for stage in STAGES:
@@ -136,5 +162,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out = {"job": "pipeline", "stages": actions, "seconds": timings}
   if not only:
     out["report"] = report.write(workdir, summaries, timings, actions)
-  common.write_json(os.path.join(workdir, "pipeline.json"), out)
+  artifacts.write_json(os.path.join(workdir, "pipeline.json"), out)
   return out

@@ -1,9 +1,10 @@
-"""RFT: fine-tune a policy on its own correct samples (the RL starting point, PAPER.md section 6).
+"""RFT: fine-tune a policy on its own correct samples (RL starts here; arXiv 2410.08146 Sec. 5).
 
 Samples `rft.num_samples` responses per training problem from `config.init_from`
 at `rft.temperature`, keeps the correct ones (each distinct response once per
-problem), and trains on them with the SFT step. The sampled set is cached in
-`rft_data.npz` (keyed by the config), so a resumed job does not sample again.
+problem), and trains on them with the SFT trainer (`pavjax.supervised`). The
+sampled pool is a trajectory table in `rft_pool/`, keyed by the content hash of
+what made it, so a resumed job does not sample again.
 """
 
 from __future__ import annotations
@@ -15,59 +16,77 @@ import jax
 import ml_collections
 import numpy as np
 
+from pavjax import artifacts
 from pavjax import config_lib
-from pavjax import metrics
-from pavjax import rollout_data
+from pavjax import evaluation
+from pavjax import runtime
+from pavjax import supervised
 from pavjax import tasks
-from pavjax.jobs import common
-from pavjax.jobs import sft
-from pavjax.sampling import Sampler, Temperature, cached_lm, evaluate
+from pavjax import trajectories
+from pavjax.sampling import Sampler, Temperature, cached_lm
 
 
-def correct_samples(env: common.JobEnv, config) -> tuple[tasks.SFTArrays, dict]:
-  """The policy's distinct correct (prompt, response) pairs as teacher-forcing arrays."""
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every field this job reads, checked before any compute; errors name the field."""
+  config_lib.validate(config, num_devices)
+  cfg = config.rft
+  config_lib.check_set(config.init_from, "init_from", "RFT samples from this policy checkpoint")
+  config_lib.check(cfg.num_samples > 0, "rft.num_samples", f"{cfg.num_samples} must be > 0")
+  config_lib.check(cfg.num_problems >= 0, "rft.num_problems", "must be >= 0 (0 = all)")
+  config_lib.check_finite(cfg.temperature, "rft.temperature", minimum=1e-6)
+
+
+def sample_pool(env: runtime.JobEnv, config) -> trajectories.Trajectories:
+  """`rft.num_samples` graded responses per training problem (rows problem-major)."""
   task, cfg = env.task, config.rft
-  params = common.load_params(env, config.init_from, "init_from")
+  params = runtime.load_params(env, config.init_from, "init_from")
   problems = list(task.split("train"))
   if cfg.num_problems:
     problems = problems[:cfg.num_problems]
-  groups = evaluate.sample_responses(
+  groups = evaluation.sample_responses(
       task, Sampler(cached_lm(env.model), pad_id=task.pad_id), params, problems,
       rng=jax.random.PRNGKey(config.seed + 3), mesh=env.mesh, method=Temperature(cfg.temperature),
       max_new_tokens=config.sample.max_new_tokens, batch_size=config.sample.batch_size,
       num_samples=cfg.num_samples, progress=True)
+  prompts = [task.encode_prompt(p) for p in problems]
+  rows = [(i, r.tokens) for i, group in enumerate(groups) for r in group]
+  return trajectories.from_responses(
+      task, [prompts[i] for i, _ in rows], [resp for _, resp in rows],
+      [problems[i] for i, _ in rows], [i for i, _ in rows],
+      max_steps=config.sample.max_new_tokens,
+      width=max(len(p) for p in prompts) + config.sample.max_new_tokens)
+
+
+def correct_pairs(pool: trajectories.Trajectories) -> tuple[list, dict]:
+  """Each problem's distinct correct (prompt, response) pairs, and counts for the summary."""
   pairs, solved = [], 0
-  for problem, group in zip(problems, groups):
-    kept = {tuple(r.tokens) for r in group if r.outcome.reward > 0}
+  for problem in np.unique(pool.problem):
+    rows = np.flatnonzero((pool.problem == problem) & (pool.outcome > 0))
+    kept = sorted({tuple(pool.response(i)) for i in rows})
     solved += bool(kept)
-    prompt = task.encode_prompt(problem)
-    pairs += [(prompt, list(resp)) for resp in sorted(kept)]
-  stats = {"problems": len(problems), "samples": len(problems) * cfg.num_samples,
-           "correct": int(sum(r.outcome.reward > 0 for g in groups for r in g)),
-           "distinct_correct": len(pairs), "problems_solved": solved}
+    if kept:
+      prompt = pool.prompt(int(rows[0]))
+      pairs += [(prompt, list(resp)) for resp in kept]
+  stats = {"problems": len(np.unique(pool.problem)), "samples": len(pool),
+           "correct": int((pool.outcome > 0).sum()), "distinct_correct": len(pairs),
+           "problems_solved": solved}
+  return pairs, stats
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  env = runtime.setup(config, workdir)
+  t0 = time.time()
+  pool_dir = os.path.join(env.workdir, artifacts.RFT_POOL)
+  key = artifacts.content_hash({k: config[k].to_dict() for k in ("rft", "task", "model")} |
+                               {"init_from": config.init_from, "seed": config.seed})
+  pool = trajectories.load_if_complete(pool_dir, key)
+  if pool is None:
+    pool = sample_pool(env, config)
+    trajectories.save(pool_dir, pool, key)
+  pairs, stats = correct_pairs(pool)
   if not pairs:
     raise config_lib.ConfigError(
         "init_from", f"{config.init_from}: no correct sample among {stats['samples']}; "
         "RFT needs a policy that sometimes succeeds (train SFT longer or raise rft.num_samples)")
-  return tasks.sequence_arrays(pairs, config.model.max_len, task.pad_id), stats
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  env = common.setup(config, workdir)
-  t0 = time.time()
-  path = os.path.join(env.workdir, "rft_data.npz")
-  key = rollout_data.config_hash({k: config[k].to_dict() for k in ("rft", "task", "model")} |
-                                 {"init_from": config.init_from, "seed": config.seed})
-  data = stats = None
-  if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as z:
-      if str(z["key"]) == key:
-        data = tasks.SFTArrays(z["inputs"], z["targets"], z["mask"])
-        stats = {k[len("stat_"):]: int(z[k]) for k in z.files if k.startswith("stat_")}
-  if data is None:
-    data, stats = correct_samples(env, config)
-    if metrics.is_lead_process():
-      np.savez(path + ".tmp.npz", key=key, inputs=data.inputs, targets=data.targets,
-               mask=data.mask, **{f"stat_{k}": v for k, v in stats.items()})
-      os.replace(path + ".tmp.npz", path)
-  return sft.train(env, data, job="rft", t0=t0, extra={"rft_data": stats})
+  data = tasks.sequence_arrays(pairs, config.model.max_len, env.task.pad_id)
+  return supervised.train(env, data, job="rft", t0=t0, extra={"rft_data": stats})

@@ -1,10 +1,11 @@
-"""Online RL with dense PAV rewards or outcome rewards (PAPER.md sections 3 and 6).
+"""Online RL with dense PAV rewards or outcome rewards (arXiv 2410.08146, Sec. 5, App. E).
 
 Each iteration:
   1. `rl.num_prompts` training problems (a pure function of seed and step, so a
      resume is exact), `rl.group_size` samples each from the current policy
      (one prefill per prompt, forked);
-  2. on the host: outcome Rex, steps, prefix positions (`pavjax.rl.batch`);
+  2. on the host, the batch as a trajectory table (`trajectories.from_responses`):
+     outcome Rex, steps, prefix ends; token step ids and the loss mask are its views;
   3. the frozen prover scores every prefix -> Q^mu, and step advantages
      A^mu_h = Q^mu(after step h) - Q^mu(before it), the question-only prefix
      being step 1's baseline;
@@ -38,21 +39,51 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pavjax import artifacts
 from pavjax import config_lib
 from pavjax import metrics
 from pavjax import rewards
 from pavjax import sharding as shd
 from pavjax import training
 from pavjax import verifiers
-from pavjax.jobs import common
-from pavjax.rl import batch as batch_lib
+from pavjax import runtime
+from pavjax import trajectories
 from pavjax.rl import estimators
-from pavjax.sampling import Sampler, Temperature, cached_lm, evaluate, left_pad
+from pavjax import evaluation
+from pavjax.sampling import Sampler, Temperature, cached_lm, left_pad
 from pavjax.sampling import methods as sampling_methods
 from pavjax.search import best_of_n
 
 REWARDS = ("outcome", "pav", "q_bonus")
 PROVERS = ("bok", "verifier", "procedural")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every field this job reads, checked before any compute; errors name the field."""
+  config_lib.validate(config, num_devices)
+  cfg = config.rl
+  config_lib.check_choice(cfg.reward, REWARDS, "rl.reward")
+  config_lib.check_choice(cfg.estimator, tuple(sorted(estimators.ESTIMATORS)), "rl.estimator")
+  config_lib.check_finite(cfg.alpha, "rl.alpha")
+  for field in ("temperature",):
+    config_lib.check_finite(cfg[field], f"rl.{field}", minimum=1e-6)
+  for field in ("kl_coef", "value_coef", "log_ratio_clamp", "monitor_min_rise"):
+    config_lib.check_finite(cfg[field], f"rl.{field}", minimum=0.0)
+  for field in ("num_prompts", "group_size"):
+    config_lib.check(cfg[field] > 0, f"rl.{field}", f"{cfg[field]} must be > 0")
+  config_lib.check(cfg.max_steps >= 0, "rl.max_steps", "must be >= 0 (0 = max_new_tokens)")
+  rows = cfg.num_prompts * cfg.group_size
+  config_lib.check(rows == config.train.batch_size, "train.batch_size",
+                   f"{config.train.batch_size} must equal rl.num_prompts * rl.group_size = {rows}")
+  pass_ns = config_lib.parse_list(cfg.eval_pass_ns, "rl.eval_pass_ns")
+  config_lib.check(all(n > 0 for n in pass_ns), "rl.eval_pass_ns", "every N must be > 0")
+  if cfg.reward != "outcome":
+    config_lib.check_choice(cfg.prover.kind, PROVERS, "rl.prover.kind")
+    if cfg.prover.kind in ("bok", "verifier"):
+      config_lib.check_set(cfg.prover.verifier, "rl.prover.verifier",
+                           f"rl.prover.kind={cfg.prover.kind!r} needs a q verifier's checkpoints")
+    if cfg.prover.kind == "bok":
+      config_lib.check(cfg.prover.bok_k >= 1, "rl.prover.bok_k", "must be >= 1")
 
 
 def rl_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str,
@@ -100,35 +131,39 @@ def token_logprobs(model, params, tokens: jax.Array) -> jax.Array:
   return jnp.pad(logp, ((0, 0), (1, 0)))
 
 
-class Prover:
-  """Q^mu of every prefix of a batch, from a verifier (BoK or another policy's) or exactly."""
+class ProverValues:
+  """Q^mu of every prefix of a batch: from a verifier (BoK of Q^pi, or another policy's Q^mu)
+  or exactly, from the task's procedural prover (`rl.prover.kind`)."""
 
-  def __init__(self, env: common.JobEnv, cfg):
+  def __init__(self, env: runtime.JobEnv, cfg):
     self.kind, self.k = cfg.kind, cfg.bok_k
     self.env = env
-    if cfg.kind not in PROVERS:
-      raise config_lib.ConfigError("rl.prover.kind", f"{cfg.kind!r} is not one of {PROVERS}")
     if cfg.kind == "procedural":  # arith's line prover, planted's mu_gamma
       try:
         self.prefix_values = env.task.procedural_prover(cfg)
       except NotImplementedError as e:
         raise config_lib.ConfigError("rl.prover.kind", f"'procedural': {e}") from None
     else:
-      self.params = common.load_params(env, cfg.verifier, "rl.prover.verifier")
+      self.params = runtime.load_params(env, cfg.verifier, "rl.prover.verifier")
 
-  def q_values(self, ro: batch_lib.Rollouts) -> np.ndarray:
-    """[B, H + 1] Q^mu after the question (column 0) and after each step (0 where absent)."""
-    mask = ro.positions >= 0
+  def q_values(self, table: trajectories.Trajectories, problems) -> np.ndarray:
+    """[B, H + 1] Q^mu after the question (column 0) and after each step (0 where absent).
+
+    `problems`: the Problem of each row (the procedural provers read them).
+    """
+    mask = trajectories.prefix_mask(table)
     if self.kind == "procedural":
-      values = self.prefix_values(ro.problems, ro.responses, ro.positions.shape[1])
+      responses = [table.response(i) for i in range(len(table))]
+      values = self.prefix_values(problems, responses, mask.shape[1])
       # A response that emitted EOS is complete: its value after the last step is
       # its outcome, whatever the prover would have written (arith's line prover
       # compares lines only, so without this an early EOS after right lines kept
       # p^(L-h), and a right answer after a wrong line got 0).
-      rows = np.flatnonzero(ro.finished & (mask.sum(1) > 1))
-      values[rows, mask[rows].sum(1) - 1] = ro.outcome[rows]
+      rows = np.flatnonzero(table.finished & (mask.sum(1) > 1))
+      values[rows, mask[rows].sum(1) - 1] = table.outcome[rows]
       return np.where(mask, values, 0.0)
-    batch = shd.shard_batch({"tokens": ro.tokens, "positions": ro.positions}, self.env.mesh)
+    batch = shd.shard_batch({"tokens": table.tokens, "positions": table.prefix_ends},
+                            self.env.mesh)
     q = np.asarray(shd.to_host(verifiers.score(self.env.model, self.params, batch["tokens"],
                                                   batch["positions"])))
     if self.kind == "bok":
@@ -174,20 +209,12 @@ class HackingMonitor:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """RL from `config.init_from` (an SFT / RFT checkpoint) with the configured reward."""
-  env = common.setup(config, workdir)
+  env = runtime.setup(config, workdir)
   cfg, task, mesh, rules, model = config.rl, env.task, env.mesh, env.rules, env.model
-  if cfg.reward not in REWARDS:
-    raise config_lib.ConfigError("rl.reward", f"{cfg.reward!r} is not one of {REWARDS}")
-  if cfg.estimator not in estimators.ESTIMATORS:
-    raise config_lib.ConfigError("rl.estimator", f"{cfg.estimator!r} is not one of "
-                                 f"{sorted(estimators.ESTIMATORS)}")
   rows = cfg.num_prompts * cfg.group_size
-  if rows != config.train.batch_size:
-    raise config_lib.ConfigError("train.batch_size", f"{config.train.batch_size} must equal "
-                                 f"rl.num_prompts * rl.group_size = {rows}")
   t0 = time.time()
-  prover = Prover(env, cfg.prover) if cfg.reward != "outcome" else None
-  trainer = common.make_trainer(env, functools.partial(
+  prover = ProverValues(env, cfg.prover) if cfg.reward != "outcome" else None
+  trainer = runtime.make_trainer(env, functools.partial(
       rl_train_step, estimator=cfg.estimator, group_size=cfg.group_size, kl_coef=cfg.kl_coef,
       value_coef=cfg.value_coef, log_ratio_clamp=cfg.log_ratio_clamp))
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
@@ -195,7 +222,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.warning("RL starts from random weights: set config.init_from to an SFT checkpoint")
   ref_params = None
   if cfg.kl_coef:  # the reference is the initial policy, also when a run resumes
-    ref_params = (common.load_params(env, config.init_from, "init_from") if config.init_from
+    ref_params = (runtime.load_params(env, config.init_from, "init_from") if config.init_from
                   else jax.tree.map(jnp.copy, state.params))
   logp_fn = jax.jit(functools.partial(token_logprobs, model))
 
@@ -222,42 +249,47 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out = shd.to_host(out)
     g = cfg.group_size
     responses = [[int(t) for t in out.tokens[r, :int(out.lengths[r])]] for r in range(rows)]
-    ro = batch_lib.assemble(task, [prompts[r // g] for r in range(rows)], responses,
-                            [problems[r // g] for r in range(rows)], width=width,
-                            max_steps=max_steps, mask_truncated=cfg.mask_truncated)
+    row_problems = [problems[r // g] for r in range(rows)]
+    table = trajectories.from_responses(
+        task, [prompts[r // g] for r in range(rows)], responses, row_problems,
+        [idx[r // g] for r in range(rows)], max_steps=max_steps, width=width)
+    steps = trajectories.step_mask(table)
     if prover is not None:
-      terms = dense_terms(cfg.reward, prover.q_values(ro), ro.step_mask)
+      terms = dense_terms(cfg.reward, prover.q_values(table, row_problems), steps)
     else:
-      terms = np.zeros(ro.step_mask.shape, np.float32)
+      terms = np.zeros(steps.shape, np.float32)
     alpha = cfg.alpha if cfg.reward != "outcome" else 0.0
-    returns = np.asarray(rewards.token_rewards(ro.outcome, terms, ro.step_ids, alpha))
+    returns = np.asarray(rewards.token_rewards(table.outcome, terms,
+                                               trajectories.token_step_ids(table), alpha))
     dense = alpha * terms.sum(1)
-    arrays = {"tokens": ro.tokens, "mask": ro.loss_mask, "returns": returns.astype(np.float32),
-              "outcome": ro.outcome[:, None], "dense": dense[:, None].astype(np.float32)}
+    arrays = {"tokens": table.tokens,
+              "mask": trajectories.loss_mask(table, mask_unfinished=cfg.mask_truncated),
+              "returns": returns.astype(np.float32), "outcome": table.outcome[:, None],
+              "dense": dense[:, None].astype(np.float32)}
     arrays = shd.shard_batch(arrays, mesh)
     arrays["ref_logp"] = (logp_fn(ref_params, arrays["tokens"]) if ref_params is not None
                           else jnp.zeros_like(arrays["returns"]))
-    monitor.update(step + 1, float(ro.outcome.mean()), float(dense.mean()))
+    monitor.update(step + 1, float(table.outcome.mean()), float(dense.mean()))
     return arrays
 
   eval_problems = list(task.split("validation"))[:config.sample.num_eval]
   eval_writer = metrics.MetricWriter(env.workdir, "eval")
-  pass_ns = [int(n) for n in str(cfg.eval_pass_ns).split(",") if n.strip()]
+  pass_ns = config_lib.parse_list(cfg.eval_pass_ns, "rl.eval_pass_ns")
 
   def eval_fn(st, step):
     key = jax.random.PRNGKey(config.seed + 17)
-    greedy = evaluate.sample_responses(
+    greedy = evaluation.sample_responses(
         task, sampler, st.params, eval_problems, rng=key, mesh=mesh,
         method=sampling_methods.from_config(config.sample), max_new_tokens=max_new,
         batch_size=config.sample.batch_size)
-    result = {"accuracy": evaluate.summarize(greedy)["accuracy"]}
+    result = {"accuracy": evaluation.summarize(greedy)["accuracy"]}
     if pass_ns:
-      pool = evaluate.sample_responses(
+      pool = evaluation.sample_responses(
           task, sampler, st.params, eval_problems, rng=key, mesh=mesh, method=method,
           max_new_tokens=max_new, batch_size=config.sample.batch_size * max(pass_ns),
           num_samples=max(pass_ns))
       correct = np.array([[r.outcome.reward > 0 for r in g] for g in pool])
-      curve = best_of_n.evaluate(
+      curve = best_of_n.accuracy_curves(
           best_of_n.Pool(correct, np.zeros(correct.shape, np.int64), {},
                          np.zeros(correct.shape), np.zeros(len(correct))),
           pass_ns, methods=["pass"], seed=config.seed)["pass"]
@@ -270,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with shd.activate(mesh, rules):
     resumed = origin.startswith("checkpoint")
     first = None if resumed else eval_fn(state, int(jax.device_get(state.step)))
-    state, last = common.train_loop(state, trainer.step_fn, batch_fn, train_cfg=config.train,
+    state, last = training.train_loop(state, trainer.step_fn, batch_fn, train_cfg=config.train,
                                     checkpointer=checkpointer, writer=writer, eval_fn=eval_fn,
                                     desc=f"rl/{cfg.reward}")
     step = int(jax.device_get(state.step))
@@ -286,5 +318,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
          "step": step, "origin": origin, "initial_eval": first, "eval": final,
          "final_train": last, "hacking_alerts": monitor.alerts, "seconds": time.time() - t0,
          "halted": step < config.train.num_steps}
-  common.write_json(os.path.join(env.workdir, "summary.json"), out)
+  artifacts.write_json(os.path.join(env.workdir, "summary.json"), out)
   return out

@@ -1,4 +1,6 @@
-"""Rollouts: seed responses and Monte-Carlo Q of every step prefix (PAPER.md section 4).
+"""Rollouts: seed responses and Monte-Carlo Q of every step prefix.
+
+ArXiv 2410.08146, Sec. 4.2, App. D.
 
 Per problem, `n_cov` seed responses come from the base policy. For each seed and
 each non-terminal prefix (the question alone, then after step 1, 2, ...), `n_mc`
@@ -15,7 +17,9 @@ Policies and provers (`config.policy.kind`, `config.prover.kind`):
   policy      (prover only) the base policy itself, giving Q^pi; a Best-of-K
               prover is then the closed form bok_q(Q^pi, K), applied downstream
 
-Output: `<workdir>/rollouts/<split>/` shards and manifest (pavjax.rollout_data).
+Output: `<workdir>/rollouts/<split>/`, a trajectory table (`pavjax.trajectories`) with
+columns `q_hat`, `mc_success`, `mc_count` (per prefix) and `seed` (which of the
+problem's `n_cov` seeds).
 Shards are keyed by (seed, shard index), so a resumed job equals an
 uninterrupted one.
 """
@@ -32,23 +36,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pavjax import artifacts
 from pavjax import config_lib
 from pavjax import metrics
-from pavjax import rollout_data
 from pavjax import sharding as shd
-from pavjax.jobs import common
-from pavjax.sampling import Sampler, Temperature, bucket_length, cached_lm, evaluate
+from pavjax import runtime
+from pavjax import trajectories
+from pavjax import evaluation
+from pavjax.sampling import Sampler, Temperature, bucket_length, cached_lm
 from pavjax.tasks import base
 
 
 class _Policy:
   """A sampler of seed responses: a transformer or the planted procedural policy."""
 
-  def __init__(self, env: common.JobEnv, cfg):
+  def __init__(self, env: runtime.JobEnv, cfg):
     self.kind = cfg.kind
     self.env = env
     if cfg.kind == "checkpoint":
-      self.params = common.load_params(env, cfg.checkpoint, "policy.checkpoint")
+      self.params = runtime.load_params(env, cfg.checkpoint, "policy.checkpoint")
       self.sampler = Sampler(cached_lm(env.model), pad_id=env.task.pad_id)
     elif cfg.kind == "procedural":
       _require_planted(env.task, "policy.kind")
@@ -66,11 +72,38 @@ class _Policy:
         raw = self.mu.sample(gen, n)
         out.append([task.to_ids(r) for r in raw])
       return out
-    groups = evaluate.sample_responses(
+    groups = evaluation.sample_responses(
         task, self.sampler, self.params, problems, rng=rng, mesh=self.env.mesh,
         method=Temperature(config.rollouts.temperature), max_new_tokens=task.max_response_len,
         batch_size=config.sample.batch_size, num_samples=n)
     return [[r.tokens for r in g] for g in groups]
+
+
+POLICIES = ("checkpoint", "procedural")
+PROVERS = ("policy", "checkpoint", "procedural")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every field this job reads, checked before any compute; errors name the field."""
+  config_lib.validate(config, num_devices)
+  policy, prover, cfg = config.policy, config.prover, config.rollouts
+  config_lib.check_choice(policy.kind, POLICIES, "policy.kind")
+  config_lib.check_choice(prover.kind, PROVERS, "prover.kind")
+  for name, part in (("policy", policy), ("prover", prover)):
+    if part.kind == "checkpoint":
+      config_lib.check_set(part.checkpoint, f"{name}.checkpoint",
+                           f"{name}.kind='checkpoint' needs a checkpoints dir")
+    if part.kind == "procedural":
+      config_lib.check(config.task.name == "planted", f"{name}.kind",
+                       f"'procedural' needs the planted task, not {config.task.name!r}")
+      config_lib.check_finite(part.gamma, f"{name}.gamma", minimum=0.0)
+  config_lib.check(prover.kind != "policy" or policy.kind == "checkpoint", "prover.kind",
+                   "'policy' needs policy.kind='checkpoint'")
+  config_lib.check_choice(cfg.split, base.SPLITS, "rollouts.split")
+  for field in ("n_cov", "n_mc", "problems_per_shard", "seq_batch", "fork_batch"):
+    config_lib.check(cfg[field] > 0, f"rollouts.{field}", f"{cfg[field]} must be > 0")
+  config_lib.check(cfg.num_problems >= 0, "rollouts.num_problems", "must be >= 0 (0 = all)")
+  config_lib.check_finite(cfg.temperature, "rollouts.temperature", minimum=1e-6)
 
 
 def _require_planted(task, field):
@@ -78,16 +111,10 @@ def _require_planted(task, field):
     raise config_lib.ConfigError(field, f"'procedural' needs the planted task, not {task.name!r}")
 
 
-def segment_ends(task: base.Task, prompt: Sequence[int], response: Sequence[int], max_steps: int):
-  """Step end indices (in the prompt+response sequence) of a response."""
-  spans = task.segment_steps(response)[:max_steps]
-  return [len(prompt) + end - 1 for _, end in spans]
-
-
 class RolloutRunner:
   """Builds one shard: seeds, their segmentation, and Q_hat of every prefix."""
 
-  def __init__(self, env: common.JobEnv, config: ml_collections.ConfigDict):
+  def __init__(self, env: runtime.JobEnv, config: ml_collections.ConfigDict):
     self.env, self.config = env, config
     task = env.task
     self.policy = _Policy(env, config.policy)
@@ -101,7 +128,7 @@ class RolloutRunner:
           raise config_lib.ConfigError("prover.kind", "'policy' needs policy.kind='checkpoint'")
         self.prover_params = self.policy.params
       else:
-        self.prover_params = common.load_params(env, config.prover.checkpoint, "prover.checkpoint")
+        self.prover_params = runtime.load_params(env, config.prover.checkpoint, "prover.checkpoint")
       self.sampler = Sampler(cached_lm(env.model), pad_id=task.pad_id)
     else:
       raise config_lib.ConfigError("prover.kind",
@@ -113,69 +140,56 @@ class RolloutRunner:
     self.budget = {"seed_tokens": 0, "mc_tokens": 0, "prefill_tokens": 0, "mc_rollouts": 0}
 
   def shard(self, problems: Sequence[base.Problem], first_index: int, rng: jax.Array
-            ) -> dict[str, np.ndarray]:
+            ) -> trajectories.Trajectories:
+    """The table of one shard: seeds of `problems` with Q_hat of every prefix."""
     cfg, task = self.config.rollouts, self.env.task
     responses = self.policy.seeds(problems, cfg.n_cov, jax.random.fold_in(rng, 0), self.config)
-    rows = []
-    for p_i, (problem, group) in enumerate(zip(problems, responses)):
-      prompt = task.encode_prompt(problem)
-      for s_i, resp in enumerate(group):
-        outcome = task.is_correct(resp, problem)
-        self.budget["seed_tokens"] += len(resp)
-        rows.append(dict(problem=first_index + p_i, seed=s_i, prompt=prompt, response=list(resp),
-                         ends=segment_ends(task, prompt, resp, self.max_steps), outcome=outcome,
-                         problem_obj=problem))
-    h = self.max_steps
-    n = len(rows)
+    prompts = [task.encode_prompt(p) for p in problems]
+    rows = [(i, s, list(resp)) for i, group in enumerate(responses) for s, resp in enumerate(group)]
+    self.budget["seed_tokens"] += sum(len(resp) for _, _, resp in rows)
+    table = trajectories.from_responses(
+        task, [prompts[i] for i, _, _ in rows], [resp for _, _, resp in rows],
+        [problems[i] for i, _, _ in rows], [first_index + i for i, _, _ in rows],
+        max_steps=self.max_steps, width=self.width,
+        columns={"seed": np.array([s for _, s, _ in rows], np.int32)})
+    n, h = len(table), self.max_steps
     success = np.zeros((n, h + 1), np.int32)
     count = np.zeros((n, h + 1), np.int32)
     q_hat = np.full((n, h + 1), np.nan, np.float32)
-    for i, r in enumerate(rows):  # the terminal prefix: its value is the outcome itself
-      q_hat[i, len(r["ends"])] = r["outcome"].reward
+    # The terminal prefix: its value is the outcome itself.
+    q_hat[np.arange(n), trajectories.num_steps(table)] = table.outcome
     if self.prover_kind == "procedural":
-      self._exact_q(rows, q_hat)
+      self._exact_q(table, q_hat)
     else:
-      self._mc_q(rows, success, count, q_hat, jax.random.fold_in(rng, 1))
-    tokens = np.zeros((n, self.width), np.int32)
-    step_ends = np.full((n, h), -1, np.int32)
-    for i, r in enumerate(rows):
-      seq = r["prompt"] + r["response"]
-      tokens[i, :len(seq)] = seq
-      step_ends[i, :len(r["ends"])] = r["ends"]
-    return dict(
-        tokens=tokens, prompt_len=np.array([len(r["prompt"]) for r in rows], np.int32),
-        length=np.array([len(r["prompt"]) + len(r["response"]) for r in rows], np.int32),
-        num_steps=np.array([len(r["ends"]) for r in rows], np.int32), step_ends=step_ends,
-        outcome=np.array([r["outcome"].reward for r in rows], np.float32),
-        reason=np.array([base.REASONS.index(r["outcome"].reason) for r in rows], np.int32),
-        mc_success=success, mc_count=count, q_hat=q_hat,
-        problem=np.array([r["problem"] for r in rows], np.int32),
-        seed=np.array([r["seed"] for r in rows], np.int32))
+      local = [problems[i] for i, _, _ in rows]
+      self._mc_q(table, local, success, count, q_hat, jax.random.fold_in(rng, 1))
+    return table.with_columns(mc_success=success, mc_count=count, q_hat=q_hat)
 
-  def _exact_q(self, rows, q_hat):
+  def _exact_q(self, table: trajectories.Trajectories, q_hat: np.ndarray) -> None:
     task = self.env.task
-    for i, r in enumerate(rows):
-      values = self.mu.prefix_values(task.from_ids(r["response"]))  # [T + 1]
-      steps = len(r["ends"])
-      for col in range(steps):  # prefix after `col` tokens (one token per step)
-        q_hat[i, col] = values[col]
+    steps = trajectories.num_steps(table)
+    for i in range(len(table)):
+      values = self.mu.prefix_values(task.from_ids(table.response(i)))  # [T + 1]
+      q_hat[i, :steps[i]] = values[:steps[i]]  # one token per step: column = tokens so far
 
-  def _mc_q(self, rows, success, count, q_hat, rng):
+  def _mc_q(self, table: trajectories.Trajectories, problems: Sequence[base.Problem],
+            success: np.ndarray, count: np.ndarray, q_hat: np.ndarray, rng) -> None:
     """Q_hat by forked completions; column 0 once per problem, then broadcast."""
     cfg, task = self.config.rollouts, self.env.task
-    prefixes = []  # (row index, column, prefix length in sequence tokens)
+    steps = trajectories.num_steps(table)
+    prefixes = []  # (row, column, prefix length in sequence tokens)
     first_of_problem = {}
-    for i, r in enumerate(rows):
-      if r["problem"] not in first_of_problem:
-        first_of_problem[r["problem"]] = i
-        prefixes.append((i, 0, len(r["prompt"])))
-      for col in range(1, len(r["ends"])):
-        prefixes.append((i, col, r["ends"][col - 1] + 1))
+    for i in range(len(table)):
+      if table.problem[i] not in first_of_problem:
+        first_of_problem[table.problem[i]] = i
+        prefixes.append((i, 0, int(table.prompt_len[i])))
+      for col in range(1, int(steps[i])):
+        prefixes.append((i, col, int(table.prefix_ends[i, col]) + 1))
     outcomes: dict[tuple[int, int], list[float]] = {}
     call = 0
-    for start in range(0, len(rows), self.seq_rows):
-      block = list(range(start, min(start + self.seq_rows, len(rows))))
-      seqs = [rows[i]["prompt"] + rows[i]["response"] for i in block]
+    for start in range(0, len(table), self.seq_rows):
+      block = list(range(start, min(start + self.seq_rows, len(table))))
+      seqs = [table.tokens[i, :table.length[i]] for i in block]
       padded = seqs + [seqs[0]] * (self.seq_rows - len(seqs))  # fixed rows: one compile
       tokens = np.zeros((self.seq_rows, self.width), np.int32)
       lengths = np.array([len(s) for s in padded], np.int32)
@@ -202,20 +216,18 @@ class RolloutRunner:
         call += 1
         out = shd.to_host(out)
         for k, (i, col, plen) in enumerate(chunk):
-          r = rows[i]
-          done = r["response"][:plen - len(r["prompt"])]
+          done = [int(t) for t in table.tokens[i, table.prompt_len[i]:plen]]
           results = []
           for m in range(cfg.n_mc):
             row = k * cfg.n_mc + m
             cont = [int(t) for t in out.tokens[row, :int(out.lengths[row])]]
             self.budget["mc_tokens"] += len(cont)
             full = (done + cont)[:task.max_response_len + 1]
-            results.append(task.is_correct(full, r["problem_obj"]).reward)
+            results.append(task.is_correct(full, problems[i]).reward)
           self.budget["mc_rollouts"] += cfg.n_mc
           outcomes[(i, col)] = results
     for (i, col), res in outcomes.items():
-      targets = [i] if col else [j for j, r in enumerate(rows)
-                                 if r["problem"] == rows[i]["problem"]]
+      targets = [i] if col else np.flatnonzero(table.problem == table.problem[i])
       for j in targets:
         success[j, col] = int(sum(res))
         count[j, col] = len(res)
@@ -224,16 +236,16 @@ class RolloutRunner:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes (or completes) the rollout dataset of `config.rollouts.split`."""
-  env = common.setup(config, workdir)
+  env = runtime.setup(config, workdir)
   cfg = config.rollouts
-  out_dir = os.path.join(env.workdir, "rollouts", cfg.split)
+  out_dir = os.path.join(env.workdir, artifacts.rollouts_dir(cfg.split))
   # What determines the data (halting early does not).
   rollout_cfg = {k: v for k, v in cfg.to_dict().items() if k != "halt_after_shards"}
   identity = {"task": config.task.to_dict(), "rollouts": rollout_cfg,
               "policy": config.policy.to_dict(), "prover": config.prover.to_dict(),
               "model": config.model.to_dict(), "seed": config.seed}
-  digest = rollout_data.config_hash(identity)
-  manifest = rollout_data.read_manifest(out_dir)
+  digest = artifacts.content_hash(identity)
+  manifest = trajectories.read_manifest(out_dir)
   if manifest is not None and manifest["config_hash"] != digest:
     raise config_lib.ConfigError(
         "rollouts", f"{out_dir} holds rollouts made with another config "
@@ -244,8 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   shards = [problems[i:i + cfg.problems_per_shard]
             for i in range(0, len(problems), cfg.problems_per_shard)]
   if manifest is None:
-    manifest = {"config_hash": digest, "config": identity, "num_shards": len(shards),
-                "shards_done": [], "budget": {}, "complete": False}
+    manifest = trajectories.new_manifest(digest, config=identity, num_shards=len(shards))
   done = set(manifest["shards_done"])
   if manifest.get("complete"):
     logging.info("rollouts: %s is complete; nothing to do", out_dir)
@@ -259,15 +270,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for index, shard_problems in enumerate(shards):
       if index in done:
         continue
-      arrays = runner.shard(shard_problems, index * cfg.problems_per_shard,
-                            jax.random.fold_in(key, index))
+      table = runner.shard(shard_problems, index * cfg.problems_per_shard,
+                           jax.random.fold_in(key, index))
       if metrics.is_lead_process():
-        rollout_data.write_shard(out_dir, index, arrays)
+        trajectories.write_shard(out_dir, index, table)
         manifest["shards_done"] = sorted(set(manifest["shards_done"]) | {index})
         for k, v in runner.budget.items():
           manifest["budget"][k] = manifest["budget"].get(k, 0) + v
         runner.budget = dict.fromkeys(runner.budget, 0)
-        rollout_data.write_manifest(out_dir, manifest)
+        trajectories.write_manifest(out_dir, manifest)
       bar.update(1)
       written += 1
       if cfg.halt_after_shards and written >= cfg.halt_after_shards:
@@ -278,22 +289,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manifest["complete"] = len(manifest["shards_done"]) == len(shards)
   manifest["seconds"] = manifest.get("seconds", 0.0) + time.time() - t0
   if metrics.is_lead_process():
-    rollout_data.write_manifest(out_dir, manifest)
+    trajectories.write_manifest(out_dir, manifest)
     if manifest["complete"]:
-      data = rollout_data.load(out_dir)
-      manifest["stats"] = _stats(data)
-      rollout_data.write_manifest(out_dir, manifest)
-  common.write_json(os.path.join(env.workdir, "summary.json"), manifest)
+      manifest["stats"] = _stats(trajectories.load(out_dir))
+      trajectories.write_manifest(out_dir, manifest)
+  artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), manifest)
   return manifest
 
 
-def _stats(data: dict[str, np.ndarray]) -> dict[str, Any]:
+def _stats(table: trajectories.Trajectories) -> dict[str, Any]:
   """Dataset statistics for the manifest (accuracy of seeds, prefix counts)."""
-  _, mask = rollout_data.prefix_positions(data)
-  q = data["q_hat"][mask]
-  return {"seeds": int(len(data["outcome"])),
-          "seed_accuracy": float(np.mean(data["outcome"])),
+  mask = trajectories.prefix_mask(table)
+  q = table["q_hat"][mask]
+  return {"seeds": len(table),
+          "seed_accuracy": float(np.mean(table.outcome)),
           "prefixes": int(mask.sum()),
-          "mean_steps": float(np.mean(data["num_steps"])),
+          "mean_steps": float(np.mean(trajectories.num_steps(table))),
           "q_hat_mean": float(np.nanmean(q)) if q.size else float("nan"),
           "q_hat_high_fraction": float(np.mean(q >= 0.5)) if q.size else float("nan")}

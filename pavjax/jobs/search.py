@@ -18,7 +18,8 @@ The prover mu of PAV's A^mu (pav_beam, dvts, bon:pav) is `search.prover`:
 
 Each (method, N) result is one line of `rows.jsonl`, written when it finishes;
 a restarted job skips the lines already there (same config hash) and the pool
-is cached in `pool.npz`, so an interrupted evaluation resumes. At the end:
+is cached in `pool/` (a trajectory table with columns q_pi, orm, answer), so an
+interrupted evaluation resumes. At the end:
 `results.json` (curves and compute-efficiency ratios against ORM best-of-max(N)),
 `results.md` (tables), `accuracy_vs_n.png`, `accuracy_vs_flops.png`, sweep plots.
 
@@ -41,50 +42,60 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pavjax import artifacts
 from pavjax import config_lib
 from pavjax import metrics
 from pavjax import models
 from pavjax import rewards
-from pavjax import rollout_data
 from pavjax import verifiers
-from pavjax.jobs import common
-from pavjax.jobs import rollouts as rollouts_job
-from pavjax.jobs import train_verifier
-from pavjax.sampling import Sampler, Temperature, cached_lm, evaluate
+from pavjax import runtime
+from pavjax import trajectories
+from pavjax import evaluation
+from pavjax.sampling import Sampler, Temperature, cached_lm
 from pavjax.search import best_of_n, compute
 from pavjax.search.beam import StepBeamSearch, run_dvts
+from pavjax.tasks import base
 
 BEAM_SCORES = {"q_beam": "q", "pav_beam": "pav", "orm_beam": "orm", "dvts": "pav"}
 PROVERS = ("bok", "verifier")
 
 
-def parse_list(text: str, field: str, kind=int) -> list:
-  """'2,4,8' -> [2, 4, 8]; names the config field on a bad entry."""
-  try:
-    return [kind(x) for x in str(text).split(",") if x.strip()]
-  except ValueError as e:
-    raise config_lib.ConfigError(field, f"{text!r} is not a comma-separated list: {e}") from e
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """`run_job`'s hook: the shared checks, then the search section's, before any output."""
+  """Every field this job reads, checked before any compute; errors name the field."""
   config_lib.validate(config, num_devices)
-  check_config(config)
-
-
-def check_config(config: ml_collections.ConfigDict, prompt_len: int | None = None) -> None:
-  """Search-specific checks that need no checkpoint; errors name the field.
-
-  With the task's longest prompt known, a MADE policy (a fixed number of input
-  positions) must also fit the longest beam prefix.
-  """
   s = config.search
-  if s.prover not in PROVERS:
-    raise config_lib.ConfigError("search.prover", f"{s.prover!r} is not one of {PROVERS}")
-  if s.prover == "verifier" and not config.verifiers.prover:
-    raise config_lib.ConfigError("verifiers.prover", "needs the checkpoints dir of the prover's "
-                                 "q verifier (Q^mu) when search.prover='verifier'")
-  if prompt_len is None or models.arch_of(config.model) != "made":
+  config_lib.check_choice(s.prover, PROVERS, "search.prover")
+  config_lib.check_set(config.policy.checkpoint, "policy.checkpoint", "needs the policy's "
+                       "checkpoints dir")
+  for kind in ("q", "orm"):
+    config_lib.check_set(config.verifiers[kind], f"verifiers.{kind}",
+                         f"needs the checkpoints dir of the {kind} verifier")
+  if s.prover == "verifier":
+    config_lib.check_set(config.verifiers.prover, "verifiers.prover",
+                         "needs the checkpoints dir of the prover's q verifier (Q^mu) when "
+                         "search.prover='verifier'")
+  config_lib.check_choice(s.split, base.SPLITS, "search.split")
+  for field in ("ns", "beam_ns", "bok_ks"):
+    values = config_lib.parse_list(s[field], f"search.{field}")
+    config_lib.check(all(v > 0 for v in values), f"search.{field}", f"{s[field]!r} must be > 0")
+  config_lib.check(bool(config_lib.parse_list(s.ns, "search.ns")), "search.ns",
+                   "needs at least one N")
+  for m in config_lib.parse_list(s.beam_methods, "search.beam_methods", str):
+    config_lib.check_choice(m, tuple(sorted(BEAM_SCORES)), "search.beam_methods")
+  config_lib.check_finite(s.alpha, "search.alpha")
+  for a in config_lib.parse_list(s.alphas, "search.alphas", float):
+    config_lib.check_finite(a, "search.alphas")
+  for field in ("expansions", "max_steps", "max_step_tokens", "dvts_width", "max_rows",
+                "score_batch", "bok_k", "num_subsets"):
+    config_lib.check(s[field] > 0, f"search.{field}", f"{s[field]} must be > 0")
+  config_lib.check(s.num_problems >= 0, "search.num_problems", "must be >= 0 (0 = all)")
+  config_lib.check(s.sweep_n >= 0, "search.sweep_n", "must be >= 0 (0 = no sweep)")
+
+
+def check_made_fits(config: ml_collections.ConfigDict, prompt_len: int) -> None:
+  """A MADE policy (a fixed number of input positions) must fit the longest beam prefix."""
+  s = config.search
+  if models.arch_of(config.model) != "made":
     return
   longest = prompt_len + s.max_steps * s.max_step_tokens
   if longest > config.model.max_len:
@@ -101,17 +112,31 @@ def value_fn(model):
   return fn
 
 
+def pool_arrays(pool: trajectories.Trajectories, num_problems: int) -> dict[str, np.ndarray]:
+  """The pool table's columns as [P, M, ...] arrays, problem by problem."""
+  p = num_problems
+  m = len(pool) // p
+
+  def per(a):
+    return a.reshape(p, m, *a.shape[1:])
+
+  return {"positions": per(pool.prefix_ends), "q_pi": per(pool["q_pi"]), "orm": per(pool["orm"]),
+          "correct": per(pool.outcome > 0), "answers": per(pool["answer"]),
+          "policy_tokens": per((pool.length - pool.prompt_len).astype(np.int64)),
+          "prompt_tokens": per(pool.prompt_len.astype(np.int64))[:, 0]}
+
+
 class SearchRunner:
   """Loads policy and verifiers once; runs the pool and the beams on a problem set."""
 
-  def __init__(self, env: common.JobEnv, config: ml_collections.ConfigDict):
+  def __init__(self, env: runtime.JobEnv, config: ml_collections.ConfigDict):
     self.env, self.config, self.cfg = env, config, config.search
     task = env.task
-    self.params = common.load_params(env, config.policy.checkpoint, "policy.checkpoint")
-    self.vparams = {k: common.load_params(env, getattr(config.verifiers, k),
+    self.params = runtime.load_params(env, config.policy.checkpoint, "policy.checkpoint")
+    self.vparams = {k: runtime.load_params(env, getattr(config.verifiers, k),
                                                 f"verifiers.{k}") for k in ("q", "orm")}
     # The prover's Q^mu verifier shares the trunk (env.model), as RL's prover does.
-    self.pparams = (common.load_params(env, config.verifiers.prover, "verifiers.prover")
+    self.pparams = (runtime.load_params(env, config.verifiers.prover, "verifiers.prover")
                     if self.cfg.prover == "verifier" else None)
     self.sampler = Sampler(cached_lm(env.model), pad_id=task.pad_id)
     self.problems = list(task.split(self.cfg.split))
@@ -123,50 +148,39 @@ class SearchRunner:
 
   # --- best-of-N pool ------------------------------------------------------------
 
-  def sample_pool(self, m: int, rng) -> dict[str, np.ndarray]:
-    """m responses per problem with outcomes, answers and both verifiers' prefix Q."""
+  def sample_pool(self, m: int, rng) -> tuple[trajectories.Trajectories, dict[str, float]]:
+    """m responses per problem (rows problem-major) with both verifiers' prefix Q.
+
+    Columns: `q_pi` and `orm` [B, H+1] (the Q^pi verifier's and the ORM's value of
+    every prefix), `answer` [B] (the vote key's id within its problem). Also returns
+    the seconds spent sampling (`sample_s`) and in all (`wall_s`).
+    """
     env, task = self.env, self.env.task
     t0 = time.time()
-    groups = evaluate.sample_responses(
+    groups = evaluation.sample_responses(
         task, self.sampler, self.params, self.problems, rng=rng, mesh=env.mesh,
         method=Temperature(self.config.sample.temperature), max_new_tokens=task.max_response_len,
         batch_size=self.config.sample.batch_size, num_samples=m, progress=True)
-    p, h = len(self.problems), self.max_steps
-    width = max(len(pr) for pr in self.prompts) + task.max_response_len
-    tokens = np.zeros((p * m, width), np.int32)
-    positions = np.full((p * m, h + 1), -1, np.int32)
-    correct = np.zeros((p, m), bool)
-    gen = np.zeros((p, m), np.int64)
-    keys = []
-    for i, (prompt, group) in enumerate(zip(self.prompts, groups)):
-      keys.append([task.answer_key(r.tokens) for r in group])
-      for j, r in enumerate(group):
-        row = i * m + j
-        seq = prompt + r.tokens
-        tokens[row, :len(seq)] = seq
-        ends = rollouts_job.segment_ends(task, prompt, r.tokens, h)
-        positions[row, 0] = len(prompt) - 1
-        positions[row, 1:len(ends) + 1] = ends
-        correct[i, j] = r.outcome.reward > 0
-        gen[i, j] = len(r.tokens)
+    keys = [[task.answer_key(r.tokens) for r in group] for group in groups]
+    rows = [(i, r) for i, group in enumerate(groups) for r in group]
+    table = trajectories.from_responses(
+        task, [self.prompts[i] for i, _ in rows], [r.tokens for _, r in rows],
+        [self.problems[i] for i, _ in rows], [i for i, _ in rows], max_steps=self.max_steps,
+        width=max(len(pr) for pr in self.prompts) + task.max_response_len,
+        columns={"answer": best_of_n.answer_ids(keys).reshape(-1)})
     sample_s = time.time() - t0
-    q = {k: train_verifier.predict(env.model, v, tokens, positions, env.mesh,
-                                   self.cfg.score_batch) for k, v in self.vparams.items()}
-    return {"tokens": tokens.reshape(p, m, width), "correct": correct,
-            "answers": best_of_n.answer_ids(keys), "policy_tokens": gen,
-            "prompt_tokens": np.array([len(pr) for pr in self.prompts], np.int64),
-            "positions": positions.reshape(p, m, h + 1), "q_pi": q["q"].reshape(p, m, h + 1),
-            "orm": q["orm"].reshape(p, m, h + 1), "sample_s": np.float64(sample_s),
-            "wall_s": np.float64(time.time() - t0)}
+    table = table.with_columns(**{
+        name: verifiers.predict_table(env.model, v, table, env.mesh, self.cfg.score_batch)
+        for name, v in (("q_pi", self.vparams["q"]), ("orm", self.vparams["orm"]))})
+    return table, {"sample_s": sample_s, "wall_s": time.time() - t0}
 
-  def prover_pool_values(self, pool: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  def prover_pool_values(self, pool: trajectories.Trajectories) -> dict[str, np.ndarray]:
     """The prover verifier's Q^mu of every pool prefix ([P, M, H + 1]) and its seconds."""
     t0 = time.time()
-    p, m, width = pool["tokens"].shape
-    q = train_verifier.predict(self.env.model, self.pparams, pool["tokens"].reshape(p * m, width),
-                               pool["positions"].reshape(p * m, -1), self.env.mesh,
-                               self.cfg.score_batch)
-    return {"q_mu": q.reshape(p, m, -1), "wall_s": np.float64(time.time() - t0)}
+    q = verifiers.predict_table(self.env.model, self.pparams, pool, self.env.mesh,
+                                self.cfg.score_batch)
+    return {"q_mu": q.reshape(len(self.problems), -1, q.shape[-1]),
+            "wall_s": np.float64(time.time() - t0)}
 
   def pool_scores(self, pool: dict[str, np.ndarray], q_mu: np.ndarray | None = None
                   ) -> dict[str, np.ndarray]:
@@ -265,51 +279,32 @@ def result_hashes(config: ml_collections.ConfigDict) -> tuple[str, str]:
   pool = {k: d[k] for k in ("policy", "task", "model", "seed", "sample")}
   pool["verifiers"] = {k: v for k, v in d["verifiers"].items() if k != "prover"}
   pool.update(split=s["split"], num_problems=s["num_problems"], max_steps=s["max_steps"],
-              pool_size=max(parse_list(s["ns"], "search.ns")))
-  return rollout_data.config_hash(rows), rollout_data.config_hash(pool)
+              pool_size=max(config_lib.parse_list(s["ns"], "search.ns")))
+  return artifacts.content_hash(rows), artifacts.content_hash(pool)
 
 
 def prover_hash(config: ml_collections.ConfigDict) -> str:
   """Hash the cached Q^mu of the pool must match: the pool's and the prover checkpoint."""
-  return rollout_data.config_hash({"pool": result_hashes(config)[1],
+  return artifacts.content_hash({"pool": result_hashes(config)[1],
                                    "prover": config.verifiers.prover})
-
-
-def _load_cached(path: str, chash: str) -> dict[str, np.ndarray] | None:
-  """The arrays of an npz cache written with `config_hash` = chash, else None."""
-  if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as z:
-      if str(z["config_hash"]) == chash:
-        return {k: z[k] for k in z.files if k != "config_hash"}
-  return None
-
-
-def _save_cached(path: str, chash: str, arrays: dict[str, np.ndarray]) -> None:
-  """Writes an npz cache atomically (lead process only)."""
-  if metrics.is_lead_process():
-    np.savez(path + ".tmp.npz", config_hash=chash, **arrays)
-    os.replace(path + ".tmp.npz", path)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates every search method of `config.search` and writes curves and tables."""
-  env = common.setup(config, workdir)
+  env = runtime.setup(config, workdir)
   cfg = config.search
-  check_config(config, prompt_len=env.task.max_prompt_len)
-  ns = parse_list(cfg.ns, "search.ns")
-  beam_ns = parse_list(cfg.beam_ns, "search.beam_ns")
-  beam_methods = [m for m in parse_list(cfg.beam_methods, "search.beam_methods", str)]
-  for m in beam_methods:
-    if m not in BEAM_SCORES:
-      raise config_lib.ConfigError("search.beam_methods", f"{m!r} is not in {sorted(BEAM_SCORES)}")
-  alphas = parse_list(cfg.alphas, "search.alphas", float)
-  bok_ks = parse_list(cfg.bok_ks, "search.bok_ks")
+  check_made_fits(config, prompt_len=env.task.max_prompt_len)
+  ns = config_lib.parse_list(cfg.ns, "search.ns")
+  beam_ns = config_lib.parse_list(cfg.beam_ns, "search.beam_ns")
+  beam_methods = config_lib.parse_list(cfg.beam_methods, "search.beam_methods", str)
+  alphas = config_lib.parse_list(cfg.alphas, "search.alphas", float)
+  bok_ks = config_lib.parse_list(cfg.bok_ks, "search.bok_ks")
   t0 = time.time()
   runner = SearchRunner(env, config)
   rng = jax.random.PRNGKey(config.seed)
   out_dir = env.workdir
   chash, pool_hash = result_hashes(config)
-  rows_path = os.path.join(out_dir, "rows.jsonl")
+  rows_path = os.path.join(out_dir, artifacts.SEARCH_ROWS)
   done = {}
   if os.path.exists(rows_path):
     for r in metrics.read_jsonl(rows_path):
@@ -326,28 +321,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Best-of-N family from one pool.
   m = max(ns)
-  pool_path = os.path.join(out_dir, "pool.npz")
-  pool = _load_cached(pool_path, pool_hash)
-  if pool is None:
-    pool = runner.sample_pool(m, jax.random.fold_in(rng, 0))
-    _save_cached(pool_path, pool_hash, pool)
+  pool_dir = os.path.join(out_dir, artifacts.SEARCH_POOL)
+  table = trajectories.load_if_complete(pool_dir, pool_hash)
+  if table is None:
+    table, seconds = runner.sample_pool(m, jax.random.fold_in(rng, 0))
+    trajectories.save(pool_dir, table, pool_hash, seconds=seconds)
+  else:
+    seconds = trajectories.read_manifest(pool_dir)["seconds"]
+  pool = pool_arrays(table, len(runner.problems))
   prover_pool = None
   if cfg.prover == "verifier":  # Q^mu of the pool's prefixes, cached beside the pool
-    prover_path, phash = os.path.join(out_dir, "pool_prover.npz"), prover_hash(config)
-    prover_pool = _load_cached(prover_path, phash)
+    prover_path = os.path.join(out_dir, artifacts.SEARCH_PROVER_POOL)
+    phash = prover_hash(config)
+    prover_pool = artifacts.load_cached(prover_path, phash)
     if prover_pool is None:
-      prover_pool = runner.prover_pool_values(pool)
-      _save_cached(prover_path, phash, prover_pool)
+      prover_pool = runner.prover_pool_values(table)
+      artifacts.save_cached(prover_path, phash, prover_pool)
   scores = runner.pool_scores(pool, None if prover_pool is None else prover_pool["q_mu"])
   bon_pool = best_of_n.Pool(correct=pool["correct"], answers=pool["answers"], scores=scores,
                             policy_tokens=pool["policy_tokens"], prompt_tokens=pool["prompt_tokens"])
   methods = ["pass", "majority", "weighted:orm", "bon:orm", "bon:prm_min", "bon:prm_last",
              "bon:prm_prod", "bon:pav"]
-  for name, curve in best_of_n.evaluate(bon_pool, ns, num_subsets=cfg.num_subsets,
+  for name, curve in best_of_n.accuracy_curves(bon_pool, ns, num_subsets=cfg.num_subsets,
                                         seed=config.seed, methods=methods).items():
     # PAV-as-ORM with a prover verifier also has it read every sample (prompt + response).
     by_prover = name == "bon:pav" and prover_pool is not None
-    wall = float(pool["wall_s"]) + (float(prover_pool["wall_s"]) if by_prover else 0.0)
+    wall = seconds["wall_s"] + (float(prover_pool["wall_s"]) if by_prover else 0.0)
     for row in curve:
       if (name, row["n"], "") not in done:
         record(_with_flops({"method": name, **row, "wall_s": wall * row["n"] / m,
@@ -373,7 +372,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       prover_checkpoint=config.verifiers.prover)
   results.update({"job": "search", "problems": len(runner.problems), "params": runner.num_params,
                   "seconds": time.time() - t0})
-  common.write_json(os.path.join(out_dir, "results.json"), results)
+  artifacts.write_json(os.path.join(out_dir, "results.json"), results)
   if metrics.is_lead_process():
     write_report(results, out_dir)
   return results

@@ -2,111 +2,29 @@
 
 Writes to the workdir: checkpoints/, metrics.jsonl + tensorboard/, eval.jsonl,
 samples.md (a table of sampled solutions with rewards), loss.png, summary.json.
+The trainer is `pavjax.supervised` (RFT uses it too).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 
-import jax
 import ml_collections
-import numpy as np
 
-from pavjax import metrics
-from pavjax import sharding as shd
+from pavjax import config_lib
+from pavjax import runtime
+from pavjax import supervised
 from pavjax import tasks
-from pavjax import training
-from pavjax.jobs import common
-from pavjax.sampling import Sampler, cached_lm, evaluate
-from pavjax.sampling import methods as sampling_methods
 
 
-def sft_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str):
-  """One AdamW step on the masked next-token loss of a [B, T] batch."""
-
-  def loss_fn(params):
-    logits = model.apply({"params": params}, batch["inputs"]).logits  # [B, T, V]
-    return training.token_cross_entropy(logits, batch["targets"], batch["mask"])
-
-  (loss, token_acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state, grad_norm = training.apply_update(state, grads, tx, loss=loss, nonfinite=nonfinite)
-  return new_state, {"train/loss": loss, "train/token_accuracy": token_acc,
-                     "train/grad_norm": grad_norm}
-
-
-def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
-  """The examples of step `step`: a pure function of (seed, step), so resumes are exact."""
-  rng = np.random.default_rng([seed, step])
-  return rng.choice(num_examples, batch_size, replace=num_examples < batch_size)
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every field this job reads, checked before any compute; errors name the field."""
+  config_lib.validate(config, num_devices)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the policy by SFT; returns the summary it also writes to summary.json."""
-  env = common.setup(config, workdir)
+  env = runtime.setup(config, workdir)
   t0 = time.time()
   data = tasks.sft_arrays(env.task, env.task.split("train"), config.model.max_len)
-  return train(env, data, job="sft", t0=t0)
-
-
-def train(env: common.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
-          extra: dict | None = None) -> dict:
-  """Next-token training on `data` (SFT, or RFT on the policy's own correct samples).
-
-  Evaluates on the validation split, writes samples.md, loss.png and summary.json
-  (with `extra` merged in) and returns the summary.
-  """
-  config = env.config
-  task, mesh, rules, model = env.task, env.mesh, env.rules, env.model
-  data = data.trimmed()
-  logging.info("%s on %d %s examples of %d columns", job, len(data), task.name,
-               data.inputs.shape[1])
-
-  trainer = common.make_trainer(env, sft_train_step)
-  state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
-
-  def batch_fn(step, _):
-    idx = batch_indices(config.seed, step, len(data), config.train.batch_size)
-    return shd.shard_batch({"inputs": data.inputs[idx], "targets": data.targets[idx],
-                            "mask": data.mask[idx]}, mesh)
-
-  sampler = Sampler(cached_lm(model), pad_id=task.pad_id)
-  method = sampling_methods.from_config(config.sample)
-  eval_problems = list(task.split("validation"))[:config.sample.num_eval]
-  eval_writer = metrics.MetricWriter(env.workdir, "eval")
-
-  def eval_fn(st, step):
-    with shd.activate(mesh, rules):
-      responses = evaluate.sample_responses(
-          task, sampler, st.params, eval_problems, rng=jax.random.PRNGKey(config.seed + 17),
-          mesh=mesh, method=method, max_new_tokens=config.sample.max_new_tokens,
-          batch_size=config.sample.batch_size)
-    summary = evaluate.summarize(responses)
-    eval_writer.write(step, {f"eval/{k}": v for k, v in summary.items()})
-    return responses, summary
-
-  writer = metrics.MetricWriter(env.workdir, "metrics")
-  with shd.activate(mesh, rules):
-    state, last = common.train_loop(
-        state, trainer.step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
-        writer=writer, eval_fn=eval_fn, desc=job)
-  step = int(jax.device_get(state.step))
-  responses, summary = eval_fn(state, step)
-  checkpointer.close()
-  writer.close()
-  eval_writer.close()
-
-  if metrics.is_lead_process():
-    with open(os.path.join(env.workdir, "samples.md"), "w", encoding="utf-8") as f:
-      f.write(f"# {job} samples at step {step} ({config.sample.method} decoding)\n\n")
-      f.write(evaluate.sample_table(task, responses))
-    metrics.plot_curves(metrics.read_jsonl(writer.path), ["train/loss", "train/token_accuracy"],
-                        os.path.join(env.workdir, "loss.png"), title=f"{job} on {task.name}")
-  out = {**(extra or {}), "job": job, "task": task.name, "step": step, "origin": origin,
-         "params": env.model_cfg.num_params(), "seconds": time.time() - t0,
-         "final_train": last, "eval": summary, "data": task.data_report(),
-         "halted": step < config.train.num_steps}
-  common.write_json(os.path.join(env.workdir, "summary.json"), out)
-  logging.info("%s done: %s", job, {k: out[k] for k in ("step", "eval")})
-  return out
+  return supervised.train(env, data, job="sft", t0=t0)

@@ -1,6 +1,6 @@
 """Verifier training on a rollout dataset: ORM or Q (PRM-Q / prover Q^mu).
 
-Loss (PAPER.md section 4): soft-label binary cross-entropy of the value-head logit
+Loss (arXiv 2410.08146, Sec. 4.2, App. D): soft-label binary cross-entropy of the value-head logit
 at every prefix end against Q_hat (or MSE), one causal forward per sequence.
 Balancing: within each batch, prefixes with Q_hat < 0.5 and those with Q_hat >= 0.5
 each carry half of the loss weight (the paper balances its batches between the
@@ -21,19 +21,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pavjax import artifacts
 from pavjax import config_lib
 from pavjax import metrics
 from pavjax import rewards
-from pavjax import rollout_data
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
 from pavjax import verifiers
-from pavjax.jobs import common
-from pavjax.jobs.sft import batch_indices
-
-COLUMNS = {"orm": "last", "q": "all"}
-
+from pavjax import runtime
+from pavjax import trajectories
 
 def balanced_weights(targets: jax.Array, mask: jax.Array) -> jax.Array:
   """Per-prefix weights giving the Q_hat < 0.5 and >= 0.5 groups equal total weight.
@@ -68,49 +65,38 @@ def verifier_train_step(state: training.TrainState, batch, *, model, tx, loss: s
   return new_state, {"train/loss": value, "train/mse": mse, "train/grad_norm": grad_norm}
 
 
-def _examples(data: dict, kind: str) -> dict[str, np.ndarray]:
-  positions, mask = verifiers.prefix_arrays(data, COLUMNS[kind])
-  label = data["outcome"][:, None] if kind == "orm" else data["q_hat"]
+KINDS = ("q", "orm")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every field this job reads, checked before any compute; errors name the field."""
+  config_lib.validate(config, num_devices)
+  v = config.verifier
+  config_lib.check_choice(v.kind, KINDS, "verifier.kind")
+  config_lib.check_choice(v.loss, tuple(sorted(rewards.Q_LOSSES)), "verifier.loss")
+  config_lib.check_set(v.train_data, "verifier.train_data", "needs a rollouts table dir")
+  config_lib.check(v.eval_batch_size > 0, "verifier.eval_batch_size", "must be > 0")
+
+
+def examples(table: trajectories.Trajectories, kind: str) -> dict[str, np.ndarray]:
+  """Training arrays of a verifier kind: tokens, prefix positions, mask, soft targets."""
+  mask = verifiers.training_prefixes(table, kind)
+  positions = table.prefix_ends
+  label = table.outcome[:, None] if kind == "orm" else table["q_hat"]
   targets = np.where(mask, label, 0.0).astype(np.float32)
-  return {"tokens": _trimmed(data["tokens"].astype(np.int32), positions),
-          "positions": positions.astype(np.int32), "mask": mask, "targets": targets}
-
-
-def _trimmed(tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-  """Tokens without the columns after the last prefix read (causal: values unchanged)."""
-  return tokens[:, :tasks.covering_width(int(positions.max(initial=0)), tokens.shape[1])]
-
-
-def predict(model, params, tokens: np.ndarray, positions: np.ndarray, mesh, batch_size: int
-            ) -> np.ndarray:
-  """Predicted Q at every position, batched with fixed shapes (one compile)."""
-  batch_size = shd.round_to_data_parallel(batch_size, mesh)
-  tokens = _trimmed(tokens, positions)
-  out = []
-  for start in range(0, len(tokens), batch_size):
-    t = tokens[start:start + batch_size]
-    p = positions[start:start + batch_size]
-    n = len(t)
-    if n < batch_size:  # pad the last batch to the fixed shape
-      t = np.concatenate([t, np.zeros((batch_size - n, t.shape[1]), t.dtype)])
-      p = np.concatenate([p, -np.ones((batch_size - n, p.shape[1]), p.dtype)])
-    batch = shd.shard_batch({"tokens": t, "positions": p}, mesh)
-    q = verifiers.score(model, params, batch["tokens"], batch["positions"])
-    out.append(np.asarray(shd.to_host(q))[:n])
-  return np.concatenate(out)
+  tokens = table.tokens.astype(np.int32)
+  # Causal: the columns after the last prefix read change no value.
+  tokens = tokens[:, :tasks.covering_width(int(positions.max(initial=0)), tokens.shape[1])]
+  return {"tokens": tokens, "positions": positions.astype(np.int32), "mask": mask,
+          "targets": targets}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the verifier named by `config.verifier.kind` on `config.verifier.train_data`."""
-  env = common.setup(config, workdir)
+  env = runtime.setup(config, workdir)
   vcfg = config.verifier
-  if vcfg.kind not in COLUMNS:
-    raise config_lib.ConfigError("verifier.kind", f"{vcfg.kind!r} is not one of {sorted(COLUMNS)}")
-  if vcfg.loss not in rewards.Q_LOSSES:
-    raise config_lib.ConfigError("verifier.loss", f"{vcfg.loss!r} is not in {sorted(rewards.Q_LOSSES)}")
   t0 = time.time()
-  data = rollout_data.load(vcfg.train_data)
-  train = _examples(data, vcfg.kind)
+  train = examples(trajectories.load(vcfg.train_data), vcfg.kind)
   width = train["tokens"].shape[1]
   if width > config.model.max_len:
     raise config_lib.ConfigError("model.max_len", f"{config.model.max_len} < rollout width {width}")
@@ -118,15 +104,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                int(train["mask"].sum()))
 
   mesh, rules, model = env.mesh, env.rules, env.model
-  trainer = common.make_trainer(env, functools.partial(
+  trainer = runtime.make_trainer(env, functools.partial(
       verifier_train_step, loss=vcfg.loss, balance=vcfg.balance))
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
 
   def batch_fn(step, _):
-    idx = batch_indices(config.seed, step, len(train["tokens"]), config.train.batch_size)
+    idx = training.batch_indices(config.seed, step, len(train["tokens"]), config.train.batch_size)
     return shd.shard_batch({k: v[idx] for k, v in train.items()}, mesh)
 
-  eval_data = rollout_data.load(vcfg.eval_data) if vcfg.eval_data else None
+  eval_data = trajectories.load(vcfg.eval_data) if vcfg.eval_data else None
   # The baseline a verifier must beat: predict the mean training label everywhere.
   prior = float(train["targets"][train["mask"]].mean())
   eval_writer = metrics.MetricWriter(env.workdir, "eval")
@@ -134,24 +120,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def eval_fn(st, step):
     if eval_data is None:
       return {}
-    positions, mask = verifiers.prefix_arrays(eval_data, COLUMNS[vcfg.kind])
-    pred = predict(model, st.params, eval_data["tokens"].astype(np.int32), positions, mesh,
-                   vcfg.eval_batch_size)
+    pred = verifiers.predict_table(model, st.params, eval_data, mesh, vcfg.eval_batch_size)
     if vcfg.kind == "orm":
-      target = eval_data["outcome"]
-      last = pred[np.arange(len(pred)), eval_data["num_steps"]]
+      target = eval_data.outcome
+      last = pred[np.arange(len(pred)), trajectories.num_steps(eval_data)]
       result = {"mse": float(np.mean((last - target) ** 2)),
                 "accuracy": float(np.mean((last >= 0.5) == (target >= 0.5))),
                 "constant/mse": float(np.mean((prior - target) ** 2)),
                 "constant/accuracy": float(np.mean((prior >= 0.5) == (target >= 0.5)))}
     else:
-      result = verifiers.evaluate_predictions(pred, eval_data, positions, mask, prior=prior)
+      result = verifiers.evaluate_predictions(pred, eval_data, prior=prior)
     eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
     return result
 
   writer = metrics.MetricWriter(env.workdir, "metrics")
   with shd.activate(mesh, rules):
-    state, last = common.train_loop(state, trainer.step_fn, batch_fn, train_cfg=config.train,
+    state, last = training.train_loop(state, trainer.step_fn, batch_fn, train_cfg=config.train,
                                     checkpointer=checkpointer, writer=writer, eval_fn=eval_fn,
                                     desc=f"verifier/{vcfg.kind}")
     step = int(jax.device_get(state.step))
@@ -164,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         os.path.join(env.workdir, "loss.png"), title=f"verifier ({vcfg.kind})")
   out = {"job": "train_verifier", "kind": vcfg.kind, "step": step, "origin": origin,
          "train_data": vcfg.train_data, "eval_data": vcfg.eval_data,
-         "budget": (rollout_data.read_manifest(vcfg.train_data) or {}).get("budget", {}),
+         "budget": (trajectories.read_manifest(vcfg.train_data) or {}).get("budget", {}),
          "final_train": last, "eval": result, "seconds": time.time() - t0}
-  common.write_json(os.path.join(env.workdir, "summary.json"), out)
+  artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), out)
   return out

@@ -1,8 +1,9 @@
 """Pure array maths of PAVs: MC targets, BoK provers, advantages, returns, losses, diagnostics.
 
 No model calls and no file I/O. The `jnp` functions (targets, advantages,
-returns, losses, theory, ranking) take arrays and masks and are jit-friendly;
-`balanced_indices` and the `diagnostics` module are host-side numpy.
+returns, losses, ranking, and theory's tabular terms) take arrays and masks and
+are jit-friendly; `balanced_indices`, the `diagnostics` module and theory's
+sibling estimates (`group_mean`, `sibling_terms`) are host-side numpy.
 """
 
 from pavjax.rewards.advantages import effective_reward, q_bonus_reward, step_advantages

@@ -1,4 +1,6 @@
-"""Step advantages under a prover and the effective reward (PAPER.md sections 1 and 2).
+"""Step advantages under a prover and the effective reward.
+
+ArXiv 2410.08146, Sec. 3 and its Theorem 3.1.
 
 Shapes: `B` is the batch of responses, `H` the step axis (padded to a bucket;
 `step_mask` marks real steps). Step `h` (0-based here) is the paper's step
@@ -17,7 +19,7 @@ def step_advantages(q_steps: jax.Array, q_question: jax.Array,
   """Progress of every step under a prover: A_h = q_h - q_{h-1}, with q_0 = Q(question).
 
   The first step's baseline is the prover's value of the question-only prefix
-  (PAPER.md section 1): without it the first step would carry its full value,
+  (arXiv 2410.08146, Sec. 3): without it the first step would carry its full value,
   not its progress, and a PAV-RL policy would be paid for any first step.
 
   Args:
@@ -40,7 +42,7 @@ def step_advantages(q_steps: jax.Array, q_question: jax.Array,
 
 def effective_reward(q_pi: jax.Array, adv_mu: jax.Array, alpha: float | jax.Array,
                      mask: jax.Array | None = None) -> jax.Array:
-  """Effective reward r_h = Q^pi(s_h, a_h) + alpha * A^mu(s_h, a_h) (PAPER.md section 1).
+  """Effective reward r_h = Q^pi(s_h, a_h) + alpha * A^mu(s_h, a_h) (arXiv 2410.08146, Sec. 3).
 
   Used to rank beam candidates (section 5). For RL only the `alpha * A^mu` part is
   a per-step reward; see `token_rewards` (Eq. 5).

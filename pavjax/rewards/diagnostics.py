@@ -6,8 +6,8 @@ are numpy, not jnp. Rank statistics handle ties the way scipy's defaults do
 (average ranks for Spearman, tau-b for Kendall) without depending on scipy.
 
 Why siblings: steps that share a parent prefix share V^mu(parent), so ordering
-them by predicted advantage is exactly what beam search needs (PAPER.md
-section 2); ranking steps across parents mixes in the parents' values.
+them by predicted advantage is exactly what beam search needs (arXiv
+2410.08146, Sec. 3, Fig. 2a); ranking steps across parents mixes in the parents' values.
 """
 
 from __future__ import annotations

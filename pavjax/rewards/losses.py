@@ -1,4 +1,6 @@
-"""Verifier losses against Monte-Carlo targets, and the balanced batch sampler (PAPER.md 4).
+"""Verifier losses against Monte-Carlo targets, and the balanced batch sampler.
+
+ArXiv 2410.08146, Sec. 4.2 and App. D.
 
 The paper trains the Q^pi verifier with soft-label binary cross-entropy against
 Q_hat, on batches balanced between Q_hat < 0.5 and Q_hat >= 0.5 (most seed

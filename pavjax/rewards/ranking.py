@@ -1,4 +1,4 @@
-"""Top-k selection of beam candidates (PAPER.md section 5)."""
+"""Top-k selection of beam candidates (arXiv 2410.08146, Sec. 4, App. C)."""
 
 from __future__ import annotations
 

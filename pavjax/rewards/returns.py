@@ -1,4 +1,4 @@
-"""Per-token REINFORCE returns for PAV-RL, Eq. 5 (PAPER.md section 6).
+"""Per-token REINFORCE returns for PAV-RL, Eq. 5 (arXiv 2410.08146, Sec. 5, App. E).
 
 Eq. 5 weights step h's log-prob gradient by the outcome return *plus step h's
 own* `alpha * A^mu(s_h, a_h)`. It is NOT the usual dense-reward return

@@ -1,4 +1,6 @@
-"""Monte-Carlo value targets and the Best-of-K prover transform (PAPER.md sections 1 and 4).
+"""Monte-Carlo value targets and the Best-of-K prover transform.
+
+ArXiv 2410.08146, Sec. 3; Sec. 4.2, App. D.
 
 `Q_hat` of a prefix is the mean outcome of `n_mc` completions sampled from the
 base policy after it. Counts travel with the estimate so that losses can weight
@@ -99,7 +101,7 @@ def wilson_interval(successes: jax.Array, counts: jax.Array,
 
 
 def bok_q(q: jax.Array, k: int | jax.Array) -> jax.Array:
-  """Q of the Best-of-K prover BoK(pi): 1 - (1 - Q^pi)^K (PAPER.md section 1).
+  """Q of the Best-of-K prover BoK(pi): 1 - (1 - Q^pi)^K (arXiv 2410.08146, Sec. 3).
 
   BoK(pi) samples K continuations from pi and keeps a correct one if any, so it
   fails only if all K fail. One model of Q^pi therefore gives A^{BoK} by

@@ -1,4 +1,4 @@
-"""Step-level beam search ranked by a verifier (PAPER.md section 5).
+"""Step-level beam search ranked by a verifier (arXiv 2410.08146, Sec. 4, App. C).
 
 A beam of N prefixes per problem; each samples C next steps (sampling stops at a
 step-end token or EOS); candidates are scored by a named score and the top N

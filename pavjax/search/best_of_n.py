@@ -1,4 +1,6 @@
-"""Best-of-N re-ranking, majority votes and Pass@N over sampled responses (PAPER.md section 5).
+"""Best-of-N re-ranking, majority votes and Pass@N over sampled responses.
+
+ArXiv 2410.08146, Sec. 4, App. C.
 
 One pool of M responses per problem serves every N <= M: for N < M the accuracy
 is the mean over `num_subsets` random size-N subsets of the pool (drawn without
@@ -112,7 +114,7 @@ def subsets(num_problems: int, pool_size: int, n: int, num_subsets: int, seed: i
   return np.argsort(keys, axis=-1)[..., :n]
 
 
-def evaluate(pool: Pool, ns: Sequence[int], *, num_subsets: int = 32, seed: int = 0,
+def accuracy_curves(pool: Pool, ns: Sequence[int], *, num_subsets: int = 32, seed: int = 0,
              methods: Sequence[str] | None = None) -> dict[str, list[dict]]:
   """Accuracy and compute of every method at every N (one row per N).
 

@@ -1,6 +1,6 @@
 """Compute accounting for search: FLOPs from token counters, and compute-efficiency ratios.
 
-Convention (PAPER.md section 5 leaves the unit open): a forward pass over one
+Convention (arXiv 2410.08146, Sec. 4, App. C leaves the unit open): a forward pass over one
 token costs 2 x params FLOPs, for the policy (prefill and generated tokens), for
 the verifier (every token it scores, `verifier_tokens`) and for a prover verifier
 (every token it scores, `prover_tokens`: PAV with a separate prover policy's Q^mu

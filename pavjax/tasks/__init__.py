@@ -16,7 +16,7 @@ from pavjax.tasks.base import (Outcome, Problem, SFTArrays, Task, covering_width
 
 # name -> module path
 TASKS = {
-    "toy": "pavjax.testing",
+    "toy": "pavjax.tasks.toy",
     "planted": "pavjax.tasks.planted",
     "arith": "pavjax.tasks.arith",
     "jsonl_math": "pavjax.tasks.jsonl_math",
@@ -38,8 +38,12 @@ def default_task_config(name: str) -> ml_collections.ConfigDict:
 
 
 def make_task(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Task:
-  """Builds the task named by `task_cfg.name`; `workdir` caches tokenizers and data."""
-  return _module(task_cfg.name).make(task_cfg, workdir)
+  """Builds the task named by `task_cfg.name`.
+
+  Tokenizers and prepared data are cached in `task_cfg.cache_dir` when the task has
+  that field and it is set (a pipeline shares one across its stages), else in `workdir`.
+  """
+  return _module(task_cfg.name).make(task_cfg, task_cfg.get("cache_dir") or workdir)
 
 
 __all__ = ["Outcome", "Problem", "SFTArrays", "Task", "TASKS", "default_task_config",

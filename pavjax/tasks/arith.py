@@ -53,9 +53,11 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
+from pavjax import artifacts
 from pavjax.tasks import answers
 from pavjax.tasks import base
 from pavjax.tasks import tokenizer as tokenizer_lib
+from pavjax.tasks.text import TextTask
 
 _OPS = "+-*"
 _LETTERS = string.ascii_lowercase
@@ -103,6 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.sp_vocab_size = 128  # sentencepiece target vocab (soft limit; tiny corpora give fewer)
   cfg.max_prompt_len = 0  # prompt budget in tokens (BOS and newline included); 0 = longest prompt
   cfg.max_response_len = 0  # response budget in tokens, EOS included; 0 = auto (see ArithTask)
+  cfg.cache_dir = ""  # where the tokenizer is cached ('' = the job's workdir; the pipeline shares one)
   return cfg
 
 
@@ -242,13 +245,13 @@ def _temp_workdir() -> str:
 def tokenizer_path(cfg: ml_collections.ConfigDict, workdir: str | None) -> str:
   """Where the sentencepiece model for `cfg` is cached."""
   fields = {k: v for k, v in cfg.to_dict().items()
-            if k not in ("name", "tokenizer", "max_prompt_len", "max_response_len")}
+            if k not in ("name", "tokenizer", "max_prompt_len", "max_response_len", "cache_dir")}
   fields["_version"] = _TOKENIZER_VERSION
   root = workdir if workdir is not None else _temp_workdir()
-  return f"{root}/tokenizer/arith_{tokenizer_lib.config_hash(fields)}.model"
+  return f"{root}/tokenizer/arith_{artifacts.content_hash(fields, length=12)}.model"
 
 
-class ArithTask(tokenizer_lib.TextTask):
+class ArithTask(TextTask):
   """Multi-step arithmetic in text (see module docstring)."""
 
   name = "arith"

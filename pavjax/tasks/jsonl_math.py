@@ -50,6 +50,7 @@ from pavjax.tasks import answers
 from pavjax.tasks import base
 from pavjax.tasks import jsonl_reader
 from pavjax.tasks import tokenizer as tokenizer_lib
+from pavjax.tasks.text import TextTask
 
 # Reasons a validated record is dropped once tokenized (lenient mode).
 PROMPT_TOO_MANY_TOKENS = "prompt_too_many_tokens"
@@ -62,7 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
   """The jsonl_math task's knobs (every field commented)."""
   cfg = ml_collections.ConfigDict()
   cfg.manual_dir = ""  # directory with train.jsonl, test.jsonl (+ optional validation.jsonl)
-  cfg.data_dir = ""  # tfds data_dir for the prepared ArrayRecord files; '' = <workdir>/tfds
+  cfg.data_dir = ""  # tfds data_dir for the prepared ArrayRecord files; '' = <cache_dir>/tfds
+  cfg.cache_dir = ""  # where prepared data is cached ('' = the job's workdir; the pipeline shares one)
   cfg.format = "auto"  # record style: 'auto' (per record), 'gsm8k' or 'math'
   cfg.strict = True  # True: a bad line raises ValueError; False: skip it and count it
   cfg.max_prompt_chars = 4000  # records whose question is longer (characters) are bad lines
@@ -145,7 +147,7 @@ def load_tokenizer(path: str) -> tokenizer_lib.SentencePieceTokenizer:
 # ----------------------------------------------------------------------------
 
 
-class JsonlMathTask(tokenizer_lib.TextTask):
+class JsonlMathTask(TextTask):
   """User-provided GSM8K / MATH style problems (see the module docstring)."""
 
   name = "jsonl_math"

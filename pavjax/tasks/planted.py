@@ -180,13 +180,67 @@ class ProceduralProver:
   def _solve(self) -> np.ndarray:
     """Backward DP for W[k, r] over (matched length, remaining length)."""
     m, v = len(self.planted), self.vocab_size
-    win = np.zeros((m, self.length + 1))
+    return self.markov_values(np.broadcast_to(self.policy[:, None], (m, self.length, v)))[1]
+
+  # -- the (k, r) MDP ------------------------------------------------------------------------------
+  # A policy that sees a prefix only through its policy state k and the tokens left r
+  # is Markov on the finite MDP with live states (k, r), 0 <= k < len(y*), 1 <= r <=
+  # length. From (k, r), EOS ends the episode with reward 0, a token that completes y*
+  # ends it with reward 1 (nothing after success changes the reward), any other token
+  # moves to (next_state[k, a], r - 1), and r - 1 = 0 ends it with reward 0. mu_gamma
+  # is such a policy (`markov_policy`), and so is every tabular policy on this grid.
+
+  def markov_policy(self) -> np.ndarray:
+    """mu_gamma on the (k, r) grid: [m, length, vocab_size], the same row for every r."""
+    return np.repeat(np.asarray(self.policy, np.float64)[:, None], self.length, axis=1)
+
+  def markov_values(self, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Q and success probability of a policy that is Markov in (k, r).
+
+    The DP of `win` (this prover's value), for any policy on this automaton and
+    horizon: backward over r, Q(k, r, a) = 1 on a hit, 0 on EOS, else W(k', r - 1).
+
+    Args:
+      policy: [m, length, vocab_size]; `policy[k, r - 1]` is the action
+        distribution in state k with r tokens left (see `markov_policy`).
+
+    Returns:
+      (q, win): q [m, length, vocab_size] with `q[k, r - 1, a]` = Q(k, r, a), and
+      win [m, length + 1] with `win[k, r]` the success probability from (k, r)
+      (`win[:, 0] = 0`: no token left). `win[0, length]` is the root's value.
+    """
+    m, v = len(self.planted), self.vocab_size
+    if np.shape(policy) != (m, self.length, v):
+      raise ValueError(f"a (k, r) policy has shape {(m, self.length, v)}, got {np.shape(policy)}")
     hit, nxt = self.hit[:, :v], self.next_state[:, :v]
     not_eos = np.arange(v) != self.eos
+    win = np.zeros((m, self.length + 1))
+    q = np.zeros((m, self.length, v))
     for r in range(1, self.length + 1):
       cont = np.where(hit, 1.0, win[nxt, r - 1]) * not_eos  # [m, v]
-      win[:, r] = (self.policy * cont).sum(-1)
-    return win
+      q[:, r - 1] = cont
+      win[:, r] = (policy[:, r - 1] * cont).sum(-1)
+    return q, win
+
+  def markov_occupancy(self, policy: np.ndarray) -> np.ndarray:
+    """Expected visits d(k, r) = sum_h Pr(s_h = (k, r)) of the live states, [m, length].
+
+    Forward over r from the root (0, length) with a (k, r) policy (shape as in
+    `markov_values`); only moves that neither hit y* nor emit EOS stay live, and
+    r = 1 is the last decision. `d[k, r - 1]` is the visits to (k, r); the total is
+    the expected number of live decisions in an episode.
+    """
+    m, v = len(self.planted), self.vocab_size
+    if np.shape(policy) != (m, self.length, v):
+      raise ValueError(f"a (k, r) policy has shape {(m, self.length, v)}, got {np.shape(policy)}")
+    nxt = self.next_state[:, :v]
+    moves = ~self.hit[:, :v] & (np.arange(v) != self.eos)[None, :]
+    occ = np.zeros((m, self.length + 1))
+    occ[0, self.length] = 1.0
+    for r in range(self.length, 1, -1):  # r = 1: every action ends the episode
+      flow = occ[:, r, None] * policy[:, r - 1] * moves  # [m, v]
+      np.add.at(occ[:, r - 1], nxt.reshape(-1), flow.reshape(-1))
+    return occ[:, 1:]
 
   # -- prefix bookkeeping ----------------------------------------------------------------------
 
@@ -208,6 +262,17 @@ class ProceduralProver:
       k = int(self.next_state[k, col])
     n = len(prefix)
     return k, won, n >= self.length, n
+
+  def live_state(self, prefix: Sequence[int]) -> tuple[int, int] | None:
+    """(k, r) of a raw-token prefix on the (k, r) grid, or None once it succeeded or ended.
+
+    k is the policy state and r the tokens left (see `markov_values`); the empty
+    prefix is the root (0, length).
+    """
+    k, won, done, used = self._scan(prefix)
+    if won or done:
+      return None
+    return k, self.length - used
 
   def state(self, prefix: Sequence[int]) -> int:
     """The policy state k (matched length of y*, < len(y*)) after a token string.

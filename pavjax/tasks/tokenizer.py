@@ -1,4 +1,4 @@
-"""Small text tokenizers for the text tasks (sentencepiece, char-level) and their Task base.
+"""Small text tokenizers for the text tasks (sentencepiece, char-level).
 
 Id layout. Id 0 is always padding. A sentencepiece model's ids are used shifted
 by `offset`: 0 when the model's pad id is 0, else 1 (every piece moves up by one
@@ -26,13 +26,11 @@ the model are dropped).
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
-from pavjax.tasks import base
+from pavjax import artifacts
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, NL_ID = 0, 1, 2, 3, 4
 NL_PIECE = "<nl>"
@@ -268,17 +266,11 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int, *, model_type: st
   return writer.getvalue()
 
 
-def config_hash(fields: Mapping[str, Any], length: int = 12) -> str:
-  """Short stable hash of a JSON-able mapping (cache keys for tokenizer files)."""
-  blob = json.dumps(dict(fields), sort_keys=True, default=str).encode()
-  return hashlib.sha256(blob).hexdigest()[:length]
-
-
 def load_or_train_sentencepiece(path: str, lines_fn, vocab_size: int, **train_kwargs
                                 ) -> tuple[SentencePieceTokenizer, bool]:
   """Loads the model at `path`, or trains one from `lines_fn()` and writes it there.
 
-  The write is atomic (temp file + rename), so concurrent builders of the same
+  The write is atomic (`artifacts.write_bytes`), so concurrent builders of the same
   model never see a partial file.
 
   Args:
@@ -295,57 +287,5 @@ def load_or_train_sentencepiece(path: str, lines_fn, vocab_size: int, **train_kw
     with open(path, "rb") as f:
       return SentencePieceTokenizer.with_reserved_ids(f.read()), True
   proto = train_sentencepiece(lines_fn(), vocab_size, **train_kwargs)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(proto)
-  os.replace(tmp, path)
+  artifacts.write_bytes(path, proto)
   return SentencePieceTokenizer.with_reserved_ids(proto), False
-
-
-class TextTask(base.Task):
-  """A task whose ids come from a `Tokenizer`; its newline id ends a step.
-
-  Prompts are `[BOS] prompt NL` (BOS only when the tokenizer has one), reference
-  solutions `step1 NL step2 NL .. stepK EOS`. Subclasses set `tokenizer`,
-  `_splits` (split name -> problems), `_max_prompt_len` and `_max_response_len`.
-  """
-
-  tokenizer: Tokenizer
-  _splits: Mapping[str, Sequence[base.Problem]]
-  _max_prompt_len: int
-  _max_response_len: int
-
-  @property
-  def vocab_size(self) -> int:
-    return self.tokenizer.vocab_size
-
-  @property
-  def eos_id(self) -> int:
-    return self.tokenizer.eos_id
-
-  @property
-  def step_end_ids(self) -> tuple[int, ...]:
-    return (self.tokenizer.nl_id,)
-
-  @property
-  def max_prompt_len(self) -> int:
-    return self._max_prompt_len
-
-  @property
-  def max_response_len(self) -> int:
-    return self._max_response_len
-
-  def split(self, name: str) -> Sequence[base.Problem]:
-    if name not in self._splits:
-      raise ValueError(f"unknown split {name!r}; known: {base.SPLITS}")
-    return self._splits[name]
-
-  def encode_prompt(self, problem: base.Problem) -> list[int]:
-    """`[BOS] prompt NL`."""
-    bos = [] if self.tokenizer.bos_id is None else [self.tokenizer.bos_id]
-    return bos + self.tokenizer.encode(str(problem.prompt)) + [self.tokenizer.nl_id]
-
-  def encode_solution(self, problem: base.Problem) -> list[int]:
-    """`step1 NL step2 NL .. stepK EOS`."""
-    return self.tokenizer.encode("\n".join(problem.steps)) + [self.tokenizer.eos_id]

@@ -33,7 +33,7 @@ import pytest
 from pavjax import checkpoint as ckpt_lib
 from pavjax import sharding as shd
 from pavjax import training
-from pavjax.jobs import common
+from pavjax import runtime
 from tests.distributed import worker
 
 pytestmark = pytest.mark.multiprocess
@@ -178,7 +178,7 @@ def test_checkpoint_written_by_two_processes_restores_in_one(runs):
   _, reference, base = runs
   devices = jax.devices()[:NUM_PROCESSES]
   config = worker.make_config()
-  env = common.setup(config, os.path.join(base, "restore"))
+  env = runtime.setup(config, os.path.join(base, "restore"))
   mesh = shd.make_mesh(dict(config.mesh), devices)
   tx = training.make_optimizer(config.optim, config.train.num_steps)
   spec = training.train_state_spec(env.model, tx, config.seed,

@@ -8,7 +8,7 @@ Started from the repository root, once per process, with faked CPU devices:
 
 Each process joins the cluster, builds the same global mesh over every process's
 devices and runs `compute`: two verifier train steps (pavjax's own
-`jobs.train_verifier.verifier_train_step` behind `jobs.common.make_trainer`, whose
+`jobs.train_verifier.verifier_train_step` behind `runtime.make_trainer`, whose
 checkpointer then writes one checkpoint from all processes together), one
 `Sampler.generate` call with the prompts split over the batch axes, and
 `StepBeamSearch.run`. What it saw goes to DIR/process_I.npz (arrays, gathered
@@ -91,21 +91,21 @@ def compute(workdir: str, tensor: int = 1) -> tuple[dict, dict]:
 
   from pavjax import sharding as shd  # pylint: disable=g-import-not-at-top
   from pavjax import verifiers  # pylint: disable=g-import-not-at-top
-  from pavjax.jobs import common  # pylint: disable=g-import-not-at-top
+  from pavjax import runtime  # pylint: disable=g-import-not-at-top
   from pavjax.jobs import train_verifier  # pylint: disable=g-import-not-at-top
   from pavjax.sampling import Sampler, Temperature, TransformerLM  # pylint: disable=g-import-not-at-top
   from pavjax.sampling.sampler import left_pad  # pylint: disable=g-import-not-at-top
   from pavjax.search import StepBeamSearch  # pylint: disable=g-import-not-at-top
 
   config = make_config(tensor)
-  env = common.setup(config, workdir)
+  env = runtime.setup(config, workdir)
   mesh, rules, model, task = env.mesh, env.rules, env.model, env.task
   arrays, summary = {}, {"process_count": jax.process_count(),
                          "device_count": jax.device_count(), "mesh": dict(mesh.shape)}
   timing, t0 = {}, time.time()
 
   # (a) verifier train steps, then one checkpoint written by every process.
-  trainer = common.make_trainer(env, functools.partial(
+  trainer = runtime.make_trainer(env, functools.partial(
       train_verifier.verifier_train_step, loss="bce", balance=True))
   state = trainer.state
   summary["origin"] = trainer.origin

@@ -88,3 +88,75 @@ def test_the_command_line_runs_a_stage(tmp_path):
   with open(tmp_path / "pipeline.json") as f:
     assert json.load(f)["stages"] == {"sft": "ran"}
   assert (tmp_path / "sft" / "checkpoints").is_dir()
+
+
+# One bad field per stage, each a field only that stage's job reads, and the
+# words its error must carry (the dotted field and what is allowed).
+BAD_STAGE_FIELDS = [
+    ("sft", "train.nonfinite", "explode", r"stages\.sft\.train\.nonfinite: 'explode'"),
+    ("rft", "rft.num_samples", 0, r"stages\.rft\.rft\.num_samples: 0 must be > 0"),
+    ("rollouts_train", "prover.kind", "oracle",
+     r"stages\.rollouts_train\.prover\.kind: 'oracle' is not one of \('policy', 'checkpoint'"),
+    ("rollouts_validation", "rollouts.split", "dev",
+     r"stages\.rollouts_validation\.rollouts\.split: 'dev' is not one of"),
+    ("verifier_q", "verifier.loss", "hinge", r"stages\.verifier_q\.verifier\.loss: 'hinge' is not "
+     r"one of \('bce', 'mse'\)"),
+    ("verifier_orm", "verifier.kind", "prm", r"stages\.verifier_orm\.verifier\.kind: 'prm' is not "
+     r"one of \('q', 'orm'\)"),
+    ("search", "search.beam_methods", "q_beam,foo_beam",
+     r"stages\.search\.search\.beam_methods: 'foo_beam' is not one of"),
+    ("rl_pav", "rl.reward", "pavv",
+     r"stages\.rl_pav\.rl\.reward: 'pavv' is not one of \('outcome', 'pav', 'q_bonus'\)"),
+    ("rl_outcome", "rl.alpha", float("nan"), r"stages\.rl_outcome\.rl\.alpha: nan is not a finite"),
+]
+
+
+@pytest.mark.parametrize("stage,field,value,message", BAD_STAGE_FIELDS,
+                         ids=[s for s, *_ in BAD_STAGE_FIELDS])
+def test_a_bad_field_of_any_stage_fails_before_any_stage_runs(tmp_path, stage, field, value,
+                                                             message):
+  config = _config()
+  section, leaf = field.rsplit(".", 1)
+  node = config.stages[stage]
+  for part in section.split("."):
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    run_job(config, str(tmp_path))
+  # Nothing ran or was written: no config record, stage directory or tokenizer.
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_bad_stage_field_on_the_command_line_fails_in_seconds(tmp_path):
+  """The issue's example: an RL typo is reported before SFT starts, naming the stage."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  args = [sys.executable, "-m", "pavjax.main", "--config=configs/pipeline.py:task=toy,size=tiny",
+          f"--workdir={tmp_path}", "--config.stages.rl_pav.rl.reward=pavv"]
+  proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert ("pavjax: bad config: config.stages.rl_pav.rl.reward: 'pavv' is not one of "
+          "('outcome', 'pav', 'q_bonus')") in proc.stderr
+  assert not (tmp_path / "sft").exists()
+
+
+def test_every_stage_shares_one_task_cache_and_the_tokenizer_is_made_once(tmp_path):
+  from pavjax import tasks  # pylint: disable=g-import-not-at-top
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = config_lib.sibling_config("configs/x.py", "pipeline").get_config("size=tiny")
+  config.stages.sft.task.num_train = 200  # a small corpus: the tokenizer trains in a second
+  for cfg in config.stages.values():
+    cfg.task = config.stages.sft.task
+  resolved = pipeline.resolve(config, str(tmp_path))
+  cache = str(tmp_path / "task")
+  assert {cfg.task.cache_dir for cfg, _ in resolved.values()} == {cache}
+  pipeline.check_task_lengths(resolved, num_devices=8)
+  made = sorted(p.name for p in (tmp_path / "task" / "tokenizer").iterdir())
+  assert len(made) == 1 and made[0].endswith(".model"), made
+  stamp = (tmp_path / "task" / "tokenizer" / made[0]).stat().st_mtime_ns
+  # A stage builds its task from the shared cache: loaded, not trained again.
+  sft_cfg = resolved["sft"][0]
+  task = tasks.make_task(sft_cfg.task, str(tmp_path / "sft"))
+  assert task.tokenizer_cached and task.tokenizer_path.startswith(cache)
+  assert (tmp_path / "task" / "tokenizer" / made[0]).stat().st_mtime_ns == stamp
+  assert not (tmp_path / "sft").exists()

@@ -13,11 +13,11 @@ from pavjax import metrics
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
+from pavjax import trajectories
 from pavjax.jobs import rl
 from pavjax.main import run_job
 from pavjax.testing import restore_state
 from pavjax.models import Transformer, TransformerConfig
-from pavjax.rl import batch as batch_lib
 
 sys.path.insert(0, ".")
 from configs import rl as rl_config  # noqa: E402
@@ -91,11 +91,14 @@ def _one_rl_step(mesh_cfg, devices):
   prompts = [task.encode_prompt(p) for p in problems for _ in range(2)]
   rng = np.random.default_rng(0)
   responses = [list(rng.integers(3, 15, 6)) + [task.eos_id] for _ in range(8)]
-  ro = batch_lib.assemble(task, prompts, responses, [p for p in problems for _ in range(2)],
-                          width=16, max_steps=8, mask_truncated=False)
-  returns = ro.outcome[:, None] + 0.1 * (ro.step_ids >= 0) * (ro.step_ids % 2)
+  ro = trajectories.from_responses(task, prompts, responses,
+                                   [p for p in problems for _ in range(2)],
+                                   [i for i in range(4) for _ in range(2)], max_steps=8, width=16)
+  step_ids = trajectories.token_step_ids(ro)
+  returns = ro.outcome[:, None] + 0.1 * (step_ids >= 0) * (step_ids % 2)
   batch = shd.shard_batch({
-      "tokens": ro.tokens, "mask": ro.loss_mask, "returns": returns.astype(np.float32),
+      "tokens": ro.tokens, "mask": trajectories.loss_mask(ro, mask_unfinished=False),
+      "returns": returns.astype(np.float32),
       "outcome": ro.outcome[:, None], "dense": np.zeros((8, 1), np.float32),
       "ref_logp": np.full(ro.tokens.shape, -2.0, np.float32)}, mesh)
   step = jax.jit(functools.partial(

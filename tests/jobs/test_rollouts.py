@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from pavjax import rollout_data
 from pavjax import tasks
+from pavjax import trajectories
 from pavjax.main import run_job
 
 sys.path.insert(0, ".")
@@ -45,12 +45,13 @@ def _toy_rollouts(checkpoint, **overrides):
 def test_mc_rollouts_and_exact_resume(tmp_path, toy_policy):
   straight = run_job(_toy_rollouts(toy_policy), str(tmp_path / "a"))
   assert straight["complete"] and straight["shards_done"] == [0, 1]
-  data = rollout_data.load(str(tmp_path / "a" / "rollouts" / "train"))
+  data = trajectories.load(str(tmp_path / "a" / "rollouts" / "train"))
   n = len(data["outcome"])
   assert n == 16  # 8 problems x n_cov 2
-  _, mask = rollout_data.prefix_positions(data)
+  mask = trajectories.prefix_mask(data)
+  num_steps = trajectories.num_steps(data)
   for i in range(n):
-    steps = data["num_steps"][i]
+    steps = num_steps[i]
     assert mask[i, :steps + 1].all() and not mask[i, steps + 1:].any()
     # Non-terminal prefixes have n_mc completions; the terminal one is the outcome.
     assert (data["mc_count"][i, :steps] == 3).all() and data["mc_count"][i, steps] == 0
@@ -73,8 +74,9 @@ def test_mc_rollouts_and_exact_resume(tmp_path, toy_policy):
   assert first["shards_done"] == [0] and not first["complete"]
   second = run_job(_toy_rollouts(toy_policy), str(tmp_path / "b"))
   assert second["complete"] and second["budget"] == budget
-  resumed = rollout_data.load(str(tmp_path / "b" / "rollouts" / "train"))
-  for key in rollout_data.FIELDS:
+  resumed = trajectories.load(str(tmp_path / "b" / "rollouts" / "train"))
+  assert sorted(resumed.columns) == sorted(data.columns)
+  for key in trajectories.CORE + tuple(sorted(data.columns)):
     np.testing.assert_array_equal(resumed[key], data[key], err_msg=key)
   # A complete dataset is not recomputed; a changed config is refused.
   again = run_job(_toy_rollouts(toy_policy), str(tmp_path / "b"))
@@ -91,12 +93,13 @@ def test_planted_procedural_rollouts_hold_exact_q(tmp_path):
   config.rollouts.problems_per_shard = 3
   out = run_job(config, str(tmp_path))
   assert out["complete"]
-  data = rollout_data.load(str(tmp_path / "rollouts" / "train"))
+  data = trajectories.load(str(tmp_path / "rollouts" / "train"))
   task = tasks.make_task(config.task)
   prover = task.prover(config.prover.gamma)
+  num_steps = trajectories.num_steps(data)
   for i in range(len(data["outcome"])):
     start, end = data["prompt_len"][i], data["length"][i]
     raw = task.from_ids(data["tokens"][i, start:end])
     exact = prover.prefix_values(raw)
-    steps = data["num_steps"][i]
+    steps = num_steps[i]
     np.testing.assert_allclose(data["q_hat"][i, :steps + 1], exact[:steps + 1], atol=1e-6)

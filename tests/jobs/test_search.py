@@ -3,12 +3,17 @@
 Then once more with a prover verifier (the Q^pi checkpoint standing in for Q^mu).
 """
 
+import hashlib
+import json
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from pavjax import artifacts
 from pavjax import config_lib
+from pavjax import trajectories
 from pavjax.jobs import search as search_job
 from pavjax.main import run_job
 
@@ -42,9 +47,12 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_poli
 
   # Best-of-N counters from the pool by hand: N x mean response length, prompt once,
   # and the verifier reads prompt + response of each of the N samples.
-  with np.load(tmp_path / "pool.npz", allow_pickle=False) as z:
-    gen, prompt = z["policy_tokens"], z["prompt_tokens"]
-    correct = z["correct"]
+  table = trajectories.load(str(tmp_path / "pool"))
+  assert len(table) == 6 * 4  # P problems x M = max(ns) samples, problem-major
+  np.testing.assert_array_equal(table.problem, np.repeat(np.arange(6), 4))
+  pool = search_job.pool_arrays(table, 6)
+  gen, prompt = pool["policy_tokens"], pool["prompt_tokens"]
+  correct = pool["correct"]
   full = {r["n"]: r for r in curves["bon:orm"]}[4]
   assert full["policy_tokens"] == pytest.approx(gen.sum(1).mean())
   assert full["verifier_tokens"] == pytest.approx((gen + prompt[:, None]).sum(1).mean())
@@ -84,13 +92,16 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_poli
   assert len((tmp_path / "rows.jsonl").read_text().splitlines()) > len(lines)
 
   # PAV with a prover verifier: new rows (the row hash changes), the same pool.
-  pool_bytes = (tmp_path / "pool.npz").read_bytes()
+  pool_shard = trajectories.shard_path(str(tmp_path / "pool"), 0)
+  pool_bytes = open(pool_shard, "rb").read()
+  manifest_bytes = (tmp_path / "pool" / trajectories.MANIFEST).read_bytes()
   before = len((tmp_path / "rows.jsonl").read_text().splitlines())
   prover = _config(toy_policy)
   prover.search.beam_ns = "2"
   prover.search.prover, prover.verifiers.prover = "verifier", toy_policy
   res = run_job(prover, str(tmp_path))
-  assert (tmp_path / "pool.npz").read_bytes() == pool_bytes  # reused, not resampled
+  assert open(pool_shard, "rb").read() == pool_bytes  # reused, not resampled
+  assert (tmp_path / "pool" / trajectories.MANIFEST).read_bytes() == manifest_bytes
   rows = (tmp_path / "rows.jsonl").read_text().splitlines()[before:]
   # 3 N x 8 best-of-N methods, 3 beams at N=2, the alpha sweep; no K sweep for a verifier.
   assert len(rows) == 3 * 8 + 3 + 2
@@ -100,9 +111,10 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_poli
   assert res["sweeps"]["bok_k"] == []
   assert "a separate prover policy's Q^mu verifier" in (tmp_path / "results.md").read_text()
   # The prover scored the pool once; it is the Q^pi checkpoint, so it agrees with Q^pi.
-  with np.load(tmp_path / "pool_prover.npz", allow_pickle=False) as z, \
-       np.load(tmp_path / "pool.npz", allow_pickle=False) as zp:
-    np.testing.assert_array_equal(z["q_mu"], zp["q_pi"])
+  with np.load(tmp_path / "pool_prover.npz", allow_pickle=False) as z:
+    q_mu = z["q_mu"]
+  q_pi = search_job.pool_arrays(trajectories.load(str(tmp_path / "pool")), 6)["q_pi"]
+  np.testing.assert_array_equal(q_mu, q_pi)
   new = res["curves"]
   # Methods without a prover are unchanged (same pool, same keys); PAV's read twice.
   for method in ("bon:orm", "bon:prm_min", "q_beam"):
@@ -125,11 +137,12 @@ def test_prover_fields_are_validated_and_hashed(tmp_path, toy_policy):
   config = _config(toy_policy)
   config.search.prover = "oracle"
   with pytest.raises(config_lib.ConfigError, match=r"config\.search\.prover: 'oracle'"):
-    search_job.check_config(config)
+    search_job.validate(config, jax.device_count())
   config = _config(toy_policy)
   config.search.prover = "verifier"  # and verifiers.prover left empty
-  with pytest.raises(config_lib.ConfigError, match=r"config\.verifiers\.prover: needs"):
-    search_job.check_config(config)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.verifiers\.prover: is empty; needs the checkpoints dir"):
+    search_job.validate(config, jax.device_count())
   # run_job checks before it writes anything into the workdir.
   with pytest.raises(config_lib.ConfigError, match=r"verifiers\.prover"):
     run_job(config, str(tmp_path / "bad"))
@@ -158,14 +171,19 @@ def test_prover_fields_are_validated_and_hashed(tmp_path, toy_policy):
 
 def _legacy_hashes(config):
   """result_hashes as written before the prover fields existed."""
-  from pavjax import rollout_data  # pylint: disable=g-import-not-at-top
+
+  def config_hash(obj):  # the hash those rows were written with
+    want = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert artifacts.content_hash(obj) == want
+    return want
+
   d = config.to_dict()
   s = d["search"]
   rows = {**d, "search": {k: v for k, v in s.items() if k not in search_job.SELECTION_FIELDS}}
   pool = {k: d[k] for k in ("policy", "verifiers", "task", "model", "seed", "sample")}
   pool.update(split=s["split"], num_problems=s["num_problems"], max_steps=s["max_steps"],
-              pool_size=max(search_job.parse_list(s["ns"], "search.ns")))
-  return rollout_data.config_hash(rows), rollout_data.config_hash(pool)
+              pool_size=max(config_lib.parse_list(s["ns"], "search.ns")))
+  return config_hash(rows), config_hash(pool)
 
 
 def test_bad_lists_and_methods_name_the_field(tmp_path, toy_policy):

@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from pavjax import metrics
-from pavjax.jobs import common
+from pavjax import training
 
 
 class _Bar:
@@ -54,7 +54,7 @@ def test_bar_counts_every_step_once_and_logs_means(tmp_path, monkeypatch, start,
                                        nonfinite="stop", max_skips=10, eval_every=0))
   writer = metrics.MetricWriter(str(tmp_path), "metrics")
   ckpt = _Checkpointer()
-  state, last = common.train_loop(
+  state, last = training.train_loop(
       types.SimpleNamespace(step=jnp.int32(start)), _step, lambda step, _: {"x": float(step)},
       train_cfg=cfg, checkpointer=ckpt, writer=writer)
   writer.close()

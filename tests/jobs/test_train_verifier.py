@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax import rollout_data
+from pavjax import trajectories
 from pavjax.jobs.train_verifier import balanced_weights
 from pavjax.main import run_job
 
@@ -59,12 +59,12 @@ def _train_verifier(rollouts, kind, steps, workdir):
 def test_q_verifier_learns_exact_planted_values(tmp_path, planted_rollouts):
   out = _train_verifier(planted_rollouts, "q", 1000, str(tmp_path))
   ev = out["eval"]
-  held_out = rollout_data.load(planted_rollouts + "/validation")
-  _, mask = rollout_data.prefix_positions(held_out)
+  held_out = trajectories.load(planted_rollouts + "/validation")
+  mask = trajectories.prefix_mask(held_out)
   constant_mse = float(np.var(held_out["q_hat"][mask]))
   # The reported baseline: the mean training label, scored on the held-out prefixes.
-  train = rollout_data.load(planted_rollouts + "/train")
-  prior = train["q_hat"][rollout_data.prefix_positions(train)[1]].mean()
+  train = trajectories.load(planted_rollouts + "/train")
+  prior = train["q_hat"][trajectories.prefix_mask(train)].mean()
   assert ev["constant/mse"] == pytest.approx(np.mean((prior - held_out["q_hat"][mask]) ** 2))
   assert ev["constant/mse"] >= constant_mse - 1e-9  # no constant beats the held-out mean
   # Stated error against the DP oracle on held-out prefixes: RMSE below 0.02 (the
@@ -78,11 +78,11 @@ def test_q_verifier_learns_exact_planted_values(tmp_path, planted_rollouts):
 
 def test_orm_predicts_outcomes(tmp_path, planted_rollouts):
   out = _train_verifier(planted_rollouts, "orm", 200, str(tmp_path))
-  held_out = rollout_data.load(planted_rollouts + "/validation")
+  held_out = trajectories.load(planted_rollouts + "/validation")
   majority = max(np.mean(held_out["outcome"]), 1 - np.mean(held_out["outcome"]))
   # The outcome is a function of the sequence: the ORM must beat the majority guess.
   assert out["eval"]["accuracy"] > majority, (out["eval"], majority)
-  prior = rollout_data.load(planted_rollouts + "/train")["outcome"].mean()
+  prior = trajectories.load(planted_rollouts + "/train")["outcome"].mean()
   held = held_out["outcome"]
   assert out["eval"]["constant/mse"] == pytest.approx(np.mean((prior - held) ** 2))
   assert out["eval"]["constant/accuracy"] == pytest.approx(np.mean((prior >= 0.5) == (held >= 0.5)))

@@ -195,15 +195,14 @@ def test_made_beam_prefixes_must_fit_its_positions():
   from configs import search as search_config  # pylint: disable=g-import-not-at-top
   from pavjax.jobs import search as search_job  # pylint: disable=g-import-not-at-top
   config = search_config.get_config("task=planted,size=made")
-  search_job.check_config(config, prompt_len=1)  # 1 + 10 x 1 tokens of 16 positions
+  search_job.check_made_fits(config, prompt_len=1)  # 1 + 10 x 1 tokens of 16 positions
   config.search.max_steps = 16
-  search_job.check_config(config)  # the prompt length unknown: not checked
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.search\.max_steps: beam prefixes reach 17 tokens.*max_len=16"):
-    search_job.check_config(config, prompt_len=1)
+    search_job.check_made_fits(config, prompt_len=1)
   config = search_config.get_config("task=planted,size=test")  # a transformer: no limit
   config.search.max_steps = 16
-  search_job.check_config(config, prompt_len=1)
+  search_job.check_made_fits(config, prompt_len=1)
 
 
 def test_bad_made_fields_name_the_field():

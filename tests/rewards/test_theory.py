@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pavjax import rewards
+from pavjax.rewards import theory as theory_lib
 from pavjax.tasks import planted
 
 # One state, three actions (hand example).
@@ -129,3 +130,53 @@ def test_npg_on_a_two_level_tree_matches_the_predicted_first_order_gain():
                              rtol=1e-3)
   # Distinguishability of the same prover is a separate, non-negative term.
   assert float(rewards.distinguishability(pi, q_mu, mu=mu, state_weights=occupancy)) > 0
+  # The same numbers as occupancy sums, and the first-order gain in closed form.
+  dist_sum, align_sum = theory_lib.occupancy_terms(pi, q_mu, q_pi, occupancy, mu=mu)
+  np.testing.assert_allclose(align_sum, mass * float(align), rtol=1e-5)
+  np.testing.assert_allclose(
+      dist_sum, mass * float(rewards.distinguishability(pi, q_mu, mu=mu,
+                                                        state_weights=occupancy)), rtol=1e-5)
+  np.testing.assert_allclose(theory_lib.occupancy_terms(pi, q_pi, q_pi, occupancy, mu=pi)[1],
+                             mass * float(second_moment), rtol=1e-5)
+  for lr in (1.0, 0.5):
+    first_order = theory_lib.npg_first_order_gain(pi, q_pi, adv_mu, lr, alpha, occupancy)
+    np.testing.assert_allclose(first_order, lr * slope, rtol=1e-3)
+    np.testing.assert_allclose(
+        first_order, lr * mass * (float(second_moment) + alpha * float(align)), rtol=1e-5)
+
+
+def test_occupancy_terms_on_the_hand_state():
+  # One state visited twice: twice the hand example's terms (0.11, 0.06).
+  dist, align = theory_lib.occupancy_terms(PI, Q_MU, Q_PI, jnp.array([2.0]), mu=MU)
+  np.testing.assert_allclose(dist, 0.22, rtol=1e-5)
+  np.testing.assert_allclose(align, 0.12, rtol=1e-5)
+  # A per-state constant in A^mu drops out of the first-order gain: 0.04 + 2 * 0.06.
+  for adv_mu in (rewards.tabular_advantages(Q_MU, policy=MU), Q_MU):
+    np.testing.assert_allclose(theory_lib.npg_first_order_gain(PI, Q_PI, adv_mu, 0.5, 2.0,
+                                                               jnp.array([1.0])),
+                               0.5 * (0.04 + 2 * 0.06), rtol=1e-5)
+
+
+def test_sibling_terms_by_hand():
+  # Parent 0: children A^mu = [0.3, -0.1, 0.1], A^pi = [0.2, 0.0, -0.2].
+  # Parent 2: children A^mu = [0.5, -0.5], A^pi = [1.0, -1.0]. Parent 1 has no child.
+  group = np.array([0, 2, 0, 0, 2])
+  a_mu = np.array([0.3, 0.5, -0.1, 0.1, -0.5])
+  a_pi = np.array([0.2, 1.0, 0.0, -0.2, -1.0])
+  dist, align = theory_lib.sibling_terms(a_mu, a_pi, group, 3)
+  var0 = np.var([0.3, -0.1, 0.1])  # population variance
+  np.testing.assert_allclose(dist, (var0 + 0.25) / 2, rtol=1e-12)
+  np.testing.assert_allclose(align, ((0.06 - 0.02) / 3 + 0.5) / 2, rtol=1e-12)
+  # A raw (uncentred) mean: A^pi with a non-zero sample mean makes alignment exceed
+  # distinguishability for mu = pi.
+  shifted = np.array([0.3, 0.0, 0.1, 0.2, 0.0])
+  d_self, a_self = theory_lib.sibling_terms(shifted, shifted, np.array([0, 1, 0, 0, 1]), 2)
+  assert a_self > d_self
+  nan_dist, nan_align = theory_lib.sibling_terms(np.zeros(0), np.zeros(0),
+                                                 np.zeros(0, np.int64), 0)
+  assert np.isnan(nan_dist) and np.isnan(nan_align)
+
+
+def test_group_mean():
+  got = theory_lib.group_mean(np.array([1.0, 2.0, 4.0]), np.array([1, 1, 3]), 4)
+  np.testing.assert_array_equal(got, [0.0, 1.5, 0.0, 4.0])

@@ -6,8 +6,8 @@ logits log mu_gamma: so pi = mu_gamma and the DP gives Q^pi exactly. Per-token
 returns are built by the library (`step_advantages`, `token_rewards`, Eq. 5).
 E[sum_h grad log pi(a_h|s_h) * A^pi(s_h, a_h)] equals E[sum_h grad log pi * Q^pi],
 the policy gradient itself, so the dense gradient is (1 + alpha) times the
-outcome-only one: the same direction, the paper's "adds nothing" (PAPER.md
-section 2). With a different prover the directions differ.
+outcome-only one: the same direction, the paper's "adds nothing" (arXiv
+2410.08146, Sec. 3). With a different prover the directions differ.
 """
 
 import itertools

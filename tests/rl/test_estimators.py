@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax.rl import batch as batch_lib
+from pavjax import trajectories
 from pavjax.rl import estimators
-from pavjax.testing import ToyTask
+from pavjax.tasks.toy import ToyTask
 
 RETURNS = jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 1.0], [0.5, 0.0, 0.0]])
 MASK = jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]], jnp.float32)
@@ -60,30 +60,8 @@ def test_policy_loss_by_hand_and_empty_mask_is_a_finite_zero():
   np.testing.assert_allclose(big, np.exp(-10.0) - 1 + 10.0, rtol=1e-6)
 
 
-def test_assemble_marks_steps_prefixes_and_truncation():
-  task = ToyTask()
-  nl, eos = task.step_end_ids[0], task.eos_id
-  prompt = [1, 7]  # BOS, a digit
-  finished = [5, 6, nl, 8, eos]  # two steps: [5 6 NL] and [8 EOS]
-  truncated = [5, nl, 9]  # a step, then an unfinished one
-  problem = task.split("train")[0]
-  for mask_truncated in (False, True):
-    ro = batch_lib.assemble(task, [prompt, prompt], [finished, truncated], [problem, problem],
-                            width=10, max_steps=3, mask_truncated=mask_truncated)
-    np.testing.assert_array_equal(ro.tokens[0, :7], prompt + finished)
-    np.testing.assert_array_equal(ro.step_ids[0], [-1, -1, 0, 0, 0, 1, 1, -1, -1, -1])
-    np.testing.assert_array_equal(ro.positions[0], [1, 4, 6, -1])
-    np.testing.assert_array_equal(ro.loss_mask[0], [0, 0, 1, 1, 1, 1, 1, 0, 0, 0])
-    np.testing.assert_array_equal(ro.step_ids[1, :5], [-1, -1, 0, 0, 1])
-    np.testing.assert_array_equal(ro.positions[1], [1, 3, 4, -1])
-    assert list(ro.finished) == [True, False]
-    want = 0.0 if mask_truncated else 1.0
-    np.testing.assert_array_equal(ro.loss_mask[1], np.array([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]) * want)
-    np.testing.assert_array_equal(ro.step_mask, [[1, 1, 0], [1, 1, 0]])
-
-
 def test_arith_procedural_prover_gives_exact_step_advantages():
-  """rl.Prover(kind=procedural) on arith: Q^mu of each prefix and A^mu by hand (p = 0.5)."""
+  """rl.ProverValues(kind=procedural) on arith: Q^mu of each prefix and A^mu by hand (p = 0.5)."""
   import types
   import ml_collections
   from pavjax.jobs import rl as rl_job
@@ -99,26 +77,26 @@ def test_arith_procedural_prover_gives_exact_step_advantages():
   rows = (ref, wrong, early)
   responses = [task.tokenizer.encode("\n".join(lines)) + [task.eos_id] for lines in rows]
   prompt = task.encode_prompt(problem)
-  ro = batch_lib.assemble(task, [prompt] * 3, responses, [problem] * 3, width=128, max_steps=4,
-                          mask_truncated=False)
+  ro = trajectories.from_responses(task, [prompt] * 3, responses, [problem] * 3, [0] * 3,
+                                   width=128, max_steps=4)
   np.testing.assert_array_equal(ro.outcome, [1.0, 1.0, 0.0])  # the wrong line is not graded
-  prover = rl_job.Prover(types.SimpleNamespace(task=task), ml_collections.ConfigDict(
+  prover = rl_job.ProverValues(types.SimpleNamespace(task=task), ml_collections.ConfigDict(
       dict(kind="procedural", bok_k=4, step_accuracy=0.5, gamma=10.0, verifier="")))
-  q = prover.q_values(ro)
+  q = prover.q_values(ro, [problem] * 3)
   # After the last step a finished response is worth its outcome: the wrong row's
   # right answer line lifts it from 0 (mu never repairs) to 1; the early stop
   # drops it from p^(L-2) = 0.5 to 0.
   np.testing.assert_allclose(q, [[0.125, 0.25, 0.5, 1.0, 0.0],
                                  [0.125, 0.25, 0.0, 1.0, 0.0],
                                  [0.125, 0.25, 0.0, 0.0, 0.0]])
-  adv = rl_job.dense_terms("pav", q, ro.step_mask)
+  adv = rl_job.dense_terms("pav", q, trajectories.step_mask(ro))
   np.testing.assert_allclose(adv, [[0.125, 0.25, 0.5, 0.0],
                                    [0.125, -0.25, 1.0, 0.0],
                                    [0.125, -0.25, 0.0, 0.0]])
 
 
 def test_planted_procedural_prover_gives_exact_prefix_values():
-  """rl.Prover(kind=procedural) on planted: mu_gamma's exact V of every token prefix."""
+  """rl.ProverValues(kind=procedural) on planted: mu_gamma's exact V of every token prefix."""
   import types
   import ml_collections
   from pavjax.jobs import rl as rl_job
@@ -129,11 +107,11 @@ def test_planted_procedural_prover_gives_exact_prefix_values():
   prompt = task.encode_prompt(problem)
   raw = [[1, 3, 6, 0, 3, 5, task.eos_token], [3, 6, 2]]  # a win, then an unfinished miss
   responses = [task.to_ids(r) for r in raw]
-  ro = batch_lib.assemble(task, [prompt] * 2, responses, [problem] * 2, width=16, max_steps=10,
-                          mask_truncated=False)
-  prover = rl_job.Prover(types.SimpleNamespace(task=task), ml_collections.ConfigDict(
+  ro = trajectories.from_responses(task, [prompt] * 2, responses, [problem] * 2, [0] * 2,
+                                   width=16, max_steps=10)
+  prover = rl_job.ProverValues(types.SimpleNamespace(task=task), ml_collections.ConfigDict(
       dict(kind="procedural", bok_k=4, step_accuracy=0.5, gamma=10.0, verifier="")))
-  q = prover.q_values(ro)
+  q = prover.q_values(ro, [problem] * 2)
   mu = task.prover(10.0)
   for i, r in enumerate(raw):
     want = [mu.value(r[:h]) for h in range(len(r) + 1)]
@@ -149,5 +127,5 @@ def test_procedural_prover_on_a_task_without_one_names_the_field():
   from pavjax.jobs import rl as rl_job
 
   with pytest.raises(config_lib.ConfigError, match=r"rl\.prover\.kind.*'toy' has no procedural"):
-    rl_job.Prover(types.SimpleNamespace(task=ToyTask()), ml_collections.ConfigDict(
+    rl_job.ProverValues(types.SimpleNamespace(task=ToyTask()), ml_collections.ConfigDict(
         dict(kind="procedural", bok_k=4, step_accuracy=0.5, gamma=10.0, verifier="")))

@@ -48,7 +48,7 @@ def _pool(correct, scores):
 def test_full_pool_accuracy_and_counters_by_hand():
   correct = np.array([[0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0]], bool)
   scores = np.array([[0.1, 0.9, 0.3, 0.2], [0.5, 0.1, 0.2, 0.3], [0.2, 0.1, 0.9, 0.3]])
-  res = bon.evaluate(_pool(correct, scores), [4])
+  res = bon.accuracy_curves(_pool(correct, scores), [4])
   assert res["pass"][0]["accuracy"] == pytest.approx(2 / 3)
   assert res["bon:v"][0]["accuracy"] == pytest.approx(2 / 3)
   # Every answer differs, so the vote falls to the first response of each problem.
@@ -63,7 +63,7 @@ def test_subset_estimates_match_closed_forms():
   m, n = 16, 4
   correct = rng.random((6, m)) < 0.3
   scores = rng.random((6, m))
-  res = bon.evaluate(_pool(correct, scores), [n], num_subsets=4000, seed=1)
+  res = bon.accuracy_curves(_pool(correct, scores), [n], num_subsets=4000, seed=1)
   # Pass@n: 1 - C(m - c, n) / C(m, n) for c correct of m.
   c = correct.sum(1)
   exact_pass = np.mean([1 - math.comb(m - k, n) / math.comb(m, n) for k in c])

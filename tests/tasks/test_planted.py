@@ -182,6 +182,91 @@ def test_kmp_automaton():
   assert prover.value((1, 2, 1)) == 1.0 and prover.value((1, 2, 3, 1)) == 0.0
 
 
+# -- the (k, r) MDP -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0, 10.0, 17.5])
+def test_markov_values_of_mu_gamma_equal_the_prover_dp(gamma):
+  prover = planted_lib.ProceduralProver(Y_STAR, 15, gamma, 10)
+  q, win = prover.markov_values(prover.markov_policy())
+  assert win[0, prover.length] == prover.value(())  # same DP, same float operations: bit for bit
+  np.testing.assert_array_equal(win, prover.win)
+  # Q rows agree with the prover's q_table on sampled live prefixes of every length.
+  for response in prover.sample(np.random.default_rng(0), 40):
+    for h in range(len(response) + 1):
+      state = prover.live_state(response[:h])
+      if state is not None:
+        k, r = state
+        np.testing.assert_array_equal(q[k, r - 1], prover.q_table(response[:h]))
+      else:  # succeeded or ended: the value is settled
+        assert prover.value(response[:h]) in (0.0, 1.0)
+
+
+def _brute_markov(prover, policy, prefix=()):
+  """Success probability of a (k, r) policy from `prefix`, and its visits of each live (k, r).
+
+  Enumerates every continuation with naive matching (no automaton, no DP).
+  """
+  planted, eos = prover.planted, prover.eos
+  m, length, v = policy.shape
+  visits = np.zeros((m, length))
+
+  def rec(seq, prob):
+    if planted_lib.contains_planted(seq, planted, eos):
+      return prob
+    if eos in seq or len(seq) >= length:
+      return 0.0
+    k, r = _naive_state(seq, planted), length - len(seq)
+    visits[k, r - 1] += prob
+    return sum(rec(seq + (a,), prob * policy[k, r - 1, a]) for a in range(v))
+
+  return rec(tuple(prefix), 1.0), visits
+
+
+def test_markov_values_and_occupancy_of_an_r_dependent_policy_match_brute_force():
+  prover = planted_lib.ProceduralProver((0, 1, 0), 4, 2.0, 5)
+  rng = np.random.default_rng(5)
+  policy = rng.dirichlet(np.ones(4), size=(3, 5))  # [m, L, V]: a different row for every r
+  q, win = prover.markov_values(policy)
+  value, visits = _brute_markov(prover, policy)
+  assert win[0, 5] == pytest.approx(value, abs=1e-12)
+  np.testing.assert_allclose(prover.markov_occupancy(policy), visits, atol=1e-12)
+  for prefix in [(), (0,), (0, 1), (2, 0), (1, 1, 0), (0, 1, 1, 0)]:
+    k, r = prover.live_state(prefix)
+    assert k == _naive_state(prefix, prover.planted) and r == 5 - len(prefix)
+    for a in range(4):
+      want, _ = _brute_markov(prover, policy, prefix + (a,))
+      assert q[k, r - 1, a] == pytest.approx(want, abs=1e-12), (prefix, a)
+  assert prover.live_state((0, 1, 0)) is None and prover.live_state((2, 3)) is None
+  with pytest.raises(ValueError, match="policy has shape"):
+    prover.markov_values(policy[:, :4])
+  with pytest.raises(ValueError, match="policy has shape"):
+    prover.markov_occupancy(policy[:2])
+
+
+def test_markov_occupancy_is_a_visitation_measure():
+  prover = planted_lib.ProceduralProver(Y_STAR, 15, 5.0, 10)
+  pi = prover.markov_policy()
+  occ = prover.markov_occupancy(pi)  # [m, L], column r - 1
+  hit = np.broadcast_to(prover.hit[:, None, :15], pi.shape)
+  ends = hit.copy()
+  ends[..., prover.eos] = True
+  ends[:, 0] = True  # r = 1: the last token ends the episode whatever it is
+  # Every episode ends exactly once, and it succeeds exactly when it ends on a hit.
+  np.testing.assert_allclose(np.sum(occ[..., None] * pi * ends), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(np.sum(occ[..., None] * pi * hit), prover.value(()), rtol=1e-12)
+  assert occ[0, prover.length - 1] == 1.0
+  # The visits are those of sampled episodes (4 sigma of a Poisson count per state).
+  n = 4000
+  counts = np.zeros_like(occ)
+  for response in prover.sample(np.random.default_rng(6), n):
+    for h in range(len(response) + 1):
+      state = prover.live_state(response[:h])
+      if state is not None:
+        counts[state[0], state[1] - 1] += 1
+  assert np.all(np.abs(counts / n - occ) <= 4 * np.sqrt(occ / n) + 1e-9)
+
+
 # -- task protocol ------------------------------------------------------------------------------
 
 

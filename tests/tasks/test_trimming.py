@@ -7,6 +7,7 @@ import numpy as np
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
+from pavjax import trajectories
 from pavjax import verifiers
 from pavjax.jobs import train_verifier
 from pavjax.models import Transformer, TransformerConfig
@@ -46,7 +47,7 @@ def test_trimmed_sft_arrays_keep_every_loss_token_and_the_loss():
   np.testing.assert_allclose(loss(cut), loss(full), rtol=1e-5)
 
 
-def test_predict_on_trimmed_tokens_equals_scores_on_full_width():
+def test_predict_on_trimmed_tokens_equals_scores_on_full_width(monkeypatch):
   rng = np.random.default_rng(0)
   tokens = rng.integers(1, MODEL.vocab_size, (6, MODEL.max_len)).astype(np.int32)
   positions = np.array([[3, 9, 17, -1]] * 3 + [[2, 5, -1, -1]] * 3, np.int32)
@@ -54,6 +55,22 @@ def test_predict_on_trimmed_tokens_equals_scores_on_full_width():
   params = _params(model)
   want = np.asarray(verifiers.score(model, params, jnp.asarray(tokens), jnp.asarray(positions)))
   mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  got = train_verifier.predict(model, params, tokens, positions, mesh, batch_size=4)
+  widths = []
+  real_score = verifiers.score
+
+  def score(model, params, tokens, positions):
+    widths.append(tokens.shape[1])
+    return real_score(model, params, tokens, positions)
+
+  monkeypatch.setattr(verifiers, "score", score)
+  got = verifiers.predict(model, params, tokens, positions, mesh, batch_size=4)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  assert train_verifier._trimmed(tokens, positions).shape[1] == 24  # reads up to column 17
+  assert widths and set(widths) == {24}  # reads up to column 17
+  # The verifier's training arrays are cut the same way.
+  table = trajectories.Trajectories(
+      tokens=tokens, prompt_len=positions[:, 0] + 1, length=np.full(6, MODEL.max_len, np.int32),
+      prefix_ends=positions, outcome=np.zeros(6, np.float32), reason=np.zeros(6, np.int32),
+      problem=np.zeros(6, np.int32), finished=np.zeros(6, bool),
+      columns={"q_hat": np.zeros(positions.shape, np.float32)})
+  for kind in ("q", "orm"):
+    assert train_verifier.examples(table, kind)["tokens"].shape[1] == 24, kind

@@ -1,4 +1,6 @@
-"""Sampling responses for task problems and scoring them on the host.
+"""Sampling responses to task problems and grading them on the host.
+
+It sits above `pavjax.sampling`, which knows tokens and not tasks.
 
 Prompts are padded to a fixed number of rows per call (`batch_size`) and to a
 length bucket, so a whole evaluation compiles once.
@@ -15,7 +17,7 @@ import numpy as np
 
 from pavjax import metrics
 from pavjax import sharding as shd
-from pavjax.sampling.sampler import Sampler, left_pad
+from pavjax.sampling import Sampler, left_pad
 from pavjax.tasks.base import Outcome, Problem, Task
 
 

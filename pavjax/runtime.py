@@ -1,0 +1,108 @@
+"""What every job sets up the same way: task, mesh, model, trainer, checkpoint params.
+
+Each job owns its step function and data; this module builds the environment they
+run in (`setup`), the train state with its jitted step (`make_trainer`) and frozen
+parameters of another run (`load_params`). The train loop is `training.train_loop`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pavjax import checkpoint as ckpt_lib
+from pavjax import config_lib
+from pavjax import models
+from pavjax import sharding as shd
+from pavjax import tasks
+from pavjax import training
+
+
+@dataclasses.dataclass
+class JobEnv:
+  config: ml_collections.ConfigDict
+  workdir: str
+  task: tasks.Task
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model_cfg: models.ModelConfig  # TransformerConfig or MadeConfig (config.model.arch)
+  model: nn.Module  # Transformer or Made: same call signature and ModelOutput
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
+  """Validates the config against the task and devices, builds mesh and model."""
+  workdir = config_lib.check_workdir(workdir)
+  task = tasks.make_task(config.task, workdir)
+  config_lib.validate(config, jax.device_count(), prompt_len=task.max_prompt_len)
+  mesh = shd.make_mesh(dict(config.mesh))
+  rules = shd.rules_from_config(config.rules)
+  model_cfg = models.model_config_from(config.model, task.vocab_size)
+  logging.info("job %s: task %s, %s with %d params, mesh %s", config.job, task.name,
+               models.arch_of(config.model), model_cfg.num_params(), dict(mesh.shape))
+  return JobEnv(config, workdir, task, mesh, rules, model_cfg, models.build_model(model_cfg))
+
+
+@dataclasses.dataclass
+class Trainer:
+  """What a training job needs once its data is ready: state, step, checkpoints."""
+
+  spec: Any  # training.StateSpec
+  checkpointer: ckpt_lib.Checkpointer
+  state: Any  # training.TrainState, restored or fresh
+  origin: str  # where the state came from (checkpoint step, init_from, scratch)
+  step_fn: Callable  # (state, batch) -> (state, metrics), jitted with the state donated
+
+
+def make_trainer(env: JobEnv, step: Callable) -> Trainer:
+  """Optimizer, sharded state (resumed if the workdir has a checkpoint), jitted step.
+
+  Args:
+    env: from `setup`.
+    step: `step(state, batch, *, model, tx, nonfinite)` (extra keywords bound by
+      the caller with functools.partial).
+  """
+  config = env.config
+  tx = training.make_optimizer(config.optim, config.train.num_steps)
+  dp = shd.data_parallel_size(env.mesh)
+  spec = training.train_state_spec(env.model, tx, config.seed, jnp.zeros((dp, 8), jnp.int32),
+                                   env.mesh, env.rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
+                                       every=config.checkpoint.every, keep=config.checkpoint.keep,
+                                       async_save=config.checkpoint.async_save,
+                                       fallback_on_corrupt=config.checkpoint.fallback_on_corrupt)
+  state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
+  logging.info("%s state from %s", config.job, origin)
+  bound = functools.partial(step, model=env.model, tx=tx, nonfinite=config.train.nonfinite)
+  jitted = None
+
+  def step_fn(state, batch):
+    # Jitted at the first batch: each leaf is split over the data-parallel axes by
+    # its leading dimension, whatever its rank ([B], [B, T], [B, T, K], ...).
+    nonlocal jitted
+    if jitted is None:
+      leaf_shardings = jax.tree.map(lambda x: shd.batch_sharding(env.mesh, x.ndim), batch)
+      jitted = jax.jit(bound, in_shardings=(spec.shardings, leaf_shardings),
+                       out_shardings=(spec.shardings, None), donate_argnums=(0,))
+    return jitted(state, batch)
+
+  return Trainer(spec, checkpointer, state, origin, step_fn)
+
+
+def load_params(env: JobEnv, path: str, field: str):
+  """Parameters of a checkpoint of the config's model, placed with the config's shardings.
+
+  `field` names the config field that gave `path`, for the error when it is empty.
+  """
+  if not path:
+    raise config_lib.ConfigError(field, "needs a checkpoint directory")
+  dp = shd.data_parallel_size(env.mesh)
+  abstract = training.params_spec(env.model, jnp.zeros((dp, 8), jnp.int32), env.mesh, env.rules)
+  return ckpt_lib.restore_params(path, abstract)
