@@ -1,8 +1,20 @@
-"""Decoder-only transformer: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+"""Decoder-only transformer: RMSNorm, RoPE, gated MLP, grouped-query attention.
 
 One trunk feeds two heads: the LM head (policy) and a scalar value head (verifiers
 score Q at step boundaries, RL uses it as a baseline). Every parameter carries
 logical axis names; `pavjax.sharding` maps them onto the mesh from config.
+
+The released families pavjax loads (`pavjax.models.hf`) are variants of this one
+module, chosen by `TransformerConfig` fields whose defaults give pavjax's own
+scratch model:
+  Llama 2/3, Mistral  no embedding scale; Llama 3 `rope_scaling`
+  Qwen2/2.5           + q/k/v biases (`qkv_bias`)
+  Qwen3               + per-head RMSNorm of queries and keys (`qk_norm`)
+  Gemma               embeddings x sqrt(D), `(1 + w)` norm scales (`norm_offset=1`),
+                      GeGLU with tanh GELU (`mlp_activation='gelu_tanh'`)
+  Gemma 2             + norms after attention and MLP (`post_norms`), tanh soft-caps
+                      of attention and final logits, its own query scale, and
+                      alternating sliding-window / global layers (`layer_windows`)
 
 Dimension letters in einsums and shape comments:
   B batch, T query length, S key length (cache slots), D embed, F mlp,
@@ -12,6 +24,7 @@ Dimension letters in einsums and shape comments:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -41,9 +54,22 @@ class TransformerConfig:
   max_len: int
   rope_base: float = 10_000.0
   tie_embeddings: bool = True
-  dtype: str = "float32"  # compute dtype; parameters stay float32
+  dtype: str = "float32"  # compute dtype
   norm_eps: float = 1e-6
   remat: bool = False
+  # Family variants (defaults: pavjax's own model).
+  embed_scale: bool = True  # multiply looked-up embeddings by sqrt(D)
+  norm_offset: float = 0.0  # RMSNorm multiplies by (norm_offset + scale); Gemma: 1
+  qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
+  qk_norm: bool = False  # RMSNorm over head_dim of queries and keys before RoPE (Qwen3)
+  mlp_activation: str = "silu"  # gate activation: silu (SwiGLU) | gelu_tanh (GeGLU)
+  post_norms: bool = False  # RMSNorm after attention and after the MLP too (Gemma 2)
+  attn_softcap: float = 0.0  # c * tanh(logits / c) on attention logits (0 = off)
+  final_softcap: float = 0.0  # the same on the LM head's logits (0 = off)
+  query_scale: float = 0.0  # attention logit scale (0 = head_dim ** -0.5)
+  layer_windows: tuple[int, ...] = ()  # per layer: sliding window in tokens, 0 = global
+  rope_scaling: tuple = ()  # () or ("llama3", factor, low_freq, high_freq, original_max_len)
+  param_dtype: str = "float32"  # storage dtype of parameters (bfloat16 halves memory)
 
   @classmethod
   def from_config(cls, model_cfg: Any, vocab_size: int) -> "TransformerConfig":
@@ -51,6 +77,16 @@ class TransformerConfig:
     kwargs = {k: v for k, v in model_cfg.items() if k in fields}
     kwargs["vocab_size"] = vocab_size
     return cls(**kwargs)
+
+  def __post_init__(self):
+    if self.mlp_activation not in ACTIVATIONS:
+      raise ValueError(f"mlp_activation {self.mlp_activation!r} is not one of "
+                       f"{sorted(ACTIVATIONS)}")
+    if self.layer_windows and len(self.layer_windows) != self.num_layers:
+      raise ValueError(f"layer_windows has {len(self.layer_windows)} entries for "
+                       f"{self.num_layers} layers")
+    if self.rope_scaling and self.rope_scaling[0] != "llama3":
+      raise ValueError(f"rope_scaling type {self.rope_scaling[0]!r} is not implemented")
 
   @property
   def compute_dtype(self):
@@ -60,33 +96,70 @@ class TransformerConfig:
     """Exact parameter count (value head included), used for FLOP accounting."""
     d, h = self.embed_dim, self.head_dim
     attn = d * h * (self.num_heads * 2 + self.num_kv_heads * 2)
+    if self.qkv_bias:
+      attn += h * (self.num_heads + 2 * self.num_kv_heads)
+    if self.qk_norm:
+      attn += 2 * h
     mlp = 3 * d * self.mlp_dim
-    per_layer = attn + mlp + 2 * d
+    per_layer = attn + mlp + (4 if self.post_norms else 2) * d
     emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     total = self.num_layers * per_layer + d + (d + 1)
     return total + (emb if include_embedding else 0)
+
+
+ACTIVATIONS = {"silu": jax.nn.silu,
+               "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 
 
 def _param(module: nn.Module, name: str, shape, axes, init, dtype=jnp.float32):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
+def softcap(x: Array, cap: float) -> Array:
+  """cap * tanh(x / cap): bounds logits smoothly (Gemma 2); identity when cap is 0."""
+  return x if not cap else cap * jnp.tanh(x / cap)
+
+
 class RMSNorm(nn.Module):
+  """RMSNorm over the last axis, scaled by `offset + scale` (Gemma stores scale - 1)."""
+
   eps: float
   dtype: Any
+  offset: float = 0.0
+  param_dtype: Any = jnp.float32
+  axis_name: str = "embed"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = _param(self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones)
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale = _param(self, "scale", (x.shape[-1],), (self.axis_name,), init, self.param_dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale).astype(self.dtype)
+    return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
 
 
-def apply_rope(x: Array, positions: Array, base: float) -> Array:
-  """Rotary embedding on the last axis of x [B, T, N, H] at positions [B, T]."""
-  half = x.shape[-1] // 2
+def rope_frequencies(head_dim: int, base: float, scaling: tuple = ()) -> Array:
+  """[H/2] inverse wavelengths of RoPE, with Llama 3's frequency-dependent scaling."""
+  half = head_dim // 2
   freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if not scaling:
+    return freq
+  _, factor, low_freq_factor, high_freq_factor, original_len = scaling
+  # Llama 3: long wavelengths are slowed by `factor`, short ones kept, and the band
+  # between them interpolated, so the model reaches past its pre-training length.
+  wavelen = 2 * jnp.pi / freq
+  low_wavelen = original_len / low_freq_factor
+  high_wavelen = original_len / high_freq_factor
+  slowed = jnp.where(wavelen > low_wavelen, freq / factor, freq)
+  smooth = (original_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+  blended = (1 - smooth) * slowed / factor + smooth * slowed
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, blended, slowed)
+
+
+def apply_rope(x: Array, positions: Array, base: float, scaling: tuple = ()) -> Array:
+  """Rotary embedding on the last axis of x [B, T, N, H] at positions [B, T]."""
+  freq = rope_frequencies(x.shape[-1], base, scaling)
   angles = positions.astype(jnp.float32)[..., None] * freq  # [B, T, H/2]
   sin = jnp.sin(angles)[:, :, None, :]
   cos = jnp.cos(angles)[:, :, None, :]
@@ -109,19 +182,28 @@ class Attention(nn.Module):
     """
     cfg = self.cfg
     dt = cfg.compute_dtype
+    pdt = jnp.dtype(cfg.param_dtype)
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     init = nn.initializers.normal(stddev=d**-0.5)
-    wq = _param(self, "wq", (d, n, h), ("embed", "heads", "kv"), init)
-    wk = _param(self, "wk", (d, k, h), ("embed", "kv_heads", "kv"), init)
-    wv = _param(self, "wv", (d, k, h), ("embed", "kv_heads", "kv"), init)
+    wq = _param(self, "wq", (d, n, h), ("embed", "heads", "kv"), init, pdt)
+    wk = _param(self, "wk", (d, k, h), ("embed", "kv_heads", "kv"), init, pdt)
+    wv = _param(self, "wv", (d, k, h), ("embed", "kv_heads", "kv"), init, pdt)
     wo = _param(self, "wo", (n, h, d), ("heads", "kv", "embed"),
-                nn.initializers.normal(stddev=(n * h) ** -0.5))
+                nn.initializers.normal(stddev=(n * h) ** -0.5), pdt)
 
     q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(dt))
     kk = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(dt))
     vv = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(dt))
-    q = apply_rope(q, positions, cfg.rope_base)
-    kk = apply_rope(kk, positions, cfg.rope_base)
+    if cfg.qkv_bias:
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "bq", (n, h), ("heads", "kv"), zeros, pdt).astype(dt)
+      kk = kk + _param(self, "bk", (k, h), ("kv_heads", "kv"), zeros, pdt).astype(dt)
+      vv = vv + _param(self, "bv", (k, h), ("kv_heads", "kv"), zeros, pdt).astype(dt)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.norm_eps, dt, cfg.norm_offset, pdt, "kv", name="q_norm")(q)
+      kk = RMSNorm(cfg.norm_eps, dt, cfg.norm_offset, pdt, "kv", name="k_norm")(kk)
+    q = apply_rope(q, positions, cfg.rope_base, cfg.rope_scaling)
+    kk = apply_rope(kk, positions, cfg.rope_base, cfg.rope_scaling)
 
     if cache_kv is not None:
       # Only the T new slots of this layer are written. The stacked buffers are
@@ -142,7 +224,7 @@ class Attention(nn.Module):
     b, t = q.shape[:2]
     q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk.astype(dt)).astype(jnp.float32)
-    logits = logits * (h**-0.5)
+    logits = softcap(logits * (cfg.query_scale or h**-0.5), cfg.attn_softcap)
     logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv.astype(dt)).reshape(b, t, n, h)
@@ -150,20 +232,26 @@ class Attention(nn.Module):
     return y, cache_kv
 
 
-class SwiGLU(nn.Module):
+class GatedMLP(nn.Module):
+  """act(x W_gate) * (x W_up), then W_down: SwiGLU (silu) or GeGLU (tanh GELU)."""
+
   cfg: TransformerConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
     dt = cfg.compute_dtype
+    pdt = jnp.dtype(cfg.param_dtype)
     d, f = cfg.embed_dim, cfg.mlp_dim
-    w_gate = _param(self, "w_gate", (d, f), ("embed", "mlp"), nn.initializers.normal(d**-0.5))
-    w_up = _param(self, "w_up", (d, f), ("embed", "mlp"), nn.initializers.normal(d**-0.5))
-    w_down = _param(self, "w_down", (f, d), ("mlp", "embed"), nn.initializers.normal(f**-0.5))
+    w_gate = _param(self, "w_gate", (d, f), ("embed", "mlp"), nn.initializers.normal(d**-0.5),
+                    pdt)
+    w_up = _param(self, "w_up", (d, f), ("embed", "mlp"), nn.initializers.normal(d**-0.5), pdt)
+    w_down = _param(self, "w_down", (f, d), ("mlp", "embed"), nn.initializers.normal(f**-0.5),
+                    pdt)
     gate = jnp.einsum("BTD,DF->BTF", x, w_gate.astype(dt))
     up = jnp.einsum("BTD,DF->BTF", x, w_up.astype(dt))
-    hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+    hidden = ACTIVATIONS[cfg.mlp_activation](gate) * up
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     return jnp.einsum("BTF,FD->BTD", hidden, w_down.astype(dt))
 
 
@@ -180,13 +268,32 @@ class Block(nn.Module):
   def __call__(self, carry, layer, positions, mask, write_index):
     cfg = self.cfg
     x, cache_kv = carry
-    h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, name="attn_norm")(x)
+
+    def norm(name):
+      return RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.norm_offset,
+                     jnp.dtype(cfg.param_dtype), name=name)
+
+    if cfg.layer_windows:  # this layer's sliding window: keys less than w positions back
+      window = jnp.asarray(cfg.layer_windows, jnp.int32)[layer]
+      qpos, kpos = mask.key_positions  # [B, T, 1], [B, 1, S]
+      mask = mask.allowed & ((window == 0) | (qpos - kpos < window))
+    else:
+      mask = mask.allowed
+    h = norm("attn_norm")(x)
     a, cache_kv = Attention(cfg, name="attn")(h, positions, mask, cache_kv, layer, write_index)
-    x = x + a
-    h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, name="mlp_norm")(x)
-    x = x + SwiGLU(cfg, name="mlp")(h)
+    x = x + (norm("post_attn_norm")(a) if cfg.post_norms else a)
+    h = norm("mlp_norm")(x)
+    m = GatedMLP(cfg, name="mlp")(h)
+    x = x + (norm("post_mlp_norm")(m) if cfg.post_norms else m)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return (x, cache_kv), None
+
+
+class AttentionMask(NamedTuple):
+  """Which keys each query may read, and positions for sliding windows."""
+
+  allowed: Array  # [B, T, S] bool: causal and inside the row's live slots
+  key_positions: tuple[Array, Array]  # query positions [B, T, 1], key positions [B, 1, S]
 
 
 class ModelOutput(NamedTuple):
@@ -226,23 +333,29 @@ class Transformer(nn.Module):
     b, t = tokens.shape
     if cache is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-      mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+      allowed = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+      key_positions = positions[:, None, :]
       write_index = 0
       cache_kv = None
     else:
       slots = cache.index + jnp.arange(t, dtype=jnp.int32)  # [T] slots being written
       positions = jnp.maximum(slots[None, :] - cache.start[:, None], 0)  # [B, T]
       keys = jnp.arange(cache.size, dtype=jnp.int32)
-      mask = (keys[None, None, :] >= cache.start[:, None, None]) & (
+      allowed = (keys[None, None, :] >= cache.start[:, None, None]) & (
           keys[None, None, :] <= slots[None, :, None])  # [B, T, S]
+      key_positions = keys[None, None, :] - cache.start[:, None, None]  # [B, 1, S]
       write_index = cache.index
       cache_kv = (cache.k, cache.v)
+    mask = AttentionMask(allowed, (positions[:, :, None], key_positions))
 
     # Embeddings start at std D^-1/2 so tied output logits start near unit scale;
     # the input lookup is scaled back up by sqrt(D) to a unit-scale residual stream.
+    pdt = jnp.dtype(cfg.param_dtype)
     embedding = _param(self, "embedding", (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"),
-                       nn.initializers.normal(stddev=cfg.embed_dim**-0.5))
-    x = jnp.take(embedding, tokens, axis=0).astype(dt) * jnp.asarray(cfg.embed_dim**0.5, dt)
+                       nn.initializers.normal(stddev=cfg.embed_dim**-0.5), pdt)
+    x = jnp.take(embedding, tokens, axis=0).astype(dt)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.embed_dim**0.5, dt)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     # The stacked cache rides in the scan carry (not as a scanned input / stacked
@@ -260,7 +373,7 @@ class Transformer(nn.Module):
     )(cfg, name="layers")
     layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
     (x, cache_kv), _ = layers((x, cache_kv), layer_ids, positions, mask, write_index)
-    x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
+    x = RMSNorm(cfg.norm_eps, dt, cfg.norm_offset, pdt, name="final_norm")(x)
 
     out_logits = out_values = None
     if logits or self.is_initializing():
@@ -271,15 +384,16 @@ class Transformer(nn.Module):
         out_logits = jnp.einsum("BTD,VD->BTV", xl, embedding.astype(dt))
       else:
         head = _param(self, "lm_head", (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
-                      nn.initializers.normal(cfg.embed_dim**-0.5))
+                      nn.initializers.normal(cfg.embed_dim**-0.5), pdt)
         out_logits = jnp.einsum("BTD,DV->BTV", xl, head.astype(dt))
-      out_logits = nn.with_logical_constraint(out_logits.astype(jnp.float32),
-                                              ("batch", "length", "vocab"))
+      out_logits = softcap(out_logits.astype(jnp.float32), cfg.final_softcap)
+      out_logits = nn.with_logical_constraint(out_logits, ("batch", "length", "vocab"))
     if values or self.is_initializing():
-      w = _param(self, "value_w", (cfg.embed_dim,), ("embed",), nn.initializers.zeros)
-      bias = _param(self, "value_b", (), (), nn.initializers.zeros)
+      w = _param(self, "value_w", (cfg.embed_dim,), ("embed",), nn.initializers.zeros, pdt)
+      bias = _param(self, "value_b", (), (), nn.initializers.zeros, pdt)
       xv = jax.lax.stop_gradient(x) if detach_values else x
-      out_values = (jnp.einsum("BTD,D->BT", xv, w.astype(dt)).astype(jnp.float32) + bias)
+      out_values = (jnp.einsum("BTD,D->BT", xv, w.astype(dt)).astype(jnp.float32)
+                    + bias.astype(jnp.float32))
 
     new_cache = None
     if cache is not None:
