@@ -18,6 +18,11 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "absl-py>=2.1",
+    # Pretrained checkpoints (pavjax.tasks.hf_tokenizer, pavjax.models): tokenizer.json,
+    # chat templates, safetensors weights.
+    "tokenizers>=0.20",
+    "jinja2>=3.1.6",
+    "safetensors>=0.4",
 ]
 
 setuptools.setup(
@@ -28,11 +33,13 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8"],
+        # torch (the CPU wheel, pinned: a looser range pulls a multi-GB CUDA build) and
+        # transformers are the reference the pretrained-checkpoint tests compare against.
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6"],
         # On a GPU machine: pip install -e .[gpu]  (CUDA 12 wheels from PyPI).
         "gpu": ["jax[cuda12]>=0.7,<0.12"],
         "tpu": ["jax[tpu]>=0.7,<0.12"],
         # The peer benchmark (python -m pavjax.bench.peer) runs HF transformers beside pavjax.
-        "bench": ["torch", "transformers"],
+        "bench": ["torch==2.13.0", "transformers>=5,<6"],
     },
 )

@@ -94,12 +94,15 @@ def task_config(name: str, difficulty: str = "") -> ml_collections.ConfigDict:
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
-  """Model hyper-parameters for a named size (a MADE_SIZES name gives the MADE)."""
+  """Model hyper-parameters for a named size (a MADE_SIZES name gives the MADE, `hf` a
+  Hugging Face checkpoint whose `config.json` gives the sizes)."""
   if size in MADE_SIZES:
     return made_model_config(size)
+  if size == HF_SIZE:
+    return hf_model_config()
   if size not in MODEL_SIZES:
     raise ConfigError("model.size", f"unknown size {size!r}; known: "
-                      f"{sorted(MODEL_SIZES) + sorted(MADE_SIZES)}")
+                      f"{sorted(MODEL_SIZES) + sorted(MADE_SIZES) + [HF_SIZE]}")
   d, layers, heads, kv_heads, head_dim, mlp = MODEL_SIZES[size]
   cfg = ml_collections.ConfigDict()
   cfg.size = size  # the preset these numbers came from (informational)
@@ -113,6 +116,22 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   cfg.rope_base = 10_000.0  # RoPE wavelength base
   cfg.tie_embeddings = True  # share the input embedding with the LM head
   cfg.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+  cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
+  return cfg
+
+
+HF_SIZE = "hf"
+
+
+def hf_model_config() -> ml_collections.ConfigDict:
+  """A pretrained checkpoint's model (`size=hf`): set `model.path` to its directory."""
+  cfg = ml_collections.ConfigDict()
+  cfg.size = HF_SIZE  # sizes, family and vocabulary come from <path>/config.json
+  cfg.source = "hf"  # the model is a Hugging Face checkpoint's architecture
+  cfg.path = ""  # the checkpoint directory (config.json + model.safetensors[.index.json])
+  cfg.max_len = 256  # longest sequence (prompt + response) the jobs will build
+  cfg.dtype = "float32"  # compute dtype: float32 or bfloat16
+  cfg.param_dtype = "float32"  # parameter storage: float32 or bfloat16 (half the memory)
   cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
   return cfg
 
@@ -245,7 +264,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   m = config.model
   arch = models.arch_of(m)
   _check(arch in models.ARCHS, "model.arch", f"{arch!r} is not one of {models.ARCHS}")
-  if arch == "made":
+  if m.get("source", "") == "hf":
+    _check(bool(m.path), "model.path", "is empty; size=hf needs a Hugging Face checkpoint dir")
+    _check(m.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
+           f"{m.param_dtype!r} is not float32 or bfloat16")
+  elif arch == "made":
     hidden = m.hidden_sizes
     _check(isinstance(hidden, (tuple, list)) and len(hidden) >= 1
            and all(isinstance(h, int) and h >= 1 for h in hidden), "model.hidden_sizes",

@@ -44,7 +44,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
   config_lib.validate(config, jax.device_count(), prompt_len=task.max_prompt_len)
   mesh = shd.make_mesh(dict(config.mesh))
   rules = shd.rules_from_config(config.rules)
-  model_cfg = models.model_config_from(config.model, task.vocab_size)
+  try:
+    model_cfg = models.model_config_from(config.model, task.vocab_size)
+  except (ValueError, OSError) as e:
+    if config.model.get("source", "") != "hf":
+      raise
+    raise config_lib.ConfigError("model.path", str(e)) from None
   logging.info("job %s: task %s, %s with %d params, mesh %s", config.job, task.name,
                models.arch_of(config.model), model_cfg.num_params(), dict(mesh.shape))
   return JobEnv(config, workdir, task, mesh, rules, model_cfg, models.build_model(model_cfg))
@@ -78,7 +83,9 @@ def make_trainer(env: JobEnv, step: Callable) -> Trainer:
                                        every=config.checkpoint.every, keep=config.checkpoint.keep,
                                        async_save=config.checkpoint.async_save,
                                        fallback_on_corrupt=config.checkpoint.fallback_on_corrupt)
-  state, origin = training.restore_or_init(spec, checkpointer, config.init_from)
+  state, origin = training.restore_or_init(
+      spec, checkpointer, config.init_from,
+      load_params=functools.partial(load_params, env, field="init_from"))
   logging.info("%s state from %s", config.job, origin)
   bound = functools.partial(step, model=env.model, tx=tx, nonfinite=config.train.nonfinite)
   jitted = None
@@ -96,13 +103,32 @@ def make_trainer(env: JobEnv, step: Callable) -> Trainer:
   return Trainer(spec, checkpointer, state, origin, step_fn)
 
 
+def is_hf_checkpoint(path: str) -> bool:
+  """A Hugging Face checkpoint directory (config.json beside its weights), not orbax's."""
+  names = set(os.listdir(path)) if os.path.isdir(path) else set()
+  return "config.json" in names and bool(
+      names & {"model.safetensors", "model.safetensors.index.json"}
+      or any(n.endswith((".bin", ".pt", ".pth")) for n in names))
+
+
 def load_params(env: JobEnv, path: str, field: str):
   """Parameters of a checkpoint of the config's model, placed with the config's shardings.
 
+  `path` is an orbax checkpoints directory (a pavjax workdir's `checkpoints/`) or a
+  Hugging Face checkpoint directory (safetensors, read straight into the shardings).
   `field` names the config field that gave `path`, for the error when it is empty.
   """
   if not path:
     raise config_lib.ConfigError(field, "needs a checkpoint directory")
+  if is_hf_checkpoint(path):
+    from pavjax.models import hf  # pylint: disable=g-import-not-at-top
+    if not isinstance(env.model_cfg, models.TransformerConfig):
+      raise config_lib.ConfigError(field, f"{path} is a Hugging Face checkpoint; the config's "
+                                   "model is not a transformer")
+    try:
+      return hf.load_params(path, env.model_cfg, env.mesh, env.rules)
+    except hf.HFCheckpointError as e:
+      raise config_lib.ConfigError(field, str(e)) from None
   dp = shd.data_parallel_size(env.mesh)
   abstract = training.params_spec(env.model, jnp.zeros((dp, 8), jnp.int32), env.mesh, env.rules)
   return ckpt_lib.restore_params(path, abstract)

@@ -116,11 +116,15 @@ def params_spec(model: nn.Module, example_tokens: jax.Array, mesh, rules) -> Any
                       nn.unbox(boxed), shardings)
 
 
-def restore_or_init(spec: StateSpec, checkpointer, init_from: str = "") -> tuple[TrainState, str]:
+def restore_or_init(spec: StateSpec, checkpointer, init_from: str = "",
+                    load_params: Callable[[str], Any] | None = None
+                    ) -> tuple[TrainState, str]:
   """Resume order: the workdir's latest finalized checkpoint, then `init_from`
   (parameters only, fresh optimizer), then a fresh initialization.
 
-  Returns the state and where it came from.
+  `load_params(init_from)` reads the parameters (default: an orbax checkpoint
+  restored into `spec`'s layout; jobs pass one that also reads Hugging Face
+  checkpoints). Returns the state and where it came from.
   """
   from pavjax import checkpoint  # pylint: disable=g-import-not-at-top
   step = checkpointer.latest_step() if checkpointer is not None else None
@@ -130,7 +134,8 @@ def restore_or_init(spec: StateSpec, checkpointer, init_from: str = "") -> tuple
     return state, f"checkpoint step {checkpointer.restored_step or step}"
   state = spec.init()
   if init_from:
-    params = checkpoint.restore_params(init_from, spec.abstract.params)
+    params = (load_params(init_from) if load_params is not None
+              else checkpoint.restore_params(init_from, spec.abstract.params))
     return state.replace(params=params), f"init_from {init_from}"
   return state, "scratch"
 

@@ -7,6 +7,7 @@ existed (rollout manifests, search caches, pipeline stages) stay valid.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -25,7 +26,20 @@ def arch_of(model_cfg: Any) -> str:
 
 
 def model_config_from(model_cfg: Any, vocab_size: int) -> ModelConfig:
-  """The static hyper-parameters of `config.model` for a task's vocabulary."""
+  """The static hyper-parameters of `config.model` for a task's vocabulary.
+
+  A pretrained checkpoint (`model.source='hf'`) brings its own sizes and vocabulary;
+  the task's token ids must fit in that vocabulary.
+  """
+  if model_cfg.get("source", "") == "hf":
+    from pavjax.models import hf  # pylint: disable=g-import-not-at-top
+    cfg = hf.config_from_hf(model_cfg.path, max_len=model_cfg.max_len, dtype=model_cfg.dtype,
+                            param_dtype=model_cfg.get("param_dtype", "float32"))
+    if vocab_size > cfg.vocab_size:
+      raise ValueError(f"model.path={model_cfg.path}: the task's tokenizer has {vocab_size} ids, "
+                       f"the checkpoint's embedding {cfg.vocab_size} rows; run the task with "
+                       "the checkpoint's own tokenizer")
+    return dataclasses.replace(cfg, remat=bool(model_cfg.get("remat", False)))
   arch = arch_of(model_cfg)
   if arch == "made":
     return MadeConfig.from_config(model_cfg, vocab_size)

@@ -37,8 +37,10 @@ construction, deterministic per seed, and validation/test do not depend on
 Tokens (see pavjax.tasks.tokenizer): 0 pad, 1 unk, 2 BOS, 3 EOS, 4 newline (the
 step delimiter), then sentencepiece pieces (BPE trained on the train corpus with
 split digits, cached at `workdir/tokenizer/arith_<config hash>.model`) or fixed
-characters (`tokenizer='char'`). Prompt = BOS, prompt text, newline; response =
-the solution lines joined by newline, then EOS.
+characters (`tokenizer='char'`). With `hf_tokenizer` set, a pretrained checkpoint's
+tokenizer replaces both (its own ids, pad and EOS; see pavjax.tasks.hf_tokenizer).
+Prompt = BOS, prompt text, newline; response = the solution lines joined by
+newline, then EOS.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import numpy as np
 from pavjax import artifacts
 from pavjax.tasks import answers
 from pavjax.tasks import base
+from pavjax.tasks import hf_tokenizer
 from pavjax.tasks import tokenizer as tokenizer_lib
 from pavjax.tasks.text import TextTask
 
@@ -106,6 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.max_prompt_len = 0  # prompt budget in tokens (BOS and newline included); 0 = longest prompt
   cfg.max_response_len = 0  # response budget in tokens, EOS included; 0 = auto (see ArithTask)
   cfg.cache_dir = ""  # where the tokenizer is cached ('' = the job's workdir; the pipeline shares one)
+  cfg.hf_tokenizer = ""  # Hugging Face checkpoint dir whose tokenizer replaces arith's ('' = own)
   return cfg
 
 
@@ -245,7 +249,8 @@ def _temp_workdir() -> str:
 def tokenizer_path(cfg: ml_collections.ConfigDict, workdir: str | None) -> str:
   """Where the sentencepiece model for `cfg` is cached."""
   fields = {k: v for k, v in cfg.to_dict().items()
-            if k not in ("name", "tokenizer", "max_prompt_len", "max_response_len", "cache_dir")}
+            if k not in ("name", "tokenizer", "max_prompt_len", "max_response_len", "cache_dir",
+                         "hf_tokenizer")}
   fields["_version"] = _TOKENIZER_VERSION
   root = workdir if workdir is not None else _temp_workdir()
   return f"{root}/tokenizer/arith_{artifacts.content_hash(fields, length=12)}.model"
@@ -267,7 +272,11 @@ class ArithTask(TextTask):
     self._splits = generate_splits(cfg)
     self.tokenizer_cached = False
     self.tokenizer_path = None
-    if cfg.tokenizer == "char":
+    if cfg.hf_tokenizer:
+      self.tokenizer = hf_tokenizer.load_tokenizer(cfg.hf_tokenizer)
+      # A pretrained vocabulary uses id 0 for real text: pad with the tokenizer's pad id.
+      self.pad_id = self.tokenizer.pad_id
+    elif cfg.tokenizer == "char":
       self.tokenizer = tokenizer_lib.CharTokenizer(CHARSET)
     else:
       self.tokenizer_path = tokenizer_path(cfg, workdir)
