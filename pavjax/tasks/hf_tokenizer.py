@@ -101,6 +101,8 @@ import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from pavjax.tasks import tokenizer as tokenizer_lib
+
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -480,13 +482,7 @@ class PretrainedTokenizer:
 
   def encode(self, text: str) -> list[int]:
     """Each line on its own, joined by `nl_id`; no BOS/EOS (pavjax's line convention)."""
-    out: list[int] = []
-    for k, line in enumerate(text.split("\n")):
-      if k:
-        out.append(self.nl_id)
-      if line:
-        out.extend(self._backend.encode_plain(line))
-    return out
+    return tokenizer_lib.encode_lines(text, self._backend.encode_plain, self.nl_id)
 
   def decode(self, ids: Sequence[int]) -> str:
     """Inverse of `encode`: nl_id -> "\\n"; pad/BOS/EOS/stop ids and unknown ids dropped."""

@@ -64,6 +64,21 @@ class Tokenizer(Protocol):
     """Text of `ids`; `nl_id` becomes "\\n", pad/BOS/EOS are dropped."""
 
 
+def encode_lines(text: str, encode_line, nl_id: int) -> list[int]:
+  """pavjax's line convention: each line encoded on its own, lines joined by `nl_id`.
+
+  So a line encodes the same wherever it sits in a text, and a step (a line) ends on
+  exactly one newline id.
+  """
+  out: list[int] = []
+  for k, line in enumerate(text.split("\n")):
+    if k:
+      out.append(nl_id)
+    if line:
+      out.extend(encode_line(line))
+  return out
+
+
 class CharTokenizer:
   """One id per character of a fixed charset (for the tiniest configs and tests)."""
 
@@ -186,13 +201,8 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str) -> list[int]:
     """Each line on its own, joined by `nl_id`."""
-    out: list[int] = []
-    for k, line in enumerate(text.split("\n")):
-      if k:
-        out.append(self.nl_id)
-      if line:
-        out.extend(t + self.offset for t in self.sp.encode(line))
-    return out
+    return encode_lines(text, lambda line: [t + self.offset for t in self.sp.encode(line)],
+                        self.nl_id)
 
   def decode(self, ids: Sequence[int]) -> str:
     """Inverse of `encode` for text the model covers (see the module docstring)."""
