@@ -9,11 +9,13 @@ rollouts_train, rollouts_validation, verifier_q, verifier_orm, search, rl_pav,
 rl_outcome; then report.md. Override a stage's field with
 --config.stages.<stage>.<field>=..., e.g. --config.stages.rl_pav.rl.alpha=5.
 
-Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes),
-gpu (default: one GPU), pod (a TPU pod slice: FSDP over every chip, larger model
-and batches; launch with launch_tpu.sh); difficulty=default|easy (arith only;
-tiny uses `easy`, one-digit + and - problems, so that a 0.8M model trained for
-minutes is imperfect but not hopeless: see pavjax.tasks.arith.DIFFICULTIES).
+Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes), gpu (default:
+one GPU), pod (a TPU pod slice: FSDP over every chip, larger model and batches; launch
+with launch_tpu.sh); difficulty=default|easy (arith only; tiny uses `easy`, one-digit
++ and - problems, so that a 0.8M model trained for minutes is imperfect but not
+hopeless: see pavjax.tasks.arith.DIFFICULTIES); hf=<dir>: every stage runs a Hugging
+Face checkpoint's architecture, SFT starts from its weights, and arith uses its
+tokenizer (README "Use a pretrained model"; size then sets only steps and budgets).
 """
 
 import ml_collections
@@ -29,7 +31,7 @@ def _load(name):
 
 
 def get_config(arg=None):
-  v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu", "difficulty": ""})
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu", "difficulty": "", "hf": ""})
   task, size = v["task"], v["size"]
   if size not in SIZES:
     raise config_lib.ConfigError("size", f"{size!r} is not one of {sorted(SIZES)}")
@@ -37,7 +39,7 @@ def get_config(arg=None):
   level = v["difficulty"] or (("easy" if size == "tiny" else "default") if task == "arith"
                               else "")
   model, scale = SIZES[size]
-  spec = f"task={task},size={model},difficulty={level}"
+  spec = f"task={task},size={model},difficulty={level},hf={v['hf']}"
   s = ml_collections.ConfigDict()
   s.sft = _load("sft").get_config(spec)
   s.rft = _load("rft").get_config(spec)

@@ -28,7 +28,7 @@ _TASK_DEFAULTS = {
 
 def get_config(arg=None):
   v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "reward": "pav",
-                                 "prover": "bok", "difficulty": ""})
+                                 "prover": "bok", "difficulty": "", "hf": ""})
   config = config_lib.base_config("rl", v["size"])
   config.task = config_lib.task_config(v["task"], v["difficulty"])
   config_lib.set_task_lengths(config, v["task"])
@@ -69,4 +69,5 @@ def get_config(arg=None):
     config.sample.num_eval = 256
   else:
     config.sample.num_eval = 64
+  config_lib.use_pretrained(config, v["hf"])
   return config

@@ -15,7 +15,7 @@ from pavjax import config_lib
 
 def get_config(arg=None):
   v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "policy": "checkpoint",
-                                 "prover": "policy", "difficulty": ""})
+                                 "prover": "policy", "difficulty": "", "hf": ""})
   config = config_lib.base_config("rollouts", v["size"])
   del config["optim"], config["train"], config["checkpoint"]
   config.task = config_lib.task_config(v["task"], v["difficulty"])
@@ -42,4 +42,5 @@ def get_config(arg=None):
   config.rollouts.fork_batch = 32  # prefixes continued per call (x n_mc rows)
   config.rollouts.halt_after_shards = 0  # stop after this many new shards (0 = off)
   config.sample.method = "temperature"
+  config_lib.use_pretrained(config, v["hf"])
   return config

@@ -20,7 +20,8 @@ STEP_LIMITS = {"arith": (6, 24), "planted": (10, 1), "toy": (4, 4), "jsonl_math"
 
 
 def get_config(arg=None):
-  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "difficulty": ""})
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "difficulty": "",
+                                 "hf": ""})
   config = config_lib.base_config("search", v["size"])
   del config["optim"], config["train"], config["checkpoint"]
   config.task = config_lib.task_config(v["task"], v["difficulty"])
@@ -57,4 +58,5 @@ def get_config(arg=None):
   s.bok_ks = "2,4,8,16,32"  # (the K sweep is skipped with prover=verifier)
   config.sample.method = "temperature"
   config.sample.batch_size = 1024  # pool sampling rows per call
+  config_lib.use_pretrained(config, v["hf"])
   return config

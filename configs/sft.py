@@ -23,7 +23,8 @@ _TASK_DEFAULTS = {
 
 
 def get_config(arg=None):
-  variant = config_lib.parse_arg(arg, {"task": "toy", "size": "tiny", "difficulty": ""})
+  variant = config_lib.parse_arg(arg, {"task": "toy", "size": "tiny", "difficulty": "",
+                                       "hf": ""})
   task_name, size = variant["task"], variant["size"]
   if task_name not in _TASK_DEFAULTS:
     raise config_lib.ConfigError("task.name", f"no SFT defaults for {task_name!r}")
@@ -41,4 +42,5 @@ def get_config(arg=None):
     config.train.batch_size = 32
   config.train.log_every = max(1, min(50, config.train.num_steps // 10))
   config.checkpoint.every = max(1, config.train.num_steps // 4)
+  config_lib.use_pretrained(config, variant["hf"])
   return config

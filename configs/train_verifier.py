@@ -14,7 +14,7 @@ from pavjax import config_lib
 
 def get_config(arg=None):
   v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "kind": "q",
-                                 "difficulty": ""})
+                                 "difficulty": "", "hf": ""})
   config = config_lib.base_config("train_verifier", v["size"])
   config.task = config_lib.task_config(v["task"], v["difficulty"])
   config_lib.set_task_lengths(config, v["task"])
@@ -30,4 +30,5 @@ def get_config(arg=None):
   config.train.log_every = 50
   config.checkpoint.every = 500
   config.optim.lr = 1e-3
+  config_lib.use_pretrained(config, v["hf"])
   return config

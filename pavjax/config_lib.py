@@ -18,6 +18,7 @@ from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
 from pavjax.tasks import arith
+from pavjax.tasks import hf_tokenizer
 
 # name -> (embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim)
 MODEL_SIZES = {
@@ -134,6 +135,31 @@ def hf_model_config() -> ml_collections.ConfigDict:
   cfg.param_dtype = "float32"  # parameter storage: float32 or bfloat16 (half the memory)
   cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
   return cfg
+
+
+def use_pretrained(config: ml_collections.ConfigDict, path: str) -> None:
+  """Points a job config at a Hugging Face checkpoint directory (the `hf=<dir>` variant).
+
+  The model becomes the checkpoint's architecture (`size=hf`, keeping the job's
+  `max_len`), training and sampling start from its weights (`init_from`, and a
+  rollouts/search job's `policy.checkpoint`), and a text task (arith, jsonl_math)
+  uses its tokenizer (`task.hf_tokenizer`). Each is an ordinary field afterwards:
+  `--config.init_from=''` trains the architecture from random weights. A task with
+  a fixed vocabulary of its own (toy, planted) keeps it; its ids must fit the
+  checkpoint's embedding. '' leaves the config as it is.
+  """
+  if not path:
+    return
+  max_len = config.model.max_len
+  config.model = hf_model_config()
+  config.model.path = path
+  config.model.max_len = max_len
+  if "policy" in config and "checkpoint" in config.policy:  # rollouts, search
+    config.policy.checkpoint = path
+  else:  # the training jobs
+    config.init_from = path
+  if "hf_tokenizer" in config.task:
+    config.task.hf_tokenizer = path
 
 
 def made_model_config(size: str) -> ml_collections.ConfigDict:
@@ -268,6 +294,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _check(bool(m.path), "model.path", "is empty; size=hf needs a Hugging Face checkpoint dir")
     _check(m.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
            f"{m.param_dtype!r} is not float32 or bfloat16")
+    try:  # reads config.json only: a refused family or field fails here, before any work
+      models.model_config_from(m, 0)
+    except (ValueError, OSError) as e:
+      raise ConfigError("model.path", str(e)) from None
+  tokenizer_dir = config.task.get("hf_tokenizer", "") if "task" in config else ""
+  if tokenizer_dir:
+    try:
+      hf_tokenizer.load_tokenizer(tokenizer_dir)
+    except (ValueError, OSError) as e:
+      raise ConfigError("task.hf_tokenizer", str(e)) from None
   elif arch == "made":
     hidden = m.hidden_sizes
     _check(isinstance(hidden, (tuple, list)) and len(hidden) >= 1

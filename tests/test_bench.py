@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax.bench import harness, decode, peer, rl_step, rollouts, verifier_train
+from pavjax.bench import harness, decode, load, peer, rl_step, rollouts, verifier_train
 from pavjax.models import Transformer
 
 # Tiniest settings shared by every bench (flags each bench knows).
@@ -146,3 +146,14 @@ def test_flags_take_cpu_defaults_and_tables_align():
   table = harness.format_table(["a", "bb"], [[1, 2], ["long", 3]]).splitlines()
   assert len({len(line) for line in table}) == 1
   assert harness.device_info().peak_flops is None  # CPU: no datasheet numbers
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch and transformers")
+def test_load_runs_and_its_check_can_fail():
+  args = ["--shape=tiny", "--batch=2", "--prompt_len=4", "--new_tokens=6", "--runs=1",
+          "--warmup=1"]
+  (r,) = load.main(args)
+  assert r["same_rows"] == 1.0 and r["load_s"] > 0 and r["checkpoint_bytes"] > 0
+  assert r["rss_peak"] >= r["rss_before"] and r["pavjax_tok_s"] > 0 and r["hf_tok_s"] > 0
+  with pytest.raises(harness.CorrectnessError, match="first greedy token differs"):
+    load.main(args + ["--fault=params"])

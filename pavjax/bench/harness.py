@@ -269,6 +269,8 @@ def parse_flags(argv: Sequence[str] | None, *, description: str,
   defaults.setdefault("warmup", 1)
   defaults.setdefault("check_rows", 8)
   defaults.setdefault("batch", ())  # benches whose batch is set by their own flags
+  defaults.setdefault("size", ())  # benches whose model comes from elsewhere (a checkpoint)
+  defaults.setdefault("vocab", 0)
   for key, value in defaults.items():
     if getattr(args, key, None) is None:
       setattr(args, key, value)

@@ -51,7 +51,7 @@ SHAPES = {
 GPU = {"shape": "qwen2.5-0.5b", "batch": (64,), "dtype": "bfloat16", "prompt_len": 64,
        "new_tokens": 128, "torch_threads": 0, "shard_size": "500MB"}
 CPU = {"shape": "qwen2.5-0.5b", "batch": (4,), "dtype": "float32", "prompt_len": 16,
-       "new_tokens": 16, "torch_threads": 1, "shard_size": "500MB"}
+       "new_tokens": 16, "torch_threads": 0, "shard_size": "500MB"}
 
 
 def add_flags(p):
@@ -123,6 +123,8 @@ def bench_decode(args, torch, transformers, path: str, batch: int) -> dict:
   p, n = args.prompt_len, args.new_tokens
   cfg = hf.config_from_hf(path, max_len=p + n, dtype=args.dtype, param_dtype=args.dtype)
   params = hf.load_params(path, cfg)
+  if args.fault == "params":
+    params = harness.perturbed(params)
   model = Transformer(cfg)
   sampler = Sampler(TransformerLM(model))
   device = peer.torch_device(torch)
@@ -149,7 +151,7 @@ def bench_decode(args, torch, transformers, path: str, batch: int) -> dict:
   jax_tokens = np.asarray(jax_generate().tokens)
   hf_tokens = hf_generate()[:, p:].cpu().numpy().astype(np.int32)
   first_equal = float(np.mean(jax_tokens[:, 0] == hf_tokens[:, 0]))
-  if args.dtype == "float32" and first_equal < 1.0:
+  if (args.dtype == "float32" or args.fault) and first_equal < 1.0:
     raise harness.CorrectnessError(f"load: the first greedy token differs on "
                                    f"{1 - first_equal:.0%} of rows in float32")
   timing = dict(warmup=args.warmup, runs=args.runs)

@@ -29,7 +29,9 @@ text is encoded line by line and the lines are joined with a dedicated newline
 id `NL = piece_size + offset` (the step delimiter). EOS is the model's eos id
 (shifted) when it has one, else one more extra id after NL. `vocab_size` covers
 the extras. Prompts are `[BOS] question NL` (BOS only when the model has one);
-references are `step1 NL step2 NL .. stepK EOS`.
+references are `step1 NL step2 NL .. stepK EOS`. With `hf_tokenizer` set, a Hugging
+Face checkpoint's tokenizer replaces the SentencePiece model: its own ids, BOS, EOS,
+pad and newline id, the same line convention (`pavjax.tasks.hf_tokenizer`).
 Problems whose prompt or reference exceeds `max_prompt_len` / `max_response_len`
 tokens, or whose tokenized reference is not judged correct (a lossy tokenizer),
 raise in strict mode and are dropped and counted (`token_filter_counts`) in
@@ -48,6 +50,7 @@ import ml_collections
 
 from pavjax.tasks import answers
 from pavjax.tasks import base
+from pavjax.tasks import hf_tokenizer
 from pavjax.tasks import jsonl_reader
 from pavjax.tasks import tokenizer as tokenizer_lib
 from pavjax.tasks.text import TextTask
@@ -68,7 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.format = "auto"  # record style: 'auto' (per record), 'gsm8k' or 'math'
   cfg.strict = True  # True: a bad line raises ValueError; False: skip it and count it
   cfg.max_prompt_chars = 4000  # records whose question is longer (characters) are bad lines
-  cfg.tokenizer_path = ""  # user-given SentencePiece .model file (required)
+  cfg.tokenizer_path = ""  # user-given SentencePiece .model file (required unless hf_tokenizer)
+  cfg.hf_tokenizer = ""  # Hugging Face checkpoint dir whose tokenizer to use instead ('' = off)
   cfg.max_prompt_len = 512  # max prompt tokens (BOS and trailing newline included)
   cfg.max_response_len = 1024  # max response tokens, EOS included
   cfg.seed = 0  # seed of the train -> validation carve when validation.jsonl is absent
@@ -132,11 +136,18 @@ def load_split(builder, split: str) -> list[dict[str, Any]]:
   return jsonl_builder.read_split(builder, split)
 
 
-def load_tokenizer(path: str) -> tokenizer_lib.SentencePieceTokenizer:
-  """The task's tokenizer: the user's SentencePiece `.model` file (see the module docstring)."""
+def load_tokenizer(path: str, hf_path: str = ""):
+  """The task's tokenizer: the user's SentencePiece `.model` file, or a Hugging Face
+  checkpoint's tokenizer when `hf_path` is set (see the module docstring)."""
+  if hf_path:
+    if path:
+      raise ValueError("config.task.tokenizer_path and config.task.hf_tokenizer are both set; "
+                       "keep one")
+    return hf_tokenizer.load_tokenizer(hf_path)
   if not path:
     raise ValueError("config.task.tokenizer_path is empty: jsonl_math needs a SentencePiece "
-                     ".model file (train one on your data with sentencepiece)")
+                     ".model file (train one on your data with sentencepiece) or "
+                     "config.task.hf_tokenizer (a Hugging Face checkpoint directory)")
   if not os.path.isfile(path):
     raise ValueError(f"config.task.tokenizer_path={path!r} is not a file")
   return tokenizer_lib.SentencePieceTokenizer.load(path)
@@ -153,7 +164,7 @@ class JsonlMathTask(TextTask):
   name = "jsonl_math"
 
   def __init__(self, splits: Mapping[str, Sequence[base.Problem]],
-               tokenizer: tokenizer_lib.SentencePieceTokenizer, max_prompt_len: int,
+               tokenizer, max_prompt_len: int,
                max_response_len: int, strict: bool = True):
     """Builds the task, checking every problem against the token limits.
 
@@ -166,6 +177,7 @@ class JsonlMathTask(TextTask):
         correct) instead of dropping it and counting it in `token_filter_counts`.
     """
     self.tokenizer = tokenizer
+    self.pad_id = tokenizer.pad_id  # 0 for SentencePiece; a pretrained vocabulary's own
     self._max_prompt_len = int(max_prompt_len)
     self._max_response_len = int(max_response_len)
     self.token_filter_counts = {reason: 0 for reason in TOKEN_FILTER_REASONS}
@@ -254,7 +266,8 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
       raise ValueError("jsonl_math needs config.task.data_dir or a workdir (data_dir='' means "
                        "<workdir>/tfds)")
     data_dir = os.path.join(workdir, "tfds")
-  tokenizer = load_tokenizer(task_cfg.tokenizer_path)  # fail fast on a bad path
+  tokenizer = load_tokenizer(task_cfg.tokenizer_path,  # fail fast on a bad path
+                             task_cfg.get("hf_tokenizer", ""))
   builder, summary = prepare(task_cfg.manual_dir, data_dir, fmt=task_cfg.format,
                        strict=task_cfg.strict, max_prompt_chars=task_cfg.max_prompt_chars,
                        seed=task_cfg.seed, val_fraction=task_cfg.val_fraction)

@@ -1,0 +1,185 @@
+"""Jobs on a Hugging Face checkpoint (the `hf=<dir>` config variant), checked against
+transformers: SFT starts from the checkpoint's weights with its tokenizer, the export
+command writes a directory transformers loads with the same logits, and every stage
+of the pipeline runs on it.
+
+The checkpoint is tests/pretrained.py's: a random Qwen2 (2 layers, D=64) with a
+byte-level BPE trained on arith's text, whose id 0 is a plain byte.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pavjax import artifacts
+from pavjax import config_lib
+from pavjax import runtime
+from pavjax.main import run_job
+from pavjax.models import hf
+from tests import pretrained
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from safetensors import safe_open  # noqa: E402
+
+sys.path.insert(0, ".")
+from configs import sft as sft_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  return pretrained.write_checkpoint(str(tmp_path_factory.mktemp("qwen2_arith")))
+
+
+def _tensors(path):
+  out = {}
+  with safe_open(os.path.join(path, "model.safetensors"), framework="numpy") as f:
+    for name in f.keys():
+      out[name] = f.get_tensor(name)
+  return out
+
+
+def _export(workdir, out, *extra):
+  """`python -m pavjax.export` in a fresh process, as a user runs it."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run([sys.executable, "-m", "pavjax.export", f"--workdir={workdir}",
+                         f"--out={out}", *extra], env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out
+
+
+def _job_params(workdir):
+  """The params of a job's latest checkpoint and the job's environment."""
+  with open(os.path.join(workdir, artifacts.CONFIG), encoding="utf-8") as f:
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    config = ml_collections.ConfigDict(json.load(f))
+  env = runtime.setup(config, workdir)
+  return env, runtime.load_params(env, os.path.join(workdir, artifacts.CHECKPOINTS), "workdir")
+
+
+def _same_logits(env, params, out_dir, tokens):
+  """transformers on the exported dir and pavjax on the job's params: the same logits."""
+  ours = np.asarray(jax.jit(env.model.apply)({"params": params}, jnp.asarray(tokens)).logits)
+  model = transformers.AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+  with torch.no_grad():
+    ref = model(torch.from_numpy(np.asarray(tokens, np.int64))).logits.numpy()
+  np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
+
+
+def test_the_variant_points_model_weights_and_tokenizer_at_the_checkpoint(checkpoint):
+  config = sft_config.get_config(f"task=arith,size=tiny,hf={checkpoint}")
+  assert (config.model.source, config.model.path) == ("hf", checkpoint)
+  assert config.init_from == checkpoint and config.task.hf_tokenizer == checkpoint
+  assert config.model.max_len == sft_config.get_config("task=arith").model.max_len
+  search = config_lib.sibling_config("configs/x.py", "search").get_config(f"hf={checkpoint}")
+  assert search.policy.checkpoint == checkpoint and search.model.path == checkpoint
+
+
+def test_a_bad_checkpoint_dir_fails_validation_naming_the_field(checkpoint, tmp_path):
+  config = sft_config.get_config(f"task=arith,hf={tmp_path / 'missing'}")
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.path: .*missing: no config"):
+    run_job(config, str(tmp_path / "run"))
+  config = sft_config.get_config(f"task=arith,hf={checkpoint}")
+  config.task.hf_tokenizer = str(tmp_path)
+  with pytest.raises(config_lib.ConfigError, match=r"config\.task\.hf_tokenizer: .*no tokenizer"):
+    run_job(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_sft_starts_from_the_checkpoint_and_exports_what_transformers_loads(checkpoint,
+                                                                           tmp_path):
+  workdir = str(tmp_path / "sft")
+  config = sft_config.get_config(f"task=arith,size=tiny,difficulty=easy,hf={checkpoint}")
+  config.train.num_steps, config.train.batch_size = 2, 16
+  config.optim.lr = 1e-4
+  config.checkpoint.every = 2
+  config.sample.num_eval = config.sample.batch_size = 8
+  summary = run_job(config, workdir)
+  assert summary["origin"] == f"init_from {checkpoint}"
+  env, params = _job_params(workdir)
+  assert env.task.pad_id == 320 and env.task.eos_id == 322  # the checkpoint's own ids
+
+  out = _export(workdir, str(tmp_path / "sft_hf"))
+  assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors",
+                                     "tokenizer.json", "tokenizer_config.json"]
+  for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    with open(os.path.join(out, name), "rb") as a, open(os.path.join(checkpoint, name), "rb") as b:
+      assert a.read() == b.read(), name
+  # Two Adam steps at lr <= 1e-4 move each weight by at most about 2e-4: the export is the
+  # checkpoint, slightly trained, not a fresh initialisation (which would differ by the
+  # init scale, 0.02, everywhere).
+  source, exported = _tensors(checkpoint), _tensors(out)
+  assert sorted(source) == sorted(exported)
+  for name, x in source.items():
+    assert np.max(np.abs(exported[name] - x)) < 1e-3, name
+  assert any(not np.array_equal(exported[n], x) for n, x in source.items())
+  seqs = [env.task.encode_prompt(p) + env.task.encode_solution(p)
+          for p in env.task.split("validation")[:2]]
+  width = min(map(len, seqs))
+  _same_logits(env, params, out, np.array([s[:width] for s in seqs], np.int32))
+
+
+def test_export_refuses_a_workdir_without_a_checkpoint(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-m", "pavjax.export", f"--workdir={tmp_path}",
+                         f"--out={tmp_path / 'out'}"], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2
+  assert "pavjax: export failed:" in proc.stderr and "config.json" in proc.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def _pipeline_config(checkpoint):
+  config = config_lib.sibling_config("configs/x.py", "pipeline").get_config(
+      f"task=arith,size=tiny,hf={checkpoint}")
+  s = config.stages
+  for cfg in s.values():
+    cfg.sample.batch_size = 32
+    cfg.sample.num_eval = 16
+  s.sft.train.num_steps = 500  # greedy accuracy about 0.08: RFT finds correct samples
+  s.rft.rft.num_problems, s.rft.rft.num_samples = 64, 4
+  s.rft.train.num_steps, s.rft.train.batch_size = 4, 16
+  for name in ("rollouts_train", "rollouts_validation"):
+    s[name].rollouts.num_problems, s[name].rollouts.n_cov, s[name].rollouts.n_mc = 8, 2, 2
+    s[name].rollouts.problems_per_shard = 8
+  for name in ("verifier_q", "verifier_orm"):
+    s[name].train.num_steps, s[name].train.batch_size, s[name].train.log_every = 4, 16, 2
+    s[name].checkpoint.every = 4
+  s.search.search.num_problems, s.search.search.num_subsets = 4, 4
+  s.search.search.ns, s.search.search.beam_ns = "1,2", "2"
+  s.search.search.max_rows = 32
+  for name in ("rl_pav", "rl_outcome"):
+    s[name].train.num_steps, s[name].train.eval_every, s[name].train.log_every = 4, 2, 1
+    s[name].checkpoint.every = 4
+    s[name].rl.eval_pass_ns = "1,2"
+  return config
+
+
+def test_the_pipeline_runs_every_stage_on_the_checkpoint(checkpoint, tmp_path):
+  workdir = str(tmp_path)
+  out = run_job(_pipeline_config(checkpoint), workdir)
+  assert set(out["stages"].values()) == {"ran"} and len(out["stages"]) == 9
+  report = (tmp_path / "report.md").read_text()
+  assert "## Accuracy" in report and "PAV beam search, N=2" in report
+  with open(tmp_path / "sft" / artifacts.SUMMARY) as f:
+    assert json.load(f)["origin"] == f"init_from {checkpoint}"
+
+  # A verifier exports its trunk and value head; loading the export gives both back.
+  env, params = _job_params(str(tmp_path / "verifier_q"))
+  exported = _export(str(tmp_path / "verifier_q"), str(tmp_path / "prm_hf"), "--value_head")
+  tensors = _tensors(exported)
+  np.testing.assert_array_equal(tensors[hf.VALUE_HEAD_WEIGHT],
+                                np.asarray(params["value_w"]).reshape(1, -1))
+  np.testing.assert_array_equal(tensors[hf.VALUE_HEAD_BIAS],
+                                np.asarray(params["value_b"]).reshape(1))
+  again = hf.load_params(exported, env.model_cfg)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
