@@ -510,7 +510,10 @@ def hf_config(cfg: TransformerConfig, family: str | None = None, *,
   if back != cfg:
     diff = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
             if getattr(cfg, f.name) != getattr(back, f.name)}
-    raise HFCheckpointError(f"family {family!r} cannot express {diff}")
+    raise HFCheckpointError(
+        f"family {family!r} cannot express {diff}: export writes models whose architecture "
+        "is a Hugging Face family's (those that started from a checkpoint, model.size=hf); "
+        "pavjax's own presets (e.g. embeddings scaled by sqrt(D) with SwiGLU) match none")
   return out
 
 
@@ -858,9 +861,9 @@ def _value_head_leaf(keys, leaf, reader: _Reader, files) -> jax.Array:
   def cb(index):
     if name not in files:
       return np.zeros(np.empty(leaf.shape)[index].shape, leaf.dtype)
-    full = reader.read(name, (slice(None),) * (2 if name == VALUE_HEAD_WEIGHT else 1))
-    full = full.reshape(leaf.shape)
-    return np.asarray(full[index]).astype(leaf.dtype)
+    if name == VALUE_HEAD_WEIGHT:  # [D] <- HF [1, D]: this device's columns only
+      return reader.read(name, (slice(0, 1),) + tuple(index))[0].astype(leaf.dtype)
+    return reader.read(name, (slice(None),)).reshape(()).astype(leaf.dtype)  # [] <- [1]
 
   return jax.make_array_from_callback(leaf.shape, leaf.sharding, cb)
 

@@ -199,6 +199,25 @@ def test_checkpoint_written_by_two_processes_restores_in_one(runs):
                                   reference["arrays"]["params" + jax.tree_util.keystr(path)])
 
 
+def test_hf_export_and_sharded_load_across_processes(runs):
+  """Two processes export the trained parameters to one HF directory (process 0 writes)
+  byte for byte as one process does; loading it back splits every read by process."""
+  cluster, reference, _ = runs
+  params = {k[len("params"):]: v for k, v in reference["arrays"].items()
+            if k.startswith("params")}
+  for who in cluster + [reference]:
+    assert who["hf_export_sha256"] == reference["hf_export_sha256"]
+    loaded = {k[len("hf_loaded"):]: v for k, v in who["arrays"].items()
+              if k.startswith("hf_loaded")}
+    assert sorted(loaded) == sorted(params)
+    for key, value in params.items():
+      np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+    # Each process reads exactly the blocks it holds (value head included: exported).
+    assert who["hf_read_elements"] == who["hf_held_elements"]
+  # ... and the fsdp split puts part of every big tensor in each process.
+  assert all(got["hf_read_elements"] < reference["hf_read_elements"] for got in cluster)
+
+
 def test_beam_search_with_batch_sharded_rows_across_processes(runs):
   cluster, reference, _ = runs
   assert reference["beam_batch_sharded"]["error"] is None

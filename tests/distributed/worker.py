@@ -11,7 +11,8 @@ devices and runs `compute`: two verifier train steps (pavjax's own
 `jobs.train_verifier.verifier_train_step` behind `runtime.make_trainer`, whose
 checkpointer then writes one checkpoint from all processes together), one
 `Sampler.generate` call with the prompts split over the batch axes, and
-`StepBeamSearch.run`. What it saw goes to DIR/process_I.npz (arrays, gathered
+`StepBeamSearch.run`, then a Hugging Face export of the trained parameters (all
+processes gather, process 0 writes) loaded back sharded. What it saw goes to DIR/process_I.npz (arrays, gathered
 from all processes) and DIR/process_I.json (train metrics, shardings, beam pools).
 With --num_processes=1 (and as many faked devices as the whole cluster) the same
 code is the single-process reference.
@@ -20,6 +21,7 @@ code is the single-process reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import functools
 import json
@@ -167,6 +169,45 @@ def compute(workdir: str, tensor: int = 1) -> tuple[dict, dict]:
   except RuntimeError as e:  # the cross-process fetch error (same in every process)
     summary["beam_batch_sharded"] = {"error": str(e).splitlines()[0], "answers": None}
   timing["beam_batch_sharded"] = time.time() - t0 - sum(timing.values())
+
+  # (d) Hugging Face export and load across processes: every process takes part in the
+  # export's gathers and process 0 writes; then each process loads the directory into
+  # the fsdp-sharded parameters, reading only the blocks its own devices hold.
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from pavjax.models import hf  # pylint: disable=g-import-not-at-top
+  export_dir = os.path.join(workdir, "hf_export")
+  # pavjax's own preset scales embeddings by sqrt(D), which no Llama-like family does:
+  # written as a Llama config (the tensors, not the function, are what is checked here).
+  hf_cfg = dataclasses.replace(env.model_cfg, embed_scale=False)
+  hf.export(state.params, hf_cfg, export_dir, value_head=True)
+  multihost_utils.sync_global_devices("hf export written")
+  read_elements = []
+  real_read = hf._Reader.read  # pylint: disable=protected-access
+
+  def counting_read(self, name, index):
+    block = real_read(self, name, index)
+    read_elements.append(block.size)
+    return block
+
+  hf._Reader.read = counting_read  # pylint: disable=protected-access
+  try:
+    loaded = hf.load_params(export_dir, hf_cfg, mesh, rules)
+  finally:
+    hf._Reader.read = real_read  # pylint: disable=protected-access
+  flat, _ = jax.tree_util.tree_flatten_with_path(_fetch(loaded))
+  for path, leaf in flat:
+    arrays["hf_loaded" + jax.tree_util.keystr(path)] = leaf
+  with open(os.path.join(export_dir, "model.safetensors"), "rb") as f:
+    import hashlib  # pylint: disable=g-import-not-at-top
+    summary["hf_export_sha256"] = hashlib.sha256(f.read()).hexdigest()
+  summary["hf_read_elements"] = sum(read_elements)
+
+  def distinct_elements(x):  # replicas of one block on this process are read once
+    blocks = {str(shard.index): shard.data.size for shard in x.addressable_shards}
+    return sum(blocks.values())
+
+  summary["hf_held_elements"] = sum(distinct_elements(x) for x in jax.tree.leaves(loaded))
+  timing["hf"] = time.time() - t0 - sum(timing.values())
   summary["timing"] = timing
   return arrays, summary
 

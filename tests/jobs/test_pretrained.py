@@ -127,14 +127,25 @@ def test_sft_starts_from_the_checkpoint_and_exports_what_transformers_loads(chec
   _same_logits(env, params, out, np.array([s[:width] for s in seqs], np.int32))
 
 
-def test_export_refuses_a_workdir_without_a_checkpoint(tmp_path):
+def _export_fails(workdir, out):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.run([sys.executable, "-m", "pavjax.export", f"--workdir={tmp_path}",
-                         f"--out={tmp_path / 'out'}"], env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 2
-  assert "pavjax: export failed:" in proc.stderr and "config.json" in proc.stderr
-  assert not (tmp_path / "out").exists()
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run([sys.executable, "-m", "pavjax.export", f"--workdir={workdir}",
+                         f"--out={out}"], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert not os.path.exists(out)
+  return proc.stderr
+
+
+def test_export_refuses_a_workdir_without_a_checkpoint(tmp_path):
+  stderr = _export_fails(tmp_path, tmp_path / "out")
+  assert "pavjax: export failed:" in stderr and "config.json" in stderr
+
+
+def test_export_refuses_a_model_of_pavjax_s_own_presets(toy_policy, tmp_path):
+  stderr = _export_fails(os.path.dirname(toy_policy), tmp_path / "out")
+  assert "pavjax: export failed: family 'llama' cannot express {'embed_scale': True}" in stderr
+  assert "model.size=hf" in stderr
 
 
 def _pipeline_config(checkpoint):

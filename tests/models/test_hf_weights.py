@@ -470,6 +470,37 @@ def test_loading_on_a_mesh_gives_the_one_device_values(root):
   assert default["lm_head"].addressable_shards[0].data.shape == (32, 128)
 
 
+def test_each_device_reads_only_the_block_it_holds(root, monkeypatch):
+  """Sharded loading reads blocks, never whole tensors: with every parameter split 8
+  ways, the elements read equal those held (head splits aside, none here), and no read
+  is larger than one device's block."""
+  src = _checkpoint(root, "llama")
+  cfg = hf.config_from_hf(src)
+  reads = []
+  real_read = hf._Reader.read  # pylint: disable=protected-access
+
+  def counting_read(self, name, index):
+    block = real_read(self, name, index)
+    reads.append((name, block.size))
+    return block
+
+  monkeypatch.setattr(hf._Reader, "read", counting_read)  # pylint: disable=protected-access
+  mesh = shd.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  rules = (("vocab", "fsdp"), ("embed", "fsdp"), ("mlp", None), ("heads", None),
+           ("kv_heads", None), ("kv", None), ("layers", None))
+  params = hf.load_params(src, cfg, mesh, rules)
+  trunk = [x for k, x in params.items() if k not in ("value_w", "value_b")]  # heads: zeros
+  held = sum(shard.data.size for x in jax.tree.leaves(trunk) for shard in x.addressable_shards)
+  largest_block = max(shard.data.size for x in jax.tree.leaves(params)
+                      for shard in x.addressable_shards)
+  value_head = {hf.VALUE_HEAD_WEIGHT, hf.VALUE_HEAD_BIAS}
+  assert not any(name in value_head for name, _ in reads)  # absent: zeros, nothing read
+  assert sum(n for _, n in reads) == held
+  assert max(n for _, n in reads) <= largest_block
+  whole = cfg.vocab_size * cfg.embed_dim
+  assert largest_block == whole // 8  # every big parameter really is split 8 ways
+
+
 # ------------------------------------------------------------------------------------------
 # Numerics against transformers
 # ------------------------------------------------------------------------------------------
