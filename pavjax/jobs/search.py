@@ -437,13 +437,15 @@ def write_report(results: dict, out_dir: str) -> None:
     lines.append(f"| {method} | " + " | ".join(_fmt(by_n.get(n)) for n in ns) + " |")
   lines += ["", "## Compute at the largest N (per problem)", "",
             "| method | N | accuracy | policy tokens | verifier tokens | prover tokens | FLOPs "
-            "| wall s (all problems) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| wall s (all problems) | no finished response |",
+            "|---|---|---|---|---|---|---|---|---|"]
   for method, rows in curves.items():
     r = max(rows, key=lambda r: r["n"])
+    # Beams answer from finished responses only; best-of-N rows have no such count.
+    none_finished = (f"{r['no_finished']:.1%} of problems" if "no_finished" in r else "-")
     lines.append(f"| {method} | {r['n']} | {r['accuracy']:.3f} | {r['policy_tokens']:.0f} | "
                  f"{r['verifier_tokens']:.0f} | {r.get('prover_tokens', 0):.0f} | "
-                 f"{r['flops']:.3g} | {r['wall_s']:.1f} |")
+                 f"{r['flops']:.3g} | {r['wall_s']:.1f} | {none_finished} |")
   eff = results["efficiency_vs_orm"]
   lines += ["", "## Compute efficiency vs ORM best-of-N at its largest N", ""]
   if eff and not next(iter(eff.values()))["reference_rises"]:

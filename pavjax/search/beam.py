@@ -3,15 +3,17 @@
 A beam of N prefixes per problem; each samples C next steps (sampling stops at a
 step-end token or EOS); candidates are scored by a named score and the top N
 continue. Finished candidates (EOS, a step that ran out of tokens, or the step
-budget) leave the beam for a pool; the answer is the pool member the Q^pi
-verifier rates highest.
+budget) leave the beam for a pool; the answer is the finished (EOS) pool member
+the Q^pi verifier rates highest, and a problem with none has no answer (counted in
+`no_finished`).
 
 Choices the paper leaves open (documented here and in the README):
   * First expansion: the root prompt fills all N beam rows, so it is expanded
     N * C times (independent samples) and the best N distinct steps are kept.
   * Identical candidate prefixes of a problem are merged before selection (the
     first one stands); otherwise one likely step would fill every beam slot.
-  * Max steps: `max_steps`; a prefix still open then joins the pool unfinished.
+  * Max steps: `max_steps`; a prefix still open then joins the pool unfinished,
+    where it is kept (for the record) but never chosen as the answer.
 
 Provers of the `pav` score, Q^pi + alpha * A^mu:
   * Best-of-K (default): Q^mu = BoK_K(Q^pi) = 1 - (1 - Q^pi)^K in closed form from
@@ -280,8 +282,16 @@ def _prefix_values(fn: ValueFn, params, hist, start, index) -> jax.Array:
 
 
 def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray]) -> SearchResult:
-  """Chooses each problem's answer: the pool member with the highest Q."""
-  answers = [max(pool, key=lambda e: e["q"])["tokens"] if pool else [] for pool in pools]
+  """Chooses each problem's answer: the finished pool member with the highest Q.
+
+  Unfinished members (cut by `max_steps` or `max_step_tokens`) are never answers,
+  whatever their Q: they would be graded as truncated. A problem whose pool holds
+  no finished response gets the empty answer (a miss) and counts in `no_finished`.
+  """
+  finished = [[e for e in pool if e["finished"]] for pool in pools]
+  answers = [max(f, key=lambda e: e["q"])["tokens"] if f else [] for f in finished]
+  per_problem = {**per_problem, "no_finished": np.array([0 if f else 1 for f in finished],
+                                                       np.int64)}
   counters = {k: int(v.sum()) for k, v in per_problem.items()}
   return SearchResult(pools, answers, counters, per_problem)
 
@@ -302,5 +312,6 @@ def run_dvts(search: StepBeamSearch, params, vparams, prompts: Sequence[Sequence
   repeated = [p for p in prompts for _ in range(subtrees)]
   res = search.run(params, vparams, repeated, rng, prompt_sharding, prover_params)
   pools = [sum(res.pools[i * subtrees:(i + 1) * subtrees], []) for i in range(len(prompts))]
-  per_problem = {k: v.reshape(len(prompts), subtrees).sum(1) for k, v in res.per_problem.items()}
+  per_problem = {k: v.reshape(len(prompts), subtrees).sum(1) for k, v in res.per_problem.items()
+                 if k != "no_finished"}  # recounted over the joined pools
   return _result(pools, per_problem)

@@ -64,6 +64,10 @@ def test_every_method_and_sweep_is_evaluated_and_resume_skips(tmp_path, toy_poli
   # Beams count their own work: a width-2 beam samples 3 candidates per row per step.
   q2 = {r["n"]: r for r in curves["q_beam"]}[2]
   assert q2["candidates"] >= 2 * 3 and q2["policy_tokens"] >= q2["candidates"]
+  # ... and how many problems ended without a finished response (then answered with none).
+  assert all(0.0 <= r["no_finished"] <= 1.0 for m in ("q_beam", "pav_beam", "dvts")
+             for r in curves[m])
+  assert "no finished response" in (tmp_path / "results.md").read_text()
   for name in ("results.md", "accuracy_vs_n.png", "accuracy_vs_flops.png", "sweep_alpha.png"):
     assert (tmp_path / name).exists(), name
   assert "## Compute efficiency vs ORM" in (tmp_path / "results.md").read_text()

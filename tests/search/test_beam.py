@@ -88,6 +88,30 @@ def test_fig2a_beams_by_q_and_by_advantage(score, kept):
   assert all(a == [4, 8, EOS] for a in result.answers)
 
 
+def test_the_answer_is_a_finished_response_even_when_an_unfinished_one_rates_higher():
+  def run(table, max_steps):
+    search = StepBeamSearch(BigramLM(), _value_fn, beam_width=2, expansions=32,
+                            max_steps=max_steps, max_step_tokens=1, step_end_ids=ACTIONS,
+                            eos_id=EOS, score="q")
+    return search.run(jnp.asarray(table), _qtab(), [[BOS]] * 2, jax.random.PRNGKey(0))
+
+  # Two steps: the beam is cut at (4, 8) with Q 0.7 (unfinished); the only finished
+  # response is the root's immediate stop, valued 0. It is the answer.
+  result = run(_policy_table(), max_steps=2)
+  for pool in result.pools:
+    cut = max((e for e in pool if not e["finished"]), key=lambda e: e["q"])
+    assert cut["tokens"] == [4, 8] and cut["q"] == pytest.approx(0.7)
+  assert result.answers == [[EOS], [EOS]] and result.counters["no_finished"] == 0
+  # The root may not stop and one step is allowed: no response finishes; no answer.
+  table = np.array(_policy_table())
+  table[BOS, EOS] = NEG
+  result = run(table, max_steps=1)
+  assert all(pool and not any(e["finished"] for e in pool) for pool in result.pools)
+  assert result.answers == [[], []]
+  np.testing.assert_array_equal(result.per_problem["no_finished"], [1, 1])
+  assert result.counters["no_finished"] == 2
+
+
 @pytest.mark.parametrize("with_prover", [False, True])
 def test_compute_counters_match_hand_counts(with_prover):
   result = _search("pav", problems=4, prover=_table(QMU) if with_prover else None)
