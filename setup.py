@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.20",
     "jinja2>=3.1.6",
     "safetensors>=0.4",
+    # jsonl_math's answer grader (pavjax.tasks.grading); pulls latex2sympy2_extended, sympy.
+    "math-verify>=0.8,<1",
 ]
 
 setuptools.setup(

@@ -41,7 +41,9 @@ whitespace and a trailing period; `x=5` -> `5` for a one-letter left side; a
 number with thousands commas `1,234` -> `1234`; `5.50` -> `5.5`, `3.0` -> `3`,
 `.5` -> `0.5`; a redundant outer brace pair. Two normalized answers match
 (`answers_match(..., exact_text=True)`) when equal as strings, or when both are
-short plain numbers with the same exact rational value.
+short plain numbers with the same exact rational value. jsonl_math grades with
+`pavjax.tasks.grading`, which runs these two checks first and then, for other answers,
+a time-limited symbolic check (math-verify) in a separate process: nothing here uses sympy.
 """
 
 from __future__ import annotations

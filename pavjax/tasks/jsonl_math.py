@@ -36,6 +36,16 @@ Problems whose prompt or reference exceeds `max_prompt_len` / `max_response_len`
 tokens, or whose tokenized reference is not judged correct (a lossy tokenizer),
 raise in strict mode and are dropped and counted (`token_filter_counts`) in
 lenient mode.
+
+Grading (`is_correct`): the response's final answer, extracted and normalized like the
+reference's, is compared with `pavjax.tasks.grading.answers_equivalent`. Plain numbers
+(`1,000`, `0.75`, `3/4`, `\\frac{3}{4}`) are compared exactly without sympy, equal strings
+match, and with `grader='math_verify'` (the default) anything else goes to the math-verify
+package (`2\\sqrt{2}` = `\\sqrt{8}`, `x^2+2x+1` = `(x+1)^2`, `\\{1,2\\}` = `\\{2,1\\}`,
+`(1,2]` != `(1,2)`) in a worker process that is killed past `grade_timeout_s` seconds: a
+hostile answer is wrong within the limit, from any thread. `grader='exact'` stops after
+the string comparison. The grading module's docstring lists the decisions (`50\\%` = `50`,
+`90^\\circ` = `90`, answers that read as words are compared as strings).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ import ml_collections
 
 from pavjax.tasks import answers
 from pavjax.tasks import base
+from pavjax.tasks import grading
 from pavjax.tasks import hf_tokenizer
 from pavjax.tasks import jsonl_reader
 from pavjax.tasks import tokenizer as tokenizer_lib
@@ -77,6 +88,8 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.max_response_len = 1024  # max response tokens, EOS included
   cfg.seed = 0  # seed of the train -> validation carve when validation.jsonl is absent
   cfg.val_fraction = 0.05  # fraction of train carved out as validation (if no validation.jsonl)
+  cfg.grader = "math_verify"  # math_verify (symbolic, time-limited) | exact (normalised strings)
+  cfg.grade_timeout_s = 2.0  # seconds the symbolic check of one answer may take; slower = wrong
   return cfg
 
 
@@ -165,7 +178,9 @@ class JsonlMathTask(TextTask):
 
   def __init__(self, splits: Mapping[str, Sequence[base.Problem]],
                tokenizer, max_prompt_len: int,
-               max_response_len: int, strict: bool = True):
+               max_response_len: int, strict: bool = True,
+               grader: str = grading.DEFAULT_GRADER,
+               grade_timeout_s: float = grading.DEFAULT_TIMEOUT_S):
     """Builds the task, checking every problem against the token limits.
 
     Args:
@@ -175,7 +190,13 @@ class JsonlMathTask(TextTask):
       max_response_len: max response tokens (EOS included).
       strict: raise on a problem over a limit (or whose reference is not judged
         correct) instead of dropping it and counting it in `token_filter_counts`.
+      grader: how answers are compared: 'math_verify' or 'exact' (`pavjax.tasks.grading`).
+      grade_timeout_s: the most seconds one symbolic answer check may take.
     """
+    grading.validate(grader, grade_timeout_s)
+    grading.check_available(grader)
+    self.grader = grader
+    self.grade_timeout_s = float(grade_timeout_s)
     self.tokenizer = tokenizer
     self.pad_id = tokenizer.pad_id  # 0 for SentencePiece; a pretrained vocabulary's own
     self._max_prompt_len = int(max_prompt_len)
@@ -228,7 +249,8 @@ class JsonlMathTask(TextTask):
             "token_filter_counts": dict(self.token_filter_counts)}
 
   def is_correct(self, response: Sequence[int], problem: base.Problem) -> base.Outcome:
-    """Outcome of a response: its final answer (`answers.extract_final_answer`) vs the reference."""
+    """Outcome of a response: its final answer (`answers.extract_final_answer`) vs the
+    reference, compared by the task's grader (`grading.answers_equivalent`)."""
     body, has_eos = base.response_until_eos(response, self.eos_id)
     if has_eos and not body:
       return base.Outcome(0.0, base.EMPTY)
@@ -242,7 +264,8 @@ class JsonlMathTask(TextTask):
     answer, reason = answers.extract_final_answer(text)
     if reason:
       return base.Outcome(0.0, reason)
-    ok = answers.answers_match(answer, problem.answer, exact_text=True)
+    ok = grading.answers_equivalent(problem.answer, answer, grader=self.grader,
+                                    timeout_s=self.grade_timeout_s)
     return base.Outcome(float(ok), base.CORRECT if ok else base.WRONG)
 
 
@@ -266,6 +289,10 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
       raise ValueError("jsonl_math needs config.task.data_dir or a workdir (data_dir='' means "
                        "<workdir>/tfds)")
     data_dir = os.path.join(workdir, "tfds")
+  grader = task_cfg.get("grader", grading.DEFAULT_GRADER)  # configs older than the fields
+  grade_timeout_s = task_cfg.get("grade_timeout_s", grading.DEFAULT_TIMEOUT_S)
+  grading.validate(grader, grade_timeout_s)  # fail fast, before any data is prepared
+  grading.check_available(grader)
   tokenizer = load_tokenizer(task_cfg.tokenizer_path,  # fail fast on a bad path
                              task_cfg.get("hf_tokenizer", ""))
   builder, summary = prepare(task_cfg.manual_dir, data_dir, fmt=task_cfg.format,
@@ -273,6 +300,6 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
                        seed=task_cfg.seed, val_fraction=task_cfg.val_fraction)
   splits = {split: problems_from_records(load_split(builder, split)) for split in base.SPLITS}
   task = JsonlMathTask(splits, tokenizer, task_cfg.max_prompt_len, task_cfg.max_response_len,
-                       strict=task_cfg.strict)
+                       strict=task_cfg.strict, grader=grader, grade_timeout_s=grade_timeout_s)
   task.validation_summary = summary
   return task
