@@ -45,7 +45,7 @@ TASK_LENGTHS = {
     "toy": (32, 16),
     "planted": (16, 10),
     "arith": (128, 64),
-    "jsonl_math": (512, 256),
+    "jsonl_math": (1536, 1024),  # jsonl_math's default 512 prompt + 1024 response tokens
 }
 
 
@@ -204,6 +204,9 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.train.nonfinite = "stop"  # on NaN/Inf loss or grads: 'stop' (raise) or 'skip' the step
   c.train.max_skips = 10  # with 'skip': stop after this many consecutive bad steps
   c.train.halt_at_step = 0  # stop (checkpointed) after this step, as if preempted; 0 = off
+  # Positions per chunk of the LM head + log-softmax in the SFT/RFT and RL losses: no
+  # [batch, length, vocab] logits at a large vocabulary (0 = the whole length at once).
+  c.train.logits_chunk = 256
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 200  # steps between checkpoints (0 = only at the end)
@@ -338,6 +341,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _check(t.log_every > 0, "train.log_every", "must be > 0")
     _check(t.nonfinite in ("stop", "skip"), "train.nonfinite",
            f"{t.nonfinite!r} is not 'stop' or 'skip'")
+    chunk = t.get("logits_chunk", 0)  # LM-head chunking (training.token_stats)
+    _check(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0,
+           "train.logits_chunk", f"{chunk!r} must be an int >= 0 (0 = no chunking)")
   if "sample" in config:
     s = config.sample
     from pavjax.sampling import methods  # pylint: disable=g-import-not-at-top

@@ -7,6 +7,7 @@ loss.png and summary.json the same way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -24,12 +25,18 @@ from pavjax.sampling import Sampler, cached_lm
 from pavjax.sampling import methods as sampling_methods
 
 
-def sft_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str):
-  """One AdamW step on the masked next-token loss of a [B, T] batch."""
+def sft_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str,
+                   logits_chunk: int = 0):
+  """One AdamW step on the masked next-token loss of a [B, T] batch.
+
+  The LM head and its log-softmax run `logits_chunk` positions at a time
+  (`train.logits_chunk`; 0 = all at once), so a large vocabulary never needs
+  [B, T, V] logits (`training.token_stats`).
+  """
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, batch["inputs"]).logits  # [B, T, V]
-    return training.token_cross_entropy(logits, batch["targets"], batch["mask"])
+    return training.sequence_cross_entropy(model, params, batch["inputs"], batch["targets"],
+                                           batch["mask"], chunk=logits_chunk)
 
   (loss, token_acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state, grad_norm = training.apply_update(state, grads, tx, loss=loss, nonfinite=nonfinite)
@@ -50,7 +57,8 @@ def train(env: runtime.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
   logging.info("%s on %d %s examples of %d columns", job, len(data), task.name,
                data.inputs.shape[1])
 
-  trainer = runtime.make_trainer(env, sft_train_step)
+  trainer = runtime.make_trainer(env, functools.partial(
+      sft_train_step, logits_chunk=config.train.get("logits_chunk", 0)))
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
 
   def batch_fn(step, _):

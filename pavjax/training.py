@@ -6,10 +6,11 @@ Shared by every job that updates parameters (SFT, verifiers, RL).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -161,13 +162,120 @@ def apply_update(state: TrainState, grads, tx, *, loss: jax.Array, nonfinite: st
   return new, grad_norm
 
 
+class TokenStats(NamedTuple):
+  """What the losses read of the LM head at each position, for its target token."""
+
+  logp: jax.Array  # [B, T] float32 log pi(target | prefix)
+  entropy: jax.Array | None = None  # [B, T] float32 entropy of pi(. | prefix), if asked
+  correct: jax.Array | None = None  # [B, T] float32 1 where the argmax is the target, if asked
+
+
+def logits_stats(logits: jax.Array, targets: jax.Array, *, entropy: bool = False,
+                 correct: bool = False) -> TokenStats:
+  """`TokenStats` of logits [B, T, V] for targets [B, T].
+
+  The log-softmax is `jax.nn.log_softmax`'s, op for op, but only its value at the
+  target is formed: logits - max, minus log-sum-exp, picked before the
+  subtraction, so no second [B, T, V] array (the normalized log-probs) is needed.
+  """
+  x = logits.astype(jnp.float32)
+  shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+  lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))  # [B, T, 1]
+  logp = jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0] - lse[..., 0]
+  ent = None
+  if entropy:
+    logp_all = shifted - lse
+    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, -1)
+  hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) if correct else None
+  return TokenStats(logp, ent, hit)
+
+
+def chunked_stats(head: Callable[[jax.Array], jax.Array], hidden: jax.Array,
+                  targets: jax.Array, *, chunk: int, entropy: bool = False,
+                  correct: bool = False) -> TokenStats:
+  """`logits_stats(head(hidden), targets)`, `chunk` positions at a time.
+
+  `head` maps hidden states [B, C, D] to logits [B, C, V]; `targets` [B, T'] are
+  those of the first T' positions of `hidden` [B, T, D]. The positions are cut
+  into chunks of `chunk` (the last one padded) and a `lax.map` runs the head and
+  the log-softmax on one chunk at a time. Each chunk is rematerialized
+  (`jax.checkpoint`): the backward pass recomputes a chunk's logits instead of
+  keeping every chunk's, so at most [B, chunk, V] logits are live at once.
+  """
+  b, t = targets.shape
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  x = jnp.pad(hidden[:, :t], ((0, 0), (0, pad), (0, 0)))
+  y = jnp.pad(targets, ((0, 0), (0, pad)))
+  x = x.reshape(b, n, chunk, x.shape[-1]).swapaxes(0, 1)  # [n, B, C, D]
+  y = y.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, C]
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def one(xy):
+    return logits_stats(head(xy[0]), xy[1], entropy=entropy, correct=correct)
+
+  stats = jax.lax.map(one, (x, y))
+  unchunk = lambda a: None if a is None else a.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+  return TokenStats(*(unchunk(a) for a in stats))
+
+
+def token_stats(model: nn.Module, params, tokens: jax.Array, targets: jax.Array, *,
+                chunk: int = 0, entropy: bool = False, correct: bool = False,
+                values: bool = False, detach_values: bool = False
+                ) -> tuple[TokenStats, jax.Array | None]:
+  """Per-token log-probs (and entropy, accuracy) of `targets` after each prefix of `tokens`.
+
+  Args:
+    model: a `Transformer` or `Made`.
+    params: its parameters.
+    tokens: [B, T] the model's input.
+    targets: [B, T'], T' <= T: the token scored after position t = 0 .. T'-1.
+    chunk: positions per chunk of the LM head (`train.logits_chunk`); 0, or
+      T' <= chunk, computes the [B, T', V] logits in one piece as before.
+    entropy, correct: also return those per-token scalars.
+    values, detach_values: also return the value head's [B, T] output (as in
+      `Transformer.__call__`), from the same forward pass.
+
+  A model with an `lm_head` method (the transformer) is chunked: its trunk runs
+  once (`hidden=True`, no logits) and `chunked_stats` applies the head to chunks
+  of positions, so no [B, T, V] float32 tensor is built at a large vocabulary.
+  The MADE has no such method: its one-hot input is [B, L, V] already, and it
+  takes the full logits. Both paths give the same numbers up to float32
+  round-off (`tests/test_memory.py`).
+
+  Returns:
+    (TokenStats, values [B, T] or None).
+  """
+  t = targets.shape[1]
+  if not chunk or t <= chunk or not hasattr(model, "lm_head"):
+    out = model.apply({"params": params}, tokens, values=values, detach_values=detach_values)
+    stats = logits_stats(out.logits[:, :t], targets, entropy=entropy, correct=correct)
+    return stats, out.values
+  out = model.apply({"params": params}, tokens, logits=False, hidden=True, values=values,
+                    detach_values=detach_values)
+  head = lambda h: model.apply({"params": params}, h, method="lm_head")
+  stats = chunked_stats(head, out.hidden, targets, chunk=chunk, entropy=entropy,
+                        correct=correct)
+  return stats, out.values
+
+
+def masked_cross_entropy(stats: TokenStats, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean NLL, token accuracy) over masked positions; a zero mask gives a finite 0."""
+  denom = jnp.maximum(mask.sum(), 1.0)
+  return (-stats.logp * mask).sum() / denom, (stats.correct * mask).sum() / denom
+
+
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
   """Mean next-token NLL over masked positions; a zero mask gives a finite 0."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
-  denom = jnp.maximum(mask.sum(), 1.0)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return (nll * mask).sum() / denom, (correct * mask).sum() / denom
+  return masked_cross_entropy(logits_stats(logits, targets, correct=True), mask)
+
+
+def sequence_cross_entropy(model: nn.Module, params, inputs: jax.Array, targets: jax.Array,
+                           mask: jax.Array, *, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+  """`token_cross_entropy` of the model on `inputs`, its LM head run in chunks of
+  `chunk` positions (`token_stats`): (mean NLL, token accuracy)."""
+  stats, _ = token_stats(model, params, inputs, targets, chunk=chunk, correct=True)
+  return masked_cross_entropy(stats, mask)
 
 
 def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[str, Any]], *,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax.bench import harness, decode, load, peer, rl_step, rollouts, verifier_train
+from pavjax.bench import harness, decode, load, memory, peer, rl_step, rollouts, verifier_train
 from pavjax.models import Transformer
 
 # Tiniest settings shared by every bench (flags each bench knows).
@@ -81,6 +81,20 @@ def test_rl_step_checks_can_fail(fault, match):
           "--micro_batch=4", f"--fault={fault}"]
   with pytest.raises(harness.CorrectnessError, match=match):
     rl_step.main(TINY + args)
+
+
+def test_memory_runs_and_its_check_can_fail(capsys):
+  args = ["--vocab=2048", "--batch=2", "--seq_len=64", "--logits_chunk=16", "--prefixes=4",
+          "--new_tokens=8"]
+  results = memory.main(TINY + args)
+  by = {(r["workload"], r["path"]): r for r in results}
+  assert len(results) == 7 and all(r["temp"] > 0 and r["argument"] > 0 for r in results)
+  for w in ("sft", "rl"):  # chunking saves at least one [B, T, V] float32 tensor
+    assert by[w, "full logits"]["temp"] - by[w, "chunk 16"]["temp"] >= 2 * 64 * 2048 * 4
+  assert by["prefill", "logits at 4 ends"]["output"] < by["prefill", "full logits"]["output"]
+  assert "temp / one [B,T,V] f32" in capsys.readouterr().out
+  with pytest.raises(harness.CorrectnessError, match="saves less than one"):
+    memory.main(TINY + args + ["--workloads=sft", "--fault=nochunk"])
 
 
 def test_peer_without_torch_says_what_to_install(monkeypatch):

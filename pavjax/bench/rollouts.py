@@ -38,6 +38,7 @@ from pavjax.bench import harness
 from pavjax.jobs import rollouts as rollouts_job
 from pavjax.models import Transformer
 from pavjax.sampling import Greedy, Sampler, Temperature, TransformerLM, bucket_length, left_pad
+from pavjax.sampling import sampler as sampler_lib
 from pavjax.tasks import base
 
 GPU = {"size": ("125m",), "dtype": "bfloat16", "vocab": 32000,
@@ -214,14 +215,18 @@ def check(runner, rows, model, params, args, size):
   block = list(range(min(runner.seq_rows, len(rows))))
   seqs = [rows[i]["prompt"] + rows[i]["response"] for i in block]
   tokens, lengths = left_pad(seqs, task.pad_id, buckets=(runner.width,))
+  todo = [p for p in prefix_list(rows) if p[0] in block][:min(args.check_rows, runner.fork_rows)]
+  seq_rows = np.array([i for i, _, _ in todo], np.int32)
+  ends = np.array([runner.width - lengths[i] + plen - 1 for i, _, plen in todo], np.int32)
+  logits_at, picks = sampler_lib.prefix_logit_slots(seq_rows, ends, num_rows=len(block),
+                                                    width=runner.width)
   cache, logits = sampler.prefill_sequences(runner.prover_params, jnp.asarray(tokens),
                                             jnp.asarray(lengths),
-                                            cache_size=runner.width + task.max_response_len)
-  todo = [p for p in prefix_list(rows) if p[0] in block][:min(args.check_rows, runner.fork_rows)]
-  ends = np.array([runner.width - lengths[i] + plen - 1 for i, _, plen in todo], np.int32)
-  out = sampler.fork_prefixes(runner.prover_params, cache, logits,
-                              jnp.asarray([i for i, _, _ in todo], jnp.int32), jnp.asarray(ends),
-                              jax.random.PRNGKey(0), max_new_tokens=task.max_response_len,
+                                            cache_size=runner.width + task.max_response_len,
+                                            logits_at=jnp.asarray(logits_at))
+  out = sampler.fork_prefixes(runner.prover_params, cache, logits, jnp.asarray(seq_rows),
+                              jnp.asarray(ends), jnp.asarray(picks), jax.random.PRNGKey(0),
+                              width=runner.width, max_new_tokens=task.max_response_len,
                               method=Greedy(), stop_tokens=(task.eos_id,))
   ctx = [rows[i]["prompt"] + rows[i]["response"][:plen - len(rows[i]["prompt"])]
          for i, _, plen in todo]

@@ -88,29 +88,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 def rl_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str,
                   estimator: str, group_size: int, kl_coef: float, value_coef: float,
-                  log_ratio_clamp: float):
+                  log_ratio_clamp: float, logits_chunk: int = 0):
   """One policy-gradient step on a [B, W] batch of sampled responses.
 
   Position t of the arrays describes token t: its return, whether the loss
   covers it, and its log-prob under the reference policy. The policy's log-prob
   of token t comes from the logits at t - 1, and so does its value baseline.
+  The LM head runs `logits_chunk` positions at a time (`train.logits_chunk`; 0 =
+  all at once): only the chosen tokens' log-probs and the entropies leave it.
   """
   est = estimators.get(estimator)
 
   def loss_fn(params):
-    out = model.apply({"params": params}, batch["tokens"], values=True, detach_values=True)
-    logp_all = jax.nn.log_softmax(out.logits[:, :-1], axis=-1)
     targets = batch["tokens"][:, 1:]
-    logp = jnp.take_along_axis(logp_all, targets[..., None], -1)[..., 0]  # [B, W - 1]
+    head, all_values = training.token_stats(
+        model, params, batch["tokens"], targets, chunk=logits_chunk, entropy=True,
+        values=True, detach_values=True)
+    logp = head.logp  # [B, W - 1]
     mask = batch["mask"][:, 1:]
     returns = batch["returns"][:, 1:]
-    values = out.values[:, :-1]
+    values = all_values[:, :-1]
     adv = est(returns, mask, batch["outcome"][:, 0], values, group_size)
     loss, stats = estimators.policy_loss(
         logp, adv, mask, ref_logp=batch["ref_logp"][:, 1:], kl_coef=kl_coef,
         log_ratio_clamp=log_ratio_clamp)
     value_loss = estimators.masked_mean(jnp.square(values - returns), mask)
-    entropy = estimators.masked_mean(-jnp.sum(jnp.exp(logp_all) * logp_all, -1), mask)
+    entropy = estimators.masked_mean(head.entropy, mask)
     stats.update({"rl/value_loss": value_loss, "rl/entropy": entropy,
                   "rl/advantage": estimators.masked_mean(adv, mask)})
     return loss + value_coef * value_loss, stats
@@ -124,11 +127,10 @@ def rl_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: st
   return new_state, stats
 
 
-def token_logprobs(model, params, tokens: jax.Array) -> jax.Array:
-  """[B, W] log-prob of token t given tokens < t (0 at t = 0)."""
-  logits = model.apply({"params": params}, tokens).logits[:, :-1]
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
-  return jnp.pad(logp, ((0, 0), (1, 0)))
+def token_logprobs(model, params, tokens: jax.Array, logits_chunk: int = 0) -> jax.Array:
+  """[B, W] log-prob of token t given tokens < t (0 at t = 0); LM head in chunks."""
+  stats, _ = training.token_stats(model, params, tokens, tokens[:, 1:], chunk=logits_chunk)
+  return jnp.pad(stats.logp, ((0, 0), (1, 0)))
 
 
 class ProverValues:
@@ -216,7 +218,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   prover = ProverValues(env, cfg.prover) if cfg.reward != "outcome" else None
   trainer = runtime.make_trainer(env, functools.partial(
       rl_train_step, estimator=cfg.estimator, group_size=cfg.group_size, kl_coef=cfg.kl_coef,
-      value_coef=cfg.value_coef, log_ratio_clamp=cfg.log_ratio_clamp))
+      value_coef=cfg.value_coef, log_ratio_clamp=cfg.log_ratio_clamp,
+      logits_chunk=config.train.get("logits_chunk", 0)))
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
   if origin == "scratch":
     logging.warning("RL starts from random weights: set config.init_from to an SFT checkpoint")
@@ -224,7 +227,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if cfg.kl_coef:  # the reference is the initial policy, also when a run resumes
     ref_params = (runtime.load_params(env, config.init_from, "init_from") if config.init_from
                   else jax.tree.map(jnp.copy, state.params))
-  logp_fn = jax.jit(functools.partial(token_logprobs, model))
+  logp_fn = jax.jit(functools.partial(token_logprobs, model,
+                                      logits_chunk=config.train.get("logits_chunk", 0)))
 
   sampler = Sampler(cached_lm(model), pad_id=task.pad_id)
   train_problems = list(task.split("train"))

@@ -44,6 +44,7 @@ from pavjax import runtime
 from pavjax import trajectories
 from pavjax import evaluation
 from pavjax.sampling import Sampler, Temperature, bucket_length, cached_lm
+from pavjax.sampling import sampler as sampler_lib
 from pavjax.tasks import base
 
 
@@ -196,23 +197,30 @@ class RolloutRunner:
       for j, s in enumerate(padded):
         tokens[j, self.width - len(s):] = s
       self.budget["prefill_tokens"] += int(sum(len(s) for s in seqs))
+      local = {i: j for j, i in enumerate(block)}
+      todo = [p for p in prefixes if p[0] in local]
+      # The LM head runs only at the prefix ends forked below: [rows, a few, V]
+      # logits, not [rows, width, V].
+      todo_rows = [local[i] for i, _, _ in todo]
+      todo_ends = [self.width - int(lengths[local[i]]) + plen - 1 for i, _, plen in todo]
+      logits_at, picks = sampler_lib.prefix_logit_slots(
+          todo_rows, todo_ends, num_rows=self.seq_rows, width=self.width)
       cache, logits = self.sampler.prefill_sequences(
           self.prover_params, jax.device_put(tokens, shd.batch_sharding(self.env.mesh, 2)),
           jax.device_put(lengths, shd.batch_sharding(self.env.mesh, 1)),
-          cache_size=self.width + task.max_response_len)
-      local = {i: j for j, i in enumerate(block)}
-      todo = [p for p in prefixes if p[0] in local]
+          cache_size=self.width + task.max_response_len,
+          logits_at=jax.device_put(logits_at, shd.batch_sharding(self.env.mesh, 2)))
       for f in range(0, len(todo), self.fork_rows):
-        chunk = todo[f:f + self.fork_rows]
-        fill = chunk + [chunk[0]] * (self.fork_rows - len(chunk))
-        seq_rows = np.array([local[i] for i, _, _ in fill], np.int32)
-        ends = np.array([self.width - lengths[local[i]] + plen - 1 for i, _, plen in fill],
-                        np.int32)
+        fill = list(range(f, min(f + self.fork_rows, len(todo))))
+        chunk = [todo[k] for k in fill]
+        fill += [f] * (self.fork_rows - len(fill))
+        seq_rows = np.array([todo_rows[k] for k in fill], np.int32)
+        ends = np.array([todo_ends[k] for k in fill], np.int32)
         out = self.sampler.fork_prefixes(
             self.prover_params, cache, logits, jnp.asarray(seq_rows), jnp.asarray(ends),
-            jax.random.fold_in(rng, call), max_new_tokens=task.max_response_len,
-            method=Temperature(cfg.temperature), stop_tokens=(task.eos_id,),
-            num_samples=cfg.n_mc)
+            jnp.asarray(picks[fill]), jax.random.fold_in(rng, call), width=self.width,
+            max_new_tokens=task.max_response_len, method=Temperature(cfg.temperature),
+            stop_tokens=(task.eos_id,), num_samples=cfg.n_mc)
         call += 1
         out = shd.to_host(out)
         for k, (i, col, plen) in enumerate(chunk):

@@ -218,7 +218,7 @@ class SearchRunner:
     search = StepBeamSearch(
         cached_lm(model), value_fn(model), beam_width=width, expansions=cfg.expansions,
         max_steps=self.max_steps, max_step_tokens=cfg.max_step_tokens,
-        step_end_ids=task.step_end_ids, eos_id=task.eos_id, score=score,
+        boundary=task.step_boundary, eos_id=task.eos_id, score=score,
         alpha=cfg.alpha if alpha is None else alpha,
         bok_k=cfg.bok_k if bok_k is None else bok_k,
         method=Temperature(self.config.sample.temperature), pad_id=task.pad_id,

@@ -127,13 +127,21 @@ class Made(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, *, cache: TokenCache | None = None,
                logits: bool = True, values: bool = False,
-               detach_values: bool = False, logits_at: Array | None = None) -> ModelOutput:
+               detach_values: bool = False, logits_at: Array | None = None,
+               hidden: bool = False) -> ModelOutput:
     """Runs the masked trunk and the requested heads.
 
     Arguments mean what they mean for `Transformer.__call__`: `detach_values`
     stops the value head's gradient at the trunk, `logits_at` [B, R] restricts
     the LM head to those query positions (indices into the T new tokens).
+
+    `hidden=True` is refused: the MADE has one hidden vector per row, not one per
+    position, and no `lm_head` method. Its input is already a one-hot [B, L, V],
+    so its losses take the full logits (`training.token_stats` does so).
     """
+    if hidden:
+      raise ValueError("Made has no per-position hidden states (hidden=True); "
+                       "use its logits")
     cfg = self.cfg
     dt = cfg.compute_dtype
     length, vocab, hs = cfg.max_len, cfg.vocab_size, cfg.hidden_sizes

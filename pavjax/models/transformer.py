@@ -300,6 +300,23 @@ class ModelOutput(NamedTuple):
   logits: Array | None  # [B, T, V] float32
   values: Array | None  # [B, T] float32, the value head's raw output (a logit for Q)
   cache: KVCache | None
+  hidden: Array | None = None  # [B, T, D] final-normed trunk output, with `hidden=True`
+
+
+def lm_head_logits(cfg: TransformerConfig, x: Array, weight: Array) -> Array:
+  """Float32 logits [B, T, V] of hidden states x [B, T, D]: the one LM head.
+
+  `weight` is the tied embedding [V, D] or the untied head [D, V]. The final-logit
+  soft-cap (Gemma 2) is applied here, so the full head of `Transformer.__call__`
+  and the chunked head of the losses (`Transformer.lm_head`) compute the same thing.
+  """
+  dt = cfg.compute_dtype
+  if cfg.tie_embeddings:
+    logits = jnp.einsum("BTD,VD->BTV", x, weight.astype(dt))
+  else:
+    logits = jnp.einsum("BTD,DV->BTV", x, weight.astype(dt))
+  logits = softcap(logits.astype(jnp.float32), cfg.final_softcap)
+  return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 class Transformer(nn.Module):
@@ -316,7 +333,8 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, *, cache: KVCache | None = None,
                logits: bool = True, values: bool = False,
-               detach_values: bool = False, logits_at: Array | None = None) -> ModelOutput:
+               detach_values: bool = False, logits_at: Array | None = None,
+               hidden: bool = False) -> ModelOutput:
     """Runs the trunk and the requested heads.
 
     `detach_values=True` stops the value head's gradient at the trunk, so a value
@@ -327,6 +345,10 @@ class Transformer(nn.Module):
     positions of each row: the logits are then [B, R, V], row b's r-th entry at
     position `logits_at[b, r]`. A prefill that needs only the last prompt token's
     logits skips the [B, T, V] head this way. Values are unaffected.
+
+    `hidden=True` also returns the final-normed trunk output [B, T, D]. With
+    `logits=False` a loss can then apply `lm_head` to chunks of it, so that no
+    [B, T, V] tensor exists at a large vocabulary (`training.token_stats`).
     """
     cfg = self.cfg
     dt = cfg.compute_dtype
@@ -380,14 +402,11 @@ class Transformer(nn.Module):
       xl = x
       if logits_at is not None:
         xl = jnp.take_along_axis(x, logits_at.astype(jnp.int32)[:, :, None], axis=1)
-      if cfg.tie_embeddings:
-        out_logits = jnp.einsum("BTD,VD->BTV", xl, embedding.astype(dt))
-      else:
-        head = _param(self, "lm_head", (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
-                      nn.initializers.normal(cfg.embed_dim**-0.5), pdt)
-        out_logits = jnp.einsum("BTD,DV->BTV", xl, head.astype(dt))
-      out_logits = softcap(out_logits.astype(jnp.float32), cfg.final_softcap)
-      out_logits = nn.with_logical_constraint(out_logits, ("batch", "length", "vocab"))
+      weight = embedding
+      if not cfg.tie_embeddings:
+        weight = _param(self, "lm_head", (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
+                        nn.initializers.normal(cfg.embed_dim**-0.5), pdt)
+      out_logits = lm_head_logits(cfg, xl, weight)
     if values or self.is_initializing():
       w = _param(self, "value_w", (cfg.embed_dim,), ("embed",), nn.initializers.zeros, pdt)
       bias = _param(self, "value_b", (), (), nn.initializers.zeros, pdt)
@@ -398,4 +417,17 @@ class Transformer(nn.Module):
     new_cache = None
     if cache is not None:
       new_cache = cache.replace(k=cache_kv[0], v=cache_kv[1], index=cache.index + t)
-    return ModelOutput(out_logits, out_values, new_cache)
+    return ModelOutput(out_logits, out_values, new_cache, x if hidden else None)
+
+  def lm_head(self, hidden: Array) -> Array:
+    """The LM head alone: float32 logits [B, T, V] of final hidden states [B, T, D].
+
+    `hidden` comes from `__call__(..., hidden=True)` (any slice of its T axis).
+    Call it as `model.apply({"params": params}, hidden, method="lm_head")`; it reads
+    the parameters `__call__` created and applies them exactly as `__call__` does.
+    """
+    name = "embedding" if self.cfg.tie_embeddings else "lm_head"
+    weight = self.get_variable("params", name)
+    if weight is None:
+      raise ValueError(f"lm_head needs the model's parameters (no params/{name} bound)")
+    return lm_head_logits(self.cfg, hidden, nn.unbox(weight))

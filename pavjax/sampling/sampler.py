@@ -7,9 +7,11 @@ The sampler talks to the model through one seam, a `CachedLM`:
 
 so tests can drive it with a hand-made logit table and jobs with the transformer
 or the MADE (`cached_lm` picks the wrapper for a model).
-A model may also offer `lm.last_logits(params, tokens, cache) -> (logits [B, V],
-cache)`, the same call with only the last position's logits: `prefill` then skips
-the LM head over the rest of the prompt.
+A model may also offer `lm.logits_at(params, tokens, cache, at) -> (logits
+[B, R, V], cache)`, the same call with the logits of positions `at` [B, R] only:
+`prefill` (the last prompt token) and `prefill_sequences` (the prefix ends that
+will be forked) then skip the LM head elsewhere. Without it they slice the full
+logits.
 
 Layout: prompts are left-padded to a bucket length P, so every row writes at the
 same cache slot each step; the cache holds P + max_new_tokens slots. Shapes depend
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pavjax import step_boundary
 from pavjax.models import KVCache, Made, TokenCache, Transformer
 
 Array = jax.Array
@@ -60,12 +63,16 @@ class TransformerLM:
     out = self.model.apply({"params": params}, tokens, cache=cache)
     return out.logits, out.cache
 
+  def logits_at(self, params, tokens, cache, at):
+    """Like `__call__`, but the LM head runs at positions `at` [B, R] only: [B, R, V]."""
+    out = self.model.apply({"params": params}, tokens, cache=cache, logits_at=at)
+    return out.logits, out.cache
+
   def last_logits(self, params, tokens, cache):
     """Like `__call__`, but the LM head runs on the last token only: logits [B, V]."""
     b, t = tokens.shape
-    last = jnp.full((b, 1), t - 1, jnp.int32)
-    out = self.model.apply({"params": params}, tokens, cache=cache, logits_at=last)
-    return out.logits[:, 0], out.cache
+    logits, cache = self.logits_at(params, tokens, cache, jnp.full((b, 1), t - 1, jnp.int32))
+    return logits[:, 0], cache
 
 
 class MadeLM(TransformerLM):
@@ -96,10 +103,11 @@ class SamplingState:
   logprobs: Array  # [B, N] float32 log pi(token) at temperature 1 (0 after a row stops)
   lengths: Array  # [B] int32 generated tokens per row, the stop token included
   done: Array  # [B] bool
-  finished: Array  # [B] bool, True iff the row emitted a stop token
+  finished: Array  # [B] bool, True iff the row emitted a stop token or ended a step
   next_logits: Array  # [B, V] float32 logits for the next token
   row_keys: Array  # [B] PRNG keys, one per row
   cache: KVCache
+  boundary_state: Array  # [B] int32, the step-boundary automaton's state (decode's `boundary`)
 
 
 class SampleOutput(NamedTuple):
@@ -147,16 +155,54 @@ def prefill(lm: CachedLM, params, prompts: Array, lengths: Array, *, cache_size:
 
 
 def prefill_sequences(lm: CachedLM, params, tokens: Array, lengths: Array, *,
-                      cache_size: int):
-  """Prefills whole left-padded sequences [B, W]; returns the cache and all logits [B, W, V].
+                      cache_size: int, logits_at: Array):
+  """Prefills whole left-padded sequences [B, W]; returns the cache and logits [B, R, V].
 
   The cache then holds every prefix of every row: `fork_prefixes` continues from
-  any of them without another forward pass over the prefix.
+  any of them without another forward pass over the prefix. It also needs the
+  logits after each forked prefix's last token; `logits_at` [B, R] names those
+  slots (`prefix_logit_slots` builds it), and only they get the LM head: the
+  [B, W, V] logits of every position are never built (at W = 2048 and a 256k
+  vocabulary they would be 2 GiB per row).
   """
   b, w = tokens.shape
   cache = lm.init_cache(b, cache_size, w - lengths)
-  logits, cache = lm(params, tokens, cache)
+  at = logits_at.astype(jnp.int32)
+  selected = getattr(lm, "logits_at", None)
+  if selected is not None:
+    logits, cache = selected(params, tokens, cache, at)
+  else:
+    logits, cache = lm(params, tokens, cache)
+    logits = jnp.take_along_axis(logits, at[:, :, None], axis=1)
   return cache, logits.astype(jnp.float32)
+
+
+def prefix_logit_slots(rows: Sequence[int], ends: Sequence[int], *, num_rows: int, width: int,
+                       per_row: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Host-side: the `logits_at` of `prefill_sequences` for prefixes that will be forked.
+
+  Prefix i is row `rows[i]`'s sequence up to slot `ends[i]` (left-padded layout of
+  width `width`). Returns `logits_at` [num_rows, per_row] int32, each row's distinct
+  prefix ends (the unused entries repeat slot width - 1), and `picks` [N] int32
+  with `logits_at[rows[i], picks[i]] == ends[i]`: the `picks` of `fork_prefixes`.
+  `per_row` defaults to the most distinct ends of any row, rounded up to a bucket
+  (8, 16, ..., at most `width`), so that blocks of a job share few compilations.
+  """
+  slot_of = [{} for _ in range(num_rows)]  # per row: end slot -> its index in logits_at
+  for r, e in zip(rows, ends):
+    if not 0 <= int(e) < width:
+      raise ValueError(f"prefix end slot {int(e)} is outside the {width} prefilled slots")
+    slot_of[int(r)].setdefault(int(e), len(slot_of[int(r)]))
+  most = max([len(d) for d in slot_of] + [1])
+  if per_row is None:
+    per_row = min(bucket_length(most, (*DEFAULT_BUCKETS, width)), width)
+  if most > per_row:
+    raise ValueError(f"a row has {most} distinct prefix ends, more than per_row={per_row}")
+  at = np.full((num_rows, per_row), width - 1, np.int32)
+  for row, slots in enumerate(slot_of):
+    at[row, :len(slots)] = list(slots)  # dicts keep insertion order: index k is entry k
+  picks = np.array([slot_of[int(r)][int(e)] for r, e in zip(rows, ends)], np.int32)
+  return at, picks
 
 
 def init_state(cache: KVCache, next_logits: Array, row_keys: Array, max_new_tokens: int,
@@ -171,12 +217,19 @@ def init_state(cache: KVCache, next_logits: Array, row_keys: Array, max_new_toke
       finished=jnp.zeros((b,), bool),
       next_logits=next_logits,
       row_keys=row_keys,
-      cache=cache)
+      cache=cache,
+      boundary_state=jnp.zeros((b,), jnp.int32))
 
 
 def decode(lm: CachedLM, params, state: SamplingState, *, method, stop_tokens: tuple[int, ...],
-           pad_id: int = 0) -> SamplingState:
-  """Samples until every row stopped, the token buffer is full, or the cache is full."""
+           pad_id: int = 0, boundary=None) -> SamplingState:
+  """Samples until every row stopped, the token buffer is full, or the cache is full.
+
+  A row stops after a token in `stop_tokens`, or, with `boundary` (the `(next_state,
+  ends)` tables of `pavjax.step_boundary.StepBoundary.arrays()`), after a token that
+  ends a step: the automaton runs from `state.boundary_state` (0 at a step's start),
+  so a delimiter split over two tokens stops the row at the second.
+  """
   max_new = state.tokens.shape[1]
   stop = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
 
@@ -190,6 +243,11 @@ def decode(lm: CachedLM, params, state: SamplingState, *, method, stop_tokens: t
     live = ~s.done
     tok = jnp.where(live, tok, pad_id)
     is_stop = live & jnp.isin(tok, stop)
+    boundary_state = s.boundary_state
+    if boundary is not None:
+      after, ends_step = step_boundary.advance(boundary, boundary_state, tok)
+      is_stop = is_stop | (live & ends_step)
+      boundary_state = jnp.where(live, after, boundary_state)
     logits, cache = lm(params, tok[:, None], s.cache)
     return s.replace(
         step=s.step + 1,
@@ -203,7 +261,8 @@ def decode(lm: CachedLM, params, state: SamplingState, *, method, stop_tokens: t
         # continues from there, and the pad tokens it is fed since are not its own.
         next_logits=jnp.where(live[:, None], logits[:, -1, :].astype(jnp.float32),
                               s.next_logits),
-        cache=cache)
+        cache=cache,
+        boundary_state=boundary_state)
 
   return jax.lax.while_loop(cond, body, state)
 
@@ -230,7 +289,7 @@ class Sampler:
         static_argnames=("num_samples", "max_new_tokens", "method", "stop_tokens"))
     self._fork = jax.jit(
         self._fork_impl,
-        static_argnames=("num_samples", "max_new_tokens", "method", "stop_tokens"))
+        static_argnames=("width", "num_samples", "max_new_tokens", "method", "stop_tokens"))
     self.prefill = jax.jit(functools.partial(prefill, lm), static_argnames=("cache_size",))
     self.prefill_sequences = jax.jit(functools.partial(prefill_sequences, lm),
                                      static_argnames=("cache_size",))
@@ -257,34 +316,37 @@ class Sampler:
                    pad_id=self.pad_id)
     return SampleOutput(state.tokens, state.logprobs, state.lengths, state.finished)
 
-  def _fork_impl(self, params, cache, logits, rows, ends, rng, *, num_samples, max_new_tokens,
-                 method, stop_tokens):
+  def _fork_impl(self, params, cache, logits, rows, ends, picks, rng, *, width, num_samples,
+                 max_new_tokens, method, stop_tokens):
     self.num_traces += 1
-    width = logits.shape[1]
     cache = cache.gather(rows).align_prefixes(ends, width)
-    next_logits = logits[rows, ends]  # [R, V]: the logits after each prefix's last token
+    next_logits = logits[rows, picks]  # [R, V]: the logits after each prefix's last token
     return self._continue(params, cache, next_logits, rng, num_samples, max_new_tokens, method,
                           stop_tokens)
 
   def fork_prefixes(self, params, cache: KVCache, logits: Array, rows: Array, ends: Array,
-                    rng: Array, *, max_new_tokens: int, method, stop_tokens: Sequence[int] = (),
-                    num_samples: int = 1) -> SampleOutput:
+                    picks: Array, rng: Array, *, width: int, max_new_tokens: int, method,
+                    stop_tokens: Sequence[int] = (), num_samples: int = 1) -> SampleOutput:
     """Continues prefixes of prefilled sequences, `num_samples` times each.
 
     Args:
       params: model parameters.
       cache, logits: from `prefill_sequences` over sequences [B, W] (its cache must
-        have room for `max_new_tokens` after slot W).
+        have room for `max_new_tokens` after slot W), logits [B, R', V] at its
+        `logits_at` slots.
       rows: [R] which prefilled sequence each prefix comes from.
       ends: [R] slot (in the left-padded layout) of each prefix's last token.
+      picks: [R] where each prefix's next-token logits are: `logits[rows, picks]`,
+        i.e. `logits_at[rows, picks] == ends` (see `prefix_logit_slots`).
       rng: output row r uses `fold_in(rng, r)`, exactly as `generate` does, so a
         prefix continued here matches the same prefix prefilled on its own.
+      width: W, the prefilled sequences' width.
 
     Returns:
       SampleOutput with R * num_samples rows (prefix r at rows r*n .. r*n+n-1).
     """
-    return self._fork(params, cache, logits, rows, ends, rng, num_samples=num_samples,
-                      max_new_tokens=max_new_tokens, method=method,
+    return self._fork(params, cache, logits, rows, ends, picks, rng, width=width,
+                      num_samples=num_samples, max_new_tokens=max_new_tokens, method=method,
                       stop_tokens=tuple(int(t) for t in stop_tokens))
 
   def generate(self, params, prompts: Array, lengths: Array, rng: Array, *,

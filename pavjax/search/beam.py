@@ -45,6 +45,7 @@ import numpy as np
 from pavjax import rewards
 from pavjax import sharding as shd
 from pavjax.models.kv_cache import KVCache, shift_slots
+from pavjax.step_boundary import StepBoundary
 from pavjax.sampling import methods
 from pavjax.sampling import sampler as sampler_lib
 
@@ -83,6 +84,9 @@ class Beam:
   # [R] the prover verifier's Q^mu of each prefix; None without a prover verifier
   # (BoK derives its Q^mu from `q`), which keeps that path's arrays as they were.
   qmu: jax.Array | None = None
+  # [R] int32 the step-boundary automaton's state at the end of each prefix (text of a
+  # boundary token after its delimiter); None without a `boundary`.
+  boundary_state: jax.Array | None = None
 
 
 @dataclasses.dataclass
@@ -113,10 +117,15 @@ class StepBeamSearch:
 
   def __init__(self, lm: sampler_lib.CachedLM, value_fn: ValueFn, *, beam_width: int,
                expansions: int, max_steps: int, max_step_tokens: int,
-               step_end_ids: Sequence[int], eos_id: int, score: str = "pav",
+               step_end_ids: Sequence[int] = (), eos_id: int, score: str = "pav",
                alpha: float = 0.5, bok_k: int = 4, method=None, pad_id: int = 0,
-               prover_fn: ValueFn | None = None):
+               prover_fn: ValueFn | None = None,
+               boundary: StepBoundary | None = None):
     """Beam of `beam_width` rows, `expansions` samples each, ranked by `score`.
+
+    A step ends at a token of `step_end_ids`, or, with `boundary` (a task's
+    `step_boundary`: the one step rule of `pavjax.step_boundary`), where that
+    automaton says; then `step_end_ids` is not read.
 
     `value_fn` is the Q^pi verifier (its params go to `run`). `alpha` and `bok_k`
     set the `pav` score; `prover_fn`, a ValueFn returning a prover verifier's Q^mu
@@ -131,7 +140,9 @@ class StepBeamSearch:
     self.alpha = alpha
     self.n, self.c = beam_width, expansions
     self.max_steps, self.step_tokens = max_steps, max_step_tokens
-    self.stop = tuple(int(t) for t in step_end_ids) + (int(eos_id),)
+    self.boundary = None if boundary is None else boundary.arrays()
+    self.stop = (tuple(int(t) for t in step_end_ids) if boundary is None else ()) + (
+        int(eos_id),)
     self.eos_id, self.pad_id = int(eos_id), pad_id
     self.score_fn = functools.partial(SCORES[score], alpha=alpha, k=bok_k)
     self.method = method if method is not None else methods.Temperature(1.0)
@@ -152,8 +163,9 @@ class StepBeamSearch:
     qmu = None
     if self.prover_fn is not None:  # the root's Q^mu: step 1's baseline
       qmu = rep(self._prover_values_impl(pparams, hist, cache.start, cache.index))
+    states = None if self.boundary is None else jnp.zeros((b * self.n,), jnp.int32)
     return Beam(cache.repeat(self.n), rep(logits), rep(hist), jnp.ones((b * self.n,), bool),
-                rep(q), qmu)
+                rep(q), qmu, states)
 
   def _expand_impl(self, params, beam: Beam, rng):
     """C sampled next steps of every live row, re-aligned in the cache layout."""
@@ -164,8 +176,11 @@ class StepBeamSearch:
     keys = sampler_lib.row_keys_for(rng, logits.shape[0])
     state = sampler_lib.init_state(cache, logits, keys, self.step_tokens, self.pad_id)
     state = state.replace(done=~alive)  # dead rows generate nothing
+    if beam.boundary_state is not None:  # each row goes on from its prefix's state
+      state = state.replace(boundary_state=jnp.repeat(beam.boundary_state, self.c))
     state = sampler_lib.decode(self.lm, params, state, method=self.method,
-                               stop_tokens=self.stop, pad_id=self.pad_id)
+                               stop_tokens=self.stop, pad_id=self.pad_id,
+                               boundary=self.boundary)
     index0, index1 = cache.index, state.cache.index
     hist = jax.lax.dynamic_update_slice(hist, state.tokens, (0, index0))
     # Each row's last real token moves to slot index1 - 1; its padding wraps below start.
@@ -176,8 +191,9 @@ class StepBeamSearch:
     last = jnp.take_along_axis(state.tokens, jnp.maximum(state.lengths - 1, 0)[:, None], 1)[:, 0]
     # Candidates carry their parent's values (the baselines of their advantage).
     qmu = None if beam.qmu is None else jnp.repeat(beam.qmu, self.c)
-    return (Beam(new_cache, state.next_logits, hist, alive, jnp.repeat(beam.q, self.c), qmu),
-            state.lengths, last)
+    states = None if beam.boundary_state is None else state.boundary_state
+    return (Beam(new_cache, state.next_logits, hist, alive, jnp.repeat(beam.q, self.c), qmu,
+                 states), state.lengths, last, state.finished)
 
   def _values_impl(self, vparams, hist, start, index):
     """Verifier value of each row's prefix: slots [start, index) re-packed to the left."""
@@ -196,7 +212,8 @@ class StepBeamSearch:
     take = lambda x: jnp.take(x, rows, axis=0)
     return Beam(cand.cache.gather(rows), take(cand.next_logits), take(cand.hist),
                 jnp.isfinite(top_scores).reshape(-1), take(cand.q),
-                None if cand.qmu is None else take(cand.qmu))
+                None if cand.qmu is None else take(cand.qmu),
+                None if cand.boundary_state is None else take(cand.boundary_state))
 
   # --- host loop -----------------------------------------------------------------
 
@@ -229,7 +246,8 @@ class StepBeamSearch:
     pools: list[list[dict]] = [[] for _ in prompts]
     group = self.n * self.c
     for step in range(self.max_steps):
-      cand, step_len, last = self._expand(params, beam, jax.random.fold_in(rng, step))
+      cand, step_len, last, stopped = self._expand(params, beam,
+                                                   jax.random.fold_in(rng, step))
       q = self._values(vparams, cand.hist, cand.cache.start, cand.cache.index)
       qmu = None
       if prover:
@@ -238,7 +256,8 @@ class StepBeamSearch:
       else:
         scores = self.score_fn(q, cand.q)
       is_eos = last == self.eos_id
-      ended_step = jnp.isin(last, jnp.asarray(self.stop[:-1], jnp.int32)) & (step_len > 0)
+      # Stopped by a step end (not EOS, not the token budget): the step is complete.
+      ended_step = stopped & ~is_eos & (step_len > 0)
       valid = _dedupe(cand.hist, cand.alive & (step_len > 0), group)
       final = step == self.max_steps - 1
       cont = valid & ended_step & ~is_eos & (not final)

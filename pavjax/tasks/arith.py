@@ -110,6 +110,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.max_response_len = 0  # response budget in tokens, EOS included; 0 = auto (see ArithTask)
   cfg.cache_dir = ""  # where the tokenizer is cached ('' = the job's workdir; the pipeline shares one)
   cfg.hf_tokenizer = ""  # Hugging Face checkpoint dir whose tokenizer replaces arith's ('' = own)
+  cfg.step_delimiter = "\n"  # text between steps (on a command line: $'\n\n' for blank lines)
   return cfg
 
 
@@ -141,6 +142,10 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("arith: num_train and num_eval must be >= 1")
   if cfg.tokenizer not in ("sentencepiece", "char"):
     raise ValueError(f"arith: tokenizer={cfg.tokenizer!r} must be 'sentencepiece' or 'char'")
+  delimiter = cfg.get("step_delimiter", "\n")
+  if not delimiter or delimiter.strip() or "\n" not in delimiter:
+    raise ValueError(f"arith: step_delimiter={delimiter!r} must be whitespace holding a "
+                     "newline (arith's lines hold no other whitespace that could end a step)")
 
 
 def _generate_one(rng: random.Random, cfg: types.SimpleNamespace):
@@ -250,7 +255,7 @@ def tokenizer_path(cfg: ml_collections.ConfigDict, workdir: str | None) -> str:
   """Where the sentencepiece model for `cfg` is cached."""
   fields = {k: v for k, v in cfg.to_dict().items()
             if k not in ("name", "tokenizer", "max_prompt_len", "max_response_len", "cache_dir",
-                         "hf_tokenizer")}
+                         "hf_tokenizer", "step_delimiter")}
   fields["_version"] = _TOKENIZER_VERSION
   root = workdir if workdir is not None else _temp_workdir()
   return f"{root}/tokenizer/arith_{artifacts.content_hash(fields, length=12)}.model"
@@ -269,6 +274,7 @@ class ArithTask(TextTask):
       workdir: where the sentencepiece model is cached (a temp dir if None).
     """
     self.cfg = cfg
+    self.step_delimiter = cfg.get("step_delimiter", "\n")
     self._splits = generate_splits(cfg)
     self.tokenizer_cached = False
     self.tokenizer_path = None
@@ -313,16 +319,19 @@ class ArithTask(TextTask):
     return self.tokenizer.decode([int(t) for t in tokens])
 
   def step_texts(self, response: Sequence[int]) -> list[str]:
-    """Text of each step of a response (`segment_steps` spans, without NL/EOS)."""
+    """Text of each step of a response: its text up to EOS, split at the delimiter.
+
+    One per `segment_steps` span: a boundary token that carries text past the
+    delimiter (a pretrained tokenizer's "\nanswer:") gives that text to the next
+    step here, where the token spans keep it in the step it ends.
+    """
     ids = np.asarray(response).reshape(-1).tolist()
-    ends = set(self.step_end_ids) | {self.eos_id}
-    out = []
-    for start, stop in self.segment_steps(ids):
-      span = ids[start:stop]
-      if span and span[-1] in ends:
-        span = span[:-1]
-      out.append(self.tokenizer.decode(span))
-    return out
+    body = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
+    text = self.tokenizer.decode([t for t in body if t != self.pad_id])
+    parts = text.split(self.step_delimiter)
+    if len(parts) > 1 and not parts[-1]:
+      parts.pop()  # the text ends with a delimiter: no step after it
+    return parts if text else []
 
   def is_correct(self, response: Sequence[int], problem: base.Problem) -> base.Outcome:
     """Outcome of a response; decodes on the host, never evaluates its text.

@@ -4,8 +4,11 @@ A task owns its problems, its tokenizer and its outcome reward. Jobs only see
 token ids, the step-ending tokens and `is_correct`; everything that needs strings
 (answer checking, step segmentation) runs on the host, between jitted steps.
 
-Token conventions shared by all tasks: id 0 is padding; `eos_id` ends a response;
-a response is a list of steps, each ending with one of `step_end_ids` (or EOS).
+Token conventions shared by all tasks: `pad_id` (0 unless the task's tokenizer says
+otherwise) is padding; `eos_id` ends a response; a response is a list of steps, each
+ending where `step_boundary` says (or at EOS): for most tasks at one of
+`step_end_ids`, for text from a pretrained tokenizer where the token text completes
+the step delimiter (`pavjax.step_boundary`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
+
+from pavjax import step_boundary as step_boundary_lib
 
 SPLITS = ("train", "validation", "test")
 
@@ -129,27 +134,26 @@ class Task(abc.ABC):
     """What loading the data skipped or counted (per-reason counts); job summaries include it."""
     return {}
 
+  @property
+  def step_boundary(self) -> step_boundary_lib.StepBoundary:
+    """The step-end rule over this task's token ids: the one place steps are defined.
+
+    Default: each of `step_end_ids` ends a step by itself. Text tasks with a
+    pretrained tokenizer override it with the delimiter automaton.
+    """
+    cached = self.__dict__.get("_step_boundary")
+    if cached is None:
+      cached = step_boundary_lib.StepBoundary.from_ids(self.step_end_ids, self.vocab_size)
+      self.__dict__["_step_boundary"] = cached
+    return cached
+
   def segment_steps(self, response: Sequence[int]) -> list[tuple[int, int]]:
     """Half-open token spans [start, end) of the steps of a response.
 
-    A step ends right after a step-end token or EOS; tokens after EOS are ignored,
-    and a trailing unfinished step (truncation) is its own span.
+    A step ends right after a token `step_boundary` marks, or EOS; tokens after
+    EOS are ignored, and a trailing unfinished step (truncation) is its own span.
     """
-    ends = set(self.step_end_ids) | {self.eos_id}
-    spans, start = [], 0
-    for i, tok in enumerate(response):
-      if tok in ends:
-        spans.append((start, i + 1))
-        start = i + 1
-        if tok == self.eos_id:
-          return spans
-    if start < len(response):
-      stop = len(response)
-      while stop > start and response[stop - 1] == self.pad_id:
-        stop -= 1
-      if stop > start:
-        spans.append((start, stop))
-    return spans
+    return self.step_boundary.segment(response, self.eos_id, self.pad_id)
 
 
 def response_until_eos(response: Sequence[int], eos_id: int) -> tuple[list[int], bool]:

@@ -287,6 +287,10 @@ class _TokenizersBackend:
   def decode(self, ids: Sequence[int]) -> str:
     return self.tok.decode(list(ids), skip_special_tokens=False)
 
+  def decode_each(self, ids: Sequence[int]) -> list[str]:
+    """The text of each id alone (one batched call)."""
+    return self.tok.decode_batch([[i] for i in ids], skip_special_tokens=False)
+
 
 class _SentencePieceBackend:
   """tokenizer.model through `sentencepiece`, with the checkpoint's special tokens.
@@ -401,6 +405,10 @@ class _SentencePieceBackend:
     flush()
     return "".join(parts)
 
+  def decode_each(self, ids: Sequence[int]) -> list[str]:
+    """The text of each id alone."""
+    return [self.decode([i]) for i in ids]
+
 
 class PretrainedTokenizer:
   """A checkpoint's tokenizer with pavjax's `Tokenizer` interface (module docstring).
@@ -507,6 +515,12 @@ class PretrainedTokenizer:
     if skip_special_tokens:
       ids = [i for i in ids if i not in self._backend.special_ids]
     return self._backend.decode(ids)
+
+  def token_texts(self) -> list[str]:
+    """Each id's own text (`decode_text([i])`; special tokens print nothing): what the
+    step-boundary automaton reads (`pavjax.step_boundary`)."""
+    texts = self._backend.decode_each(range(self.vocab_size))
+    return ["" if i in self._backend.special_ids else t for i, t in enumerate(texts)]
 
   def id_to_token(self, i: int) -> str | None:
     """The vocabulary entry of id `i` (None outside the vocabulary)."""

@@ -1,13 +1,16 @@
 """The base of the text tasks: a `Task` whose ids come from a `Tokenizer`.
 
-The newline id of the tokenizer ends a step; see `pavjax.tasks.tokenizer` for the
-id layout.
+Steps are delimited by `step_delimiter` ("\n": one step per line). With pavjax's own
+tokenizers the delimiter is made of their newline id (see `pavjax.tasks.tokenizer`
+for the id layout). With a pretrained tokenizer a step ends at the first token whose
+text completes the delimiter, whatever BPE merged it with (`pavjax.step_boundary`).
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from pavjax import step_boundary as step_boundary_lib
 from pavjax.tasks import base
 from pavjax.tasks.tokenizer import Tokenizer
 
@@ -33,9 +36,28 @@ class TextTask(base.Task):
   def eos_id(self) -> int:
     return self.tokenizer.eos_id
 
+  step_delimiter: str = "\n"  # text that ends a step ("\n\n": blank-line separated steps)
+
   @property
   def step_end_ids(self) -> tuple[int, ...]:
+    """The id that ends a step in pavjax's own line encoding (references, prompts)."""
     return (self.tokenizer.nl_id,)
+
+  @property
+  def step_boundary(self) -> step_boundary_lib.StepBoundary:
+    """Where steps end (see the module docstring); built once per task."""
+    cached = self.__dict__.get("_step_boundary")
+    if cached is None:
+      texts = getattr(self.tokenizer, "token_texts", None)
+      if texts is not None:  # a pretrained vocabulary: tokens may hold the delimiter
+        cached = step_boundary_lib.StepBoundary.from_texts(texts(), self.step_delimiter)
+      elif self.step_delimiter == "\n":  # own tokenizers: only the newline id holds one
+        cached = step_boundary_lib.StepBoundary.from_ids(self.step_end_ids, self.vocab_size)
+      else:
+        cached = step_boundary_lib.StepBoundary.from_texts(
+            [self.tokenizer.decode([i]) for i in range(self.vocab_size)], self.step_delimiter)
+      self.__dict__["_step_boundary"] = cached
+    return cached
 
   @property
   def max_prompt_len(self) -> int:
@@ -56,5 +78,6 @@ class TextTask(base.Task):
     return bos + self.tokenizer.encode(str(problem.prompt)) + [self.tokenizer.nl_id]
 
   def encode_solution(self, problem: base.Problem) -> list[int]:
-    """`step1 NL step2 NL .. stepK EOS`."""
-    return self.tokenizer.encode("\n".join(problem.steps)) + [self.tokenizer.eos_id]
+    """`step1 DELIM step2 DELIM .. stepK EOS` (DELIM = NL by default)."""
+    return (self.tokenizer.encode(self.step_delimiter.join(problem.steps))
+            + [self.tokenizer.eos_id])

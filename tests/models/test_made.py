@@ -17,6 +17,7 @@ from pavjax import training
 from pavjax.main import run_job
 from pavjax.models import Made, MadeConfig, TokenCache, made
 from pavjax.sampling import MadeLM, Sampler, Temperature, cached_lm, left_pad
+from pavjax.sampling import sampler as sampler_lib
 
 sys.path.insert(0, ".")
 from configs import rl as rl_config  # noqa: E402
@@ -157,14 +158,17 @@ def test_sampler_fork_prefixes_equal_independent_generate():
   seqs = [[1, 2, 3, 4, 5], [11, 12, 13], [6, 5, 4, 3]]
   width = 8
   tokens, lengths = left_pad(seqs, buckets=(width,))
-  cache, logits = sampler.prefill_sequences(params, jnp.asarray(tokens), jnp.asarray(lengths),
-                                            cache_size=width + 6)
   picks = [(0, 2), (0, 5), (1, 1), (2, 3)]
   rows = np.array([s for s, _ in picks], np.int32)
   ends = np.array([width - len(seqs[s]) + n - 1 for s, n in picks], np.int32)
+  logits_at, slots = sampler_lib.prefix_logit_slots(rows, ends, num_rows=3, width=width)
+  cache, logits = sampler.prefill_sequences(params, jnp.asarray(tokens), jnp.asarray(lengths),
+                                            cache_size=width + 6,
+                                            logits_at=jnp.asarray(logits_at))
   rng = jax.random.PRNGKey(7)
   forked = sampler.fork_prefixes(params, cache, logits, jnp.asarray(rows), jnp.asarray(ends),
-                                 rng, max_new_tokens=6, method=Temperature(1.0), num_samples=3)
+                                 jnp.asarray(slots), rng, width=width, max_new_tokens=6,
+                                 method=Temperature(1.0), num_samples=3)
   ptoks, plens = left_pad([seqs[s][:n] for s, n in picks], buckets=(width,))
   independent = sampler.generate(params, jnp.asarray(ptoks), jnp.asarray(plens), rng,
                                  max_new_tokens=6, method=Temperature(1.0), num_samples=3)

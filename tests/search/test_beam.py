@@ -247,7 +247,7 @@ def test_beam_cache_matches_recomputing_each_kept_prefix():
   beam = search._init(params, None, jnp.asarray(tokens), jnp.asarray(lengths), cache_size=17)
   full = jax.jit(lambda p, x: model.apply({"params": p}, x).logits)
   for step in range(2):
-    cand, step_len, _ = search._expand(params, beam, jax.random.PRNGKey(step))
+    cand, step_len, _, _ = search._expand(params, beam, jax.random.PRNGKey(step))
     assert len(set(np.asarray(step_len).tolist())) > 1  # steps of different lengths
     q = search._values(None, cand.hist, cand.cache.start, cand.cache.index)
     beam = search._select(cand.replace(q=q), q, cand.alive & (step_len > 0))

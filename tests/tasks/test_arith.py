@@ -256,7 +256,9 @@ def test_hostile_responses_get_zero_fast_without_side_effects(task, tmp_path):
     out = task.is_correct(ids, p)
     elapsed = time.perf_counter() - start
     assert out.reward == 0.0 and out.reason in base.REASONS, (text[:60], out)
-    assert elapsed < 0.05, (text[:60], elapsed)
+    # Linear work on 500k tokens takes ~0.05 s on an idle 2-core VM (twice that under
+    # load); evaluating 9**9**9 or a regex blow-up would take minutes.
+    assert elapsed < 0.5, (text[:60], elapsed)
     # Same text straight into the string-level checker (no token budget in front of it).
     start = time.perf_counter()
     out = answers.grade_text(text, p.answer, answer_re=arith.ANSWER_RE)
