@@ -7,7 +7,9 @@ Stages (each in <workdir>/<stage>/, skipped when complete, resumed when started,
 rerun with everything downstream when its config changes): sft, rft,
 rollouts_train, rollouts_validation, verifier_q, verifier_orm, search, rl_pav,
 rl_outcome; then report.md. Override a stage's field with
---config.stages.<stage>.<field>=..., e.g. --config.stages.rl_pav.rl.alpha=5.
+--config.stages.<stage>.<field>=..., e.g. --config.stages.rl_pav.rl.alpha=5; the task,
+shared by every stage, with --config.task.<field>=..., e.g.
+--config.task.manual_dir=/data/gsm8k for task=jsonl_math.
 
 Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes), gpu (default:
 one GPU), pod (a TPU pod slice: FSDP over every chip, larger model and batches; launch
@@ -97,9 +99,14 @@ def get_config(arg=None):
     for cfg in s.values():
       cfg.sample.batch_size = max(cfg.sample.batch_size, 1024)
 
+  # One task for every stage: `--config.task.<field>=...` sets it (e.g. jsonl_math's
+  # manual_dir); the pipeline hands a copy to each stage when it resolves them.
+  task_cfg = s.sft.task
+  for cfg in s.values():
+    del cfg["task"]
   config = ml_collections.ConfigDict()
   config.job = "pipeline"
-  config.task = task
+  config.task = task_cfg
   config.size = size
   config.difficulty = level
   config.only = ""  # comma-separated stages to run ('' = all, then the report)

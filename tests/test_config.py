@@ -67,11 +67,12 @@ def test_pipeline_difficulty_variant():
   pipeline = config_lib.sibling_config("configs/x.py", "pipeline")
   tiny = pipeline.get_config("size=tiny")
   assert tiny.difficulty == "easy"
-  for cfg in tiny.stages.values():  # every stage sees the same task
-    assert (cfg.task.ops, cfg.task.max_operand, cfg.task.num_distractors) == ("+-", 9, 0)
+  # One task, handed to every stage when the pipeline resolves them.
+  assert (tiny.task.ops, tiny.task.max_operand, tiny.task.num_distractors) == ("+-", 9, 0)
+  assert not any("task" in cfg for cfg in tiny.stages.values())
   gpu = pipeline.get_config("")
-  assert gpu.difficulty == "default" and gpu.stages.sft.task.ops == "+-*"
-  assert pipeline.get_config("size=tiny,difficulty=default").stages.rl_pav.task.ops == "+-*"
+  assert gpu.difficulty == "default" and gpu.task.ops == "+-*"
+  assert pipeline.get_config("size=tiny,difficulty=default").task.ops == "+-*"
   with pytest.raises(config_lib.ConfigError, match="difficulty"):
     pipeline.get_config("size=tiny,difficulty=hard")
   with pytest.raises(config_lib.ConfigError, match="difficulty"):
@@ -84,7 +85,7 @@ def test_stage_configs_take_the_pipelines_difficulty(job):
   # does, so its stages see the pipeline's problems (and tokenizer).
   get = config_lib.sibling_config("configs/x.py", job).get_config
   pipe = config_lib.sibling_config("configs/x.py", "pipeline").get_config("size=tiny")
-  assert get("task=arith,size=tiny,difficulty=easy").task == pipe.stages.sft.task
+  assert get("task=arith,size=tiny,difficulty=easy").task == pipe.task
   assert get("task=arith,size=tiny").task.ops == "+-*"  # no variant: the task's defaults
   with pytest.raises(config_lib.ConfigError, match=r"^config\.difficulty: "):
     get("task=planted,size=test,difficulty=easy")

@@ -83,7 +83,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     try:
       jobs.validate_job(cfg, num_devices)
     except config_lib.ConfigError as e:
-      raise config_lib.prefixed(f"stages.{name}", e) from None
+      raise _stage_error(name, e) from None
+
+
+def _stage_error(name: str, error: config_lib.ConfigError) -> config_lib.ConfigError:
+  """A stage's error, named as the pipeline's field: `task.*` is the pipeline's own."""
+  if error.field is not None and (error.field == "task" or error.field.startswith("task.")):
+    return error
+  return config_lib.prefixed(f"stages.{name}", error)
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[Any, str]]:
@@ -95,6 +102,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[
   out: dict[str, tuple[Any, str]] = {}
   for stage in STAGES:
     cfg = copy.deepcopy(config.stages[stage.name])
+    with cfg.unlocked():
+      cfg.task = copy.deepcopy(config.task)  # one task for every stage
     for field, up, sub in stage.links:
       _set(cfg, field, os.path.join(workdir, up, sub))
     if "cache_dir" in cfg.task:
@@ -114,7 +123,7 @@ def check_task_lengths(resolved: dict[str, tuple[Any, str]], num_devices: int) -
     try:
       config_lib.validate(cfg, num_devices, prompt_len=built[key].max_prompt_len)
     except config_lib.ConfigError as e:
-      raise config_lib.prefixed(f"stages.{name}", e) from None
+      raise _stage_error(name, e) from None
 
 
 def run_stage(name: str, cfg, chash: str, workdir: str) -> tuple[dict, float, str]:

@@ -144,9 +144,7 @@ def test_every_stage_shares_one_task_cache_and_the_tokenizer_is_made_once(tmp_pa
   from pavjax import tasks  # pylint: disable=g-import-not-at-top
   from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
   config = config_lib.sibling_config("configs/x.py", "pipeline").get_config("size=tiny")
-  config.stages.sft.task.num_train = 200  # a small corpus: the tokenizer trains in a second
-  for cfg in config.stages.values():
-    cfg.task = config.stages.sft.task
+  config.task.num_train = 200  # a small corpus: the tokenizer trains in a second
   resolved = pipeline.resolve(config, str(tmp_path))
   cache = str(tmp_path / "task")
   assert {cfg.task.cache_dir for cfg, _ in resolved.values()} == {cache}
@@ -160,3 +158,19 @@ def test_every_stage_shares_one_task_cache_and_the_tokenizer_is_made_once(tmp_pa
   assert task.tokenizer_cached and task.tokenizer_path.startswith(cache)
   assert (tmp_path / "task" / "tokenizer" / made[0]).stat().st_mtime_ns == stamp
   assert not (tmp_path / "sft").exists()
+
+
+def test_one_task_config_for_every_stage_named_as_the_pipeline_s(tmp_path):
+  """`--config.task.<field>` sets every stage's task; its errors name the pipeline's field."""
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.task.num_digits = 5
+  resolved = pipeline.resolve(config, str(tmp_path))
+  assert {cfg.task.num_digits for cfg, _ in resolved.values()} == {5}
+  with pytest.raises(AttributeError):  # stages have no task of their own to disagree with
+    config.stages.sft.task  # pylint: disable=pointless-statement
+  config = config_lib.sibling_config("configs/x.py", "pipeline").get_config("size=tiny")
+  config.task.hf_tokenizer = str(tmp_path / "missing")
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.task\.hf_tokenizer: "):
+    run_job(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -148,44 +148,66 @@ def test_export_refuses_a_model_of_pavjax_s_own_presets(toy_policy, tmp_path):
   assert "model.size=hf" in stderr
 
 
-def _pipeline_config(checkpoint):
+def _gsm_jsonl(folder):
+  """40 GSM-style training lines and 10 test lines (two-step additions)."""
+  os.makedirs(folder)
+  for name, count, who in (("train", 40, "Tom"), ("test", 10, "Ann")):
+    with open(os.path.join(folder, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+      for i in range(count):
+        a, b = i + 2, 2 * i + 5
+        f.write(json.dumps({"question": f"{who} has {a} apples and gets {b} more. How many?",
+                            "answer": f"{who} has {a}.\n{who} gets {b}.\n{a}+{b}={a + b}\n"
+                                      f"#### {a + b}"}) + "\n")
+  return folder
+
+
+def _pipeline_config(checkpoint, data_dir):
+  """Every stage at its smallest, on your JSONL, from the checkpoint, its tokenizer included."""
   config = config_lib.sibling_config("configs/x.py", "pipeline").get_config(
-      f"task=arith,size=tiny,hf={checkpoint}")
+      f"task=jsonl_math,size=tiny,hf={checkpoint}")
+  config.task.manual_dir = data_dir  # one task for every stage
+  config.task.max_prompt_len, config.task.max_response_len = 48, 48
+  config.task.val_fraction = 0.1
   s = config.stages
   for cfg in s.values():
-    cfg.sample.batch_size = 32
-    cfg.sample.num_eval = 16
-  s.sft.train.num_steps = 500  # greedy accuracy about 0.08: RFT finds correct samples
-  s.rft.rft.num_problems, s.rft.rft.num_samples = 64, 4
-  s.rft.train.num_steps, s.rft.train.batch_size = 4, 16
+    cfg.model.max_len, cfg.sample.max_new_tokens = 96, 48
+    cfg.sample.batch_size, cfg.sample.num_eval = 8, 4
+  s.sft.train.num_steps, s.sft.train.batch_size, s.sft.optim.lr = 300, 16, 3e-3
+  s.rft.rft.num_problems, s.rft.rft.num_samples = 16, 4  # train problems: SFT knows them
+  s.rft.train.num_steps, s.rft.train.batch_size = 4, 8
   for name in ("rollouts_train", "rollouts_validation"):
-    s[name].rollouts.num_problems, s[name].rollouts.n_cov, s[name].rollouts.n_mc = 8, 2, 2
-    s[name].rollouts.problems_per_shard = 8
+    s[name].rollouts.num_problems, s[name].rollouts.n_cov, s[name].rollouts.n_mc = 4, 2, 2
+    s[name].rollouts.problems_per_shard = 4
   for name in ("verifier_q", "verifier_orm"):
-    s[name].train.num_steps, s[name].train.batch_size, s[name].train.log_every = 4, 16, 2
+    s[name].train.num_steps, s[name].train.batch_size, s[name].train.log_every = 4, 8, 2
     s[name].checkpoint.every = 4
-  s.search.search.num_problems, s.search.search.num_subsets = 4, 4
+  s.search.search.num_problems, s.search.search.num_subsets = 4, 2
   s.search.search.ns, s.search.search.beam_ns = "1,2", "2"
-  s.search.search.max_rows = 32
+  s.search.search.max_rows = 16
   for name in ("rl_pav", "rl_outcome"):
-    s[name].train.num_steps, s[name].train.eval_every, s[name].train.log_every = 4, 2, 1
-    s[name].checkpoint.every = 4
+    s[name].train.num_steps, s[name].train.eval_every, s[name].train.log_every = 2, 2, 1
+    s[name].checkpoint.every = 2
+    s[name].rl.num_prompts, s[name].rl.group_size, s[name].train.batch_size = 8, 2, 16
     s[name].rl.eval_pass_ns = "1,2"
   return config
 
 
-def test_the_pipeline_runs_every_stage_on_the_checkpoint(checkpoint, tmp_path):
-  workdir = str(tmp_path)
-  out = run_job(_pipeline_config(checkpoint), workdir)
+def test_the_pipeline_runs_every_stage_on_your_jsonl_from_the_checkpoint(checkpoint, tmp_path):
+  workdir = str(tmp_path / "run")
+  out = run_job(_pipeline_config(checkpoint, _gsm_jsonl(str(tmp_path / "gsm"))), workdir)
   assert set(out["stages"].values()) == {"ran"} and len(out["stages"]) == 9
-  report = (tmp_path / "report.md").read_text()
+  run = tmp_path / "run"
+  report = (run / "report.md").read_text()
   assert "## Accuracy" in report and "PAV beam search, N=2" in report
-  with open(tmp_path / "sft" / artifacts.SUMMARY) as f:
+  with open(run / "sft" / artifacts.SUMMARY) as f:
     assert json.load(f)["origin"] == f"init_from {checkpoint}"
+  with open(run / "rft" / artifacts.SUMMARY) as f:
+    assert json.load(f)["rft_data"]["correct"] > 0  # RFT kept correct samples
 
   # A verifier exports its trunk and value head; loading the export gives both back.
-  env, params = _job_params(str(tmp_path / "verifier_q"))
-  exported = _export(str(tmp_path / "verifier_q"), str(tmp_path / "prm_hf"), "--value_head")
+  env, params = _job_params(str(run / "verifier_q"))
+  assert env.task.name == "jsonl_math" and env.task.pad_id == 320  # the checkpoint's ids
+  exported = _export(str(run / "verifier_q"), str(tmp_path / "prm_hf"), "--value_head")
   tensors = _tensors(exported)
   np.testing.assert_array_equal(tensors[hf.VALUE_HEAD_WEIGHT],
                                 np.asarray(params["value_w"]).reshape(1, -1))
