@@ -34,6 +34,7 @@ from pavjax import checkpoint as ckpt_lib
 from pavjax import sharding as shd
 from pavjax import training
 from pavjax import runtime
+from tests import xla_flags
 from tests.distributed import worker
 
 pytestmark = pytest.mark.multiprocess
@@ -79,7 +80,7 @@ def run_workers(out_dir: str, local_devices: int = 1, tensor: int = 1,
   for i, name in enumerate(names):
     single = name == "single"
     devices = local_devices * NUM_PROCESSES if single else local_devices
-    env = dict(base, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(base, XLA_FLAGS=xla_flags.fake_cpu_devices(devices))
     args = [sys.executable, "-m", "tests.distributed.worker",
             f"--num_processes={1 if single else NUM_PROCESSES}",
             f"--process_id={0 if single else i}", f"--coordinator={coordinator}",
