@@ -11,6 +11,14 @@ rl_outcome; then report.md. Override a stage's field with
 shared by every stage, with --config.task.<field>=..., e.g.
 --config.task.manual_dir=/data/gsm8k for task=jsonl_math.
 
+Three models (arXiv 2410.08146, Sec. 5: a 2B prover served a 9B policy; verifiers are
+networks of their own): `--config.models.prover=<dir>` names a prover policy other
+than the policy (a Hugging Face or pavjax checkpoints dir of any size, sharing the
+task's tokenizer); its rollouts train a Q^mu verifier (stages rollouts_prover_train,
+rollouts_prover_validation, verifier_prover) that PAV search and PAV-RL then use in
+place of the closed-form Best-of-K(pi) prover. `--config.models.verifier=<dir>` starts
+the verifiers from that checkpoint's backbone instead of the RFT policy's.
+
 Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes), gpu (default:
 one GPU), pod (a TPU pod slice: FSDP over every chip, larger model and batches; launch
 with launch_tpu.sh); difficulty=default|easy (arith only; tiny uses `easy`, one-digit
@@ -33,7 +41,8 @@ def _load(name):
 
 
 def get_config(arg=None):
-  v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu", "difficulty": "", "hf": ""})
+  v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu", "difficulty": "", "hf": "",
+                                 "prover": "", "verifier": ""})
   task, size = v["task"], v["size"]
   if size not in SIZES:
     raise config_lib.ConfigError("size", f"{size!r} is not one of {sorted(SIZES)}")
@@ -46,11 +55,13 @@ def get_config(arg=None):
   s.sft = _load("sft").get_config(spec)
   s.rft = _load("rft").get_config(spec)
   for split in ("train", "validation"):
-    r = _load("rollouts").get_config(spec)
-    r.rollouts.split = split
-    s[f"rollouts_{split}"] = r
+    for prefix, prover in (("rollouts", "policy"), ("rollouts_prover", "checkpoint")):
+      r = _load("rollouts").get_config(spec + f",prover={prover}")
+      r.rollouts.split = split
+      s[f"{prefix}_{split}"] = r
   s.verifier_q = _load("train_verifier").get_config(spec + ",kind=q")
   s.verifier_orm = _load("train_verifier").get_config(spec + ",kind=orm")
+  s.verifier_prover = _load("train_verifier").get_config(spec + ",kind=q")
   s.search = _load("search").get_config(spec)
   s.rl_pav = _load("rl").get_config(spec + ",reward=pav,prover=bok")
   s.rl_outcome = _load("rl").get_config(spec + ",reward=outcome")
@@ -59,11 +70,12 @@ def get_config(arg=None):
     s.sft.train.num_steps = 600
     s.rft.rft.num_problems, s.rft.rft.num_samples = 256, 4
     s.rft.train.num_steps = 100
-    s.rollouts_train.rollouts.num_problems = 96
-    s.rollouts_validation.rollouts.num_problems = 32
-    for name in ("rollouts_train", "rollouts_validation"):
-      s[name].rollouts.n_cov, s[name].rollouts.n_mc = 4, 4
-    for name in ("verifier_q", "verifier_orm"):
+    for prefix in ("rollouts", "rollouts_prover"):
+      s[f"{prefix}_train"].rollouts.num_problems = 96
+      s[f"{prefix}_validation"].rollouts.num_problems = 32
+      for split in ("train", "validation"):
+        s[f"{prefix}_{split}"].rollouts.n_cov = s[f"{prefix}_{split}"].rollouts.n_mc = 4
+    for name in ("verifier_q", "verifier_orm", "verifier_prover"):
       s[name].train.num_steps = 150
       s[name].checkpoint.every = 75
     s.search.search.num_problems = 32
@@ -79,9 +91,10 @@ def get_config(arg=None):
   else:
     s.sft.train.num_steps = 5000 * scale
     s.rft.train.num_steps = 500 * scale
-    s.rollouts_train.rollouts.num_problems = 4096 * scale
-    s.rollouts_validation.rollouts.num_problems = 256
-    for name in ("verifier_q", "verifier_orm"):
+    for prefix in ("rollouts", "rollouts_prover"):
+      s[f"{prefix}_train"].rollouts.num_problems = 4096 * scale
+      s[f"{prefix}_validation"].rollouts.num_problems = 256
+    for name in ("verifier_q", "verifier_orm", "verifier_prover"):
       s[name].train.num_steps = 5000 * scale
     s.search.search.num_problems = 256
     for name in ("rl_pav", "rl_outcome"):
@@ -94,7 +107,7 @@ def get_config(arg=None):
       cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
       cfg.model.dtype = "bfloat16"
       cfg.model.remat = True
-    for name in ("sft", "rft", "verifier_q", "verifier_orm"):
+    for name in ("sft", "rft", "verifier_q", "verifier_orm", "verifier_prover"):
       s[name].train.batch_size = 256
     for cfg in s.values():
       cfg.sample.batch_size = max(cfg.sample.batch_size, 1024)
@@ -110,5 +123,8 @@ def get_config(arg=None):
   config.size = size
   config.difficulty = level
   config.only = ""  # comma-separated stages to run ('' = all, then the report)
+  config.models = ml_collections.ConfigDict()
+  config.models.prover = v["prover"]  # '' = the policy (Q^pi; PAV's prover BoK(pi))
+  config.models.verifier = v["verifier"]  # '' = the verifiers start from the RFT policy
   config.stages = s
   return config

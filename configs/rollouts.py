@@ -41,6 +41,12 @@ def get_config(arg=None):
   config.rollouts.seq_batch = 32  # seed sequences prefilled per call
   config.rollouts.fork_batch = 32  # prefixes continued per call (x n_mc rows)
   config.rollouts.halt_after_shards = 0  # stop after this many new shards (0 = off)
+  # First-pit seeding (Sec. 4.2, App. D): also continue high-value prefixes with the policy
+  # and label a failed continuation's prefixes up to its first Q_hat = 0 ("pit").
+  config.rollouts.seeding = "random"  # random | first_pit
+  config.rollouts.pit_threshold = 0.5  # a prefix with Q_hat >= this is high-value
+  config.rollouts.pit_prefixes = 1  # high-value prefixes continued per problem
+  config.rollouts.pit_samples = 4  # policy continuations tried per high-value prefix
   config.sample.method = "temperature"
   config_lib.use_pretrained(config, v["hf"])
   return config

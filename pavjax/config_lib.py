@@ -162,6 +162,61 @@ def use_pretrained(config: ml_collections.ConfigDict, path: str) -> None:
     config.task.hf_tokenizer = path
 
 
+# `config.model` fields that say how a job runs a model, not what the model is: a
+# checkpoint's model, run by a job, takes them from the job.
+RUN_FIELDS = ("max_len", "dtype", "param_dtype", "remat")
+
+
+def is_hf_checkpoint(path: str) -> bool:
+  """A Hugging Face checkpoint directory (config.json beside its weights), not orbax's."""
+  names = set(os.listdir(path)) if os.path.isdir(path) else set()
+  return "config.json" in names and bool(
+      names & {"model.safetensors", "model.safetensors.index.json"}
+      or any(n.endswith((".bin", ".pt", ".pth")) for n in names))
+
+
+def checkpoint_model_section(path: str, job_model: ml_collections.ConfigDict
+                             ) -> ml_collections.ConfigDict:
+  """The `config.model` section of the model that checkpoint `path` holds.
+
+  A Hugging Face directory describes itself (its config.json); a pavjax
+  workdir's `checkpoints/` has the run's `config.json` beside it. A checkpoint with
+  neither (made by hand) is taken to hold `job_model`. The job's run fields
+  (`RUN_FIELDS`: cache length, dtypes, remat) replace the checkpoint's, except the
+  MADE's `max_len`, which is the width of its input layer.
+  """
+  if is_hf_checkpoint(path):
+    section = hf_model_config()
+    section.path = path
+  else:
+    record = os.path.join(os.path.dirname(os.path.normpath(path)), "config.json")
+    try:
+      with open(record, encoding="utf-8") as f:
+        recorded = json.load(f).get("model")
+    except (OSError, ValueError, AttributeError):
+      recorded = None
+    if not isinstance(recorded, dict):
+      return job_model
+    section = ml_collections.ConfigDict(recorded)
+  made = models.arch_of(section) == "made"
+  with section.unlocked():
+    for name in RUN_FIELDS:
+      if name in job_model and name in section and not (made and name == "max_len"):
+        section[name] = job_model[name]
+  return section
+
+
+def use_checkpoint_model(config: ml_collections.ConfigDict, path: str) -> None:
+  """A training job starts from checkpoint `path`, in the checkpoint's architecture.
+
+  `model` becomes the checkpoint's (`checkpoint_model_section`, keeping the job's run
+  fields) and `init_from` the path. The pipeline uses it for the verifiers'
+  backbone (`models.verifier`); the task and its tokenizer stay the job's.
+  """
+  config.model = checkpoint_model_section(path, config.model)
+  config.init_from = path
+
+
 def made_model_config(size: str) -> ml_collections.ConfigDict:
   """MADE-style MLP hyper-parameters for a MADE_SIZES name (`size=made`)."""
   cfg = ml_collections.ConfigDict()
@@ -272,6 +327,15 @@ def prefixed(prefix: str, error: ConfigError) -> ConfigError:
   if error.field is None:
     return error
   return ConfigError(f"{prefix}.{error.field}", error.message)
+
+
+def data_parallel_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """Devices a batch is split over (mesh data * fsdp) for `config.mesh` on `num_devices`."""
+  try:
+    mesh = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
+  except ValueError as e:
+    raise ConfigError("mesh", str(e)) from None
+  return math.prod(mesh[a] for a in shd.BATCH_AXES if a in mesh)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

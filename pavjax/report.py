@@ -21,6 +21,7 @@ import numpy as np
 
 from pavjax import artifacts
 from pavjax import metrics
+from pavjax import models as models_lib
 from pavjax import prover_diagnostics
 from pavjax import trajectories
 from pavjax import tasks
@@ -105,9 +106,55 @@ def _samples(workdir: str, stage_cfg, num: int = 3) -> list[str]:
   return lines
 
 
+def _model_name(section) -> str:
+  if section is None:
+    return "?"
+  if section.get("source", "") == "hf":
+    return f"`{section.path}` (Hugging Face)"
+  return f"pavjax {models_lib.arch_of(section)} `size={section.get('size', '?')}`"
+
+
+def _params(n) -> str:
+  return f"{n / 1e6:.2f}M" if isinstance(n, (int, float)) else "?"
+
+
+def models_section(cfgs: Mapping[str, Any], summaries: Mapping[str, Any],
+                   models: Any = None) -> list[str]:
+  """The three models of the run (policy, prover, verifiers): what each is, where it
+  started, its parameter count; read from the stages' configs and summaries."""
+  rows = []
+  if "sft" in cfgs:
+    sft = cfgs["sft"]
+    rows.append(("policy", _model_name(sft.model), sft.init_from or "random init",
+                 _params(summaries.get("sft", {}).get("params"))))
+  prover = (summaries.get("rollouts_prover_train") or {}).get("models", {}).get("prover")
+  if prover:
+    rows.append(("prover", f"`{prover['checkpoint']}`", "as given (frozen)",
+                 _params(prover["params"])))
+  elif models is not None and models.get("prover"):
+    rows.append(("prover", f"`{models.prover}`", "as given (frozen)", "?"))
+  else:
+    k = cfgs["search"].search.bok_k if "search" in cfgs else "K"
+    rows.append(("prover", f"the policy: Q^pi rollouts; PAV's prover is Best-of-{k}(pi), "
+                 "closed form", "-", "-"))
+  for name, label in (("verifier_q", "verifier (PRM-Q)"), ("verifier_orm", "verifier (ORM)"),
+                      ("verifier_prover", "verifier (prover's Q^mu)")):
+    if name in cfgs:
+      rows.append((label, _model_name(cfgs[name].model) + " + value head",
+                   cfgs[name].init_from or "random init",
+                   _params(summaries.get(name, {}).get("params"))))
+  if not rows:
+    return []
+  lines = ["## Models", "", "| role | model | starts from | parameters |", "|---|---|---|---|"]
+  return lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows] + [""]
+
+
 def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, float],
-          actions: Mapping[str, str]) -> str:
-  """Writes <workdir>/report.md (and its plots); returns its path."""
+          actions: Mapping[str, str], models: Any = None) -> str:
+  """Writes <workdir>/report.md (and its plots); returns its path.
+
+  `models`: the pipeline's `config.models` (prover and verifier checkpoints).
+  """
   cfgs = {}
   for name in summaries:
     path = os.path.join(workdir, name, artifacts.CONFIG)
@@ -119,6 +166,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
            f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: "
            f"{jax.device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}.",
            "Every number below is read from the stage outputs in this directory.", ""]
+  lines += models_section(cfgs, summaries, models)
 
   # --- accuracies -------------------------------------------------------------------
   search = summaries.get("search", {})
@@ -205,7 +253,10 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
   if vq or vo:
     lines += ["", "## Verifiers (held-out rollouts)", "", "| verifier | metric | value |",
               "|---|---|---|"]
-    evals = {label: (s or {}).get("eval", {}) for label, s in (("PRM-Q", vq), ("ORM", vo))}
+    named = [("PRM-Q", vq), ("ORM", vo)]
+    if "verifier_prover" in summaries:
+      named.append(("prover's Q^mu", summaries["verifier_prover"]))
+    evals = {label: (s or {}).get("eval", {}) for label, s in named}
     for label, ev in evals.items():
       lines += [f"| {label} | {k} | {_fmt(val, 4)} |" for k, val in sorted(ev.items())]
     for line in uninformative_verifiers(evals):

@@ -24,6 +24,7 @@ from pavjax import models
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
+from pavjax.tasks import hf_tokenizer
 
 
 @dataclasses.dataclass
@@ -103,12 +104,71 @@ def make_trainer(env: JobEnv, step: Callable) -> Trainer:
   return Trainer(spec, checkpointer, state, origin, step_fn)
 
 
-def is_hf_checkpoint(path: str) -> bool:
-  """A Hugging Face checkpoint directory (config.json beside its weights), not orbax's."""
-  names = set(os.listdir(path)) if os.path.isdir(path) else set()
-  return "config.json" in names and bool(
-      names & {"model.safetensors", "model.safetensors.index.json"}
-      or any(n.endswith((".bin", ".pt", ".pth")) for n in names))
+is_hf_checkpoint = config_lib.is_hf_checkpoint
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A frozen model another run trained: its own architecture and its parameters."""
+
+  model: nn.Module
+  model_cfg: models.ModelConfig
+  params: Any
+  path: str
+
+  @property
+  def num_params(self) -> int:
+    return self.model_cfg.num_params()
+
+
+def load_model(env: JobEnv, path: str, field: str) -> LoadedModel:
+  """A checkpoint's model (its own family and size) with its parameters.
+
+  Policy, prover and verifiers may differ in size: a 9B policy scored by a verifier
+  on a 2B backbone, completed by a 2B prover (arXiv 2410.08146, Sec. 5). The model
+  that `path` holds is read from the checkpoint (`checkpoint_model_section`); it
+  must embed the task's token ids. When it is the job's own model, `env.model` is
+  reused (one compiled program for both).
+  """
+  if not path:
+    raise config_lib.ConfigError(field, "needs a checkpoint directory")
+  section = config_lib.checkpoint_model_section(path, env.config.model)
+  try:
+    model_cfg = models.model_config_from(section, env.task.vocab_size)
+  except (ValueError, OSError) as e:
+    raise config_lib.ConfigError(field, f"{path}: {e}") from None
+  if model_cfg == env.model_cfg:
+    return LoadedModel(env.model, env.model_cfg, load_params(env, path, field), path)
+  other = dataclasses.replace(env, model_cfg=model_cfg, model=models.build_model(model_cfg))
+  logging.info("%s: %s, %d params (the job's own model has %d)", field, path,
+               model_cfg.num_params(), env.model_cfg.num_params())
+  return LoadedModel(other.model, model_cfg, load_params(other, path, field), path)
+
+
+def _check_same_tokenizer(env: JobEnv, path: str, field: str) -> None:
+  """A Hugging Face checkpoint with its own tokenizer must share the task's token ids.
+
+  Models of one family and tokenizer (Qwen2.5 0.5B and 7B, Gemma 2 2B and 9B) can
+  score and continue each other's text; a checkpoint whose ids mean other text
+  would run without error and be silently wrong.
+  """
+  task_tok = getattr(env.task, "tokenizer", None)
+  if not isinstance(task_tok, hf_tokenizer.PretrainedTokenizer) or not is_hf_checkpoint(path):
+    return
+  try:
+    theirs = hf_tokenizer.load_tokenizer(path)
+  except FileNotFoundError:
+    return  # weights only: the task's tokenizer is the only one there is
+  if theirs.vocab_size != task_tok.vocab_size:
+    raise config_lib.ConfigError(field, f"{path}: its tokenizer has {theirs.vocab_size} ids, "
+                                 f"the task's {task_tok.vocab_size}; policy, prover and "
+                                 "verifiers must share one tokenizer")
+  for i in range(task_tok.vocab_size):
+    a, b = task_tok.id_to_token(i), theirs.id_to_token(i)
+    if a != b:
+      raise config_lib.ConfigError(
+          field, f"{path}: its tokenizer differs from the task's at id {i} ({b!r} vs "
+          f"{a!r}); policy, prover and verifiers must share one tokenizer")
 
 
 def load_params(env: JobEnv, path: str, field: str):
@@ -121,6 +181,7 @@ def load_params(env: JobEnv, path: str, field: str):
   if not path:
     raise config_lib.ConfigError(field, "needs a checkpoint directory")
   if is_hf_checkpoint(path):
+    _check_same_tokenizer(env, path, field)
     from pavjax.models import hf  # pylint: disable=g-import-not-at-top
     if not isinstance(env.model_cfg, models.TransformerConfig):
       raise config_lib.ConfigError(field, f"{path} is a Hugging Face checkpoint; the config's "

@@ -17,6 +17,11 @@ MODEL = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_att
              tie_word_embeddings=True, rope_theta=10000.0)
 
 
+# A smaller model of the same family and tokenizer: a prover or verifier backbone.
+SMALL_MODEL = dict(MODEL, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                   num_attention_heads=2, num_key_value_heads=1)
+
+
 def arith_corpus(difficulty: str = "easy") -> list[str]:
   """Prompts and steps of arith's training split (the BPE's training text)."""
   from pavjax import config_lib  # pylint: disable=g-import-not-at-top
@@ -29,9 +34,32 @@ def arith_corpus(difficulty: str = "easy") -> list[str]:
   return lines
 
 
-def write_checkpoint(path: str, *, vocab_size: int = 320, seed: int = 0) -> str:
-  """Writes the tokenizer and a random Qwen2 model to `path`; returns `path`."""
+def write_checkpoint(path: str, *, vocab_size: int = 320, seed: int = 0,
+                     sizes: dict | None = None, tokenizer_from: str | None = None) -> str:
+  """Writes the tokenizer and a random Qwen2 model to `path`; returns `path`.
+
+  `sizes` replaces MODEL (e.g. SMALL_MODEL); `tokenizer_from` copies another
+  checkpoint's tokenizer instead of training one (two models, one tokenizer).
+  """
   import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  if tokenizer_from is not None:
+    fast = transformers.AutoTokenizer.from_pretrained(tokenizer_from)
+  else:
+    fast = _train_tokenizer(vocab_size)
+  fast.save_pretrained(path)
+  config = transformers.Qwen2Config(vocab_size=len(fast), bos_token_id=None,
+                                    eos_token_id=fast.eos_token_id,
+                                    pad_token_id=fast.pad_token_id, **(sizes or MODEL))
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(config)
+  model.save_pretrained(path)
+  return path
+
+
+def _train_tokenizer(vocab_size: int):
+  """A byte-level BPE trained on arith's text, with Qwen's special tokens."""
   import transformers  # pylint: disable=g-import-not-at-top
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
 
@@ -42,13 +70,5 @@ def write_checkpoint(path: str, *, vocab_size: int = 320, seed: int = 0) -> str:
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tok.train_from_iterator(arith_corpus(), trainer)
   tok.add_special_tokens(SPECIALS)  # after the merges, as in Qwen's vocabulary
-  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                               pad_token="<|endoftext|>")
-  fast.save_pretrained(path)
-  config = transformers.Qwen2Config(vocab_size=len(fast), bos_token_id=None,
-                                    eos_token_id=fast.eos_token_id,
-                                    pad_token_id=fast.pad_token_id, **MODEL)
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(config)
-  model.save_pretrained(path)
-  return path

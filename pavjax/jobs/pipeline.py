@@ -10,6 +10,13 @@ and its identity is the hash of its resolved config plus its inputs' hashes:
 * a stage whose hash changed (its config, or anything upstream) is moved aside
   to `<name>.stale-<time>` and rerun, and so is everything downstream of it.
 
+Three models (`config.models`): the policy (the stages' `model`, e.g. the `hf=<dir>`
+variant), a prover (`models.prover`, '' = the policy) and the verifiers' starting
+backbone (`models.verifier`, '' = the RFT policy). Each may be another family or size;
+jobs read a checkpoint's architecture from the checkpoint (`runtime.load_model`). A
+separate prover adds three stages: its rollouts from the policy's seeds, and the Q^mu
+verifier trained on them, which PAV search and PAV-RL use as their prover.
+
 At the end `report.md` gathers accuracies, compute and sample efficiency, the
 prover diagnostics, plots, sampled solutions with per-step scores and timings.
 Numbers come from the stages' own summaries.
@@ -64,6 +71,51 @@ STAGES = (
     Stage("rl_pav", (("init_from", "rft", CKPT), ("rl.prover.verifier", "verifier_q", CKPT))),
     Stage("rl_outcome", (("init_from", "rft", CKPT),)),
 )
+# With a separate prover (models.prover): its rollouts and its Q^mu verifier, run
+# before search; search and rl_pav then read that verifier as their prover.
+PROVER_STAGES = (
+    Stage("rollouts_prover_train", (("policy.checkpoint", "rft", CKPT),)),
+    Stage("rollouts_prover_validation", (("policy.checkpoint", "rft", CKPT),)),
+    Stage("verifier_prover", (("init_from", "rft", CKPT),
+                              ("verifier.train_data", "rollouts_prover_train", TRAIN_TABLE),
+                              ("verifier.eval_data", "rollouts_prover_validation",
+                               VALIDATION_TABLE))),
+)
+VERIFIER_STAGES = ("verifier_q", "verifier_orm", "verifier_prover")
+
+
+def stages(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
+  """The stages `config` runs, in order, with their links."""
+  if not config.models.prover:
+    out = STAGES
+  else:
+    out = []
+    for stage in STAGES:
+      if stage.name == "search":
+        out += PROVER_STAGES
+        stage = Stage("search", stage.links + (("verifiers.prover", "verifier_prover", CKPT),))
+      elif stage.name == "rl_pav":
+        stage = Stage("rl_pav", (("init_from", "rft", CKPT),
+                                 ("rl.prover.verifier", "verifier_prover", CKPT)))
+      out.append(stage)
+  if config.models.verifier:  # the verifiers start from models.verifier, not from RFT
+    out = [Stage(st.name, tuple(l for l in st.links if l[0] != "init_from"))
+           if st.name in VERIFIER_STAGES else st for st in out]
+  return tuple(out)
+
+
+def _apply_models(name: str, cfg: ml_collections.ConfigDict,
+                  models: ml_collections.ConfigDict) -> None:
+  """Points stage `name` at the prover and verifier backbone of `config.models`."""
+  if models.prover:
+    if name.startswith("rollouts_prover_"):
+      cfg.prover.kind, cfg.prover.checkpoint = "checkpoint", models.prover
+    elif name == "search":
+      cfg.search.prover = "verifier"
+    elif name == "rl_pav":
+      cfg.rl.prover.kind = "verifier"
+  if models.verifier and name in VERIFIER_STAGES:
+    config_lib.use_checkpoint_model(cfg, models.verifier)
 
 
 def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
@@ -79,6 +131,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   Errors name the field as `stages.<name>.<field>`, so a typo in the last stage
   fails in seconds, not after the stages before it have run.
   """
+  for name in ("prover", "verifier"):
+    path = config.models[name]
+    if path and not os.path.isdir(path):
+      raise config_lib.ConfigError(f"models.{name}", f"{path} is not a directory")
   for name, (cfg, _) in resolve(config, "<workdir>").items():
     try:
       jobs.validate_job(cfg, num_devices)
@@ -100,10 +156,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[
   and the data prepared once, then handed to every stage.
   """
   out: dict[str, tuple[Any, str]] = {}
-  for stage in STAGES:
+  for stage in stages(config):
     cfg = copy.deepcopy(config.stages[stage.name])
     with cfg.unlocked():
       cfg.task = copy.deepcopy(config.task)  # one task for every stage
+    _apply_models(stage.name, cfg, config.models)
     for field, up, sub in stage.links:
       _set(cfg, field, os.path.join(workdir, up, sub))
     if "cache_dir" in cfg.task:
@@ -159,7 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_task_lengths(resolved, jax.device_count())
   only = [s for s in str(config.only).split(",") if s]
   summaries, timings, actions = {}, {}, {}
-  for stage in STAGES:
+  for stage in stages(config):
     if only and stage.name not in only:
       continue
     cfg, chash = resolved[stage.name]
@@ -170,6 +227,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  timings[stage.name])
   out = {"job": "pipeline", "stages": actions, "seconds": timings}
   if not only:
-    out["report"] = report.write(workdir, summaries, timings, actions)
+    out["report"] = report.write(workdir, summaries, timings, actions, models=config.models)
   artifacts.write_json(os.path.join(workdir, "pipeline.json"), out)
   return out

@@ -72,6 +72,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for field in ("num_prompts", "group_size"):
     config_lib.check(cfg[field] > 0, f"rl.{field}", f"{cfg[field]} must be > 0")
   config_lib.check(cfg.max_steps >= 0, "rl.max_steps", "must be >= 0 (0 = max_new_tokens)")
+  dp = config_lib.data_parallel_size(config, num_devices)
+  config_lib.check(cfg.num_prompts % dp == 0, "rl.num_prompts",
+                   f"{cfg.num_prompts} is not a multiple of the data-parallel size {dp} (mesh "
+                   "data*fsdp): the prompts of a batch are split over those devices")
   rows = cfg.num_prompts * cfg.group_size
   config_lib.check(rows == config.train.batch_size, "train.batch_size",
                    f"{config.train.batch_size} must equal rl.num_prompts * rl.group_size = {rows}")
@@ -146,7 +150,9 @@ class ProverValues:
       except NotImplementedError as e:
         raise config_lib.ConfigError("rl.prover.kind", f"'procedural': {e}") from None
     else:
-      self.params = runtime.load_params(env, cfg.verifier, "rl.prover.verifier")
+      # Its own family and size: e.g. a small prover's Q^mu verifier for a large policy.
+      self.verifier = runtime.load_model(env, cfg.verifier, "rl.prover.verifier")
+      self.params = self.verifier.params
 
   def q_values(self, table: trajectories.Trajectories, problems) -> np.ndarray:
     """[B, H + 1] Q^mu after the question (column 0) and after each step (0 where absent).
@@ -166,7 +172,7 @@ class ProverValues:
       return np.where(mask, values, 0.0)
     batch = shd.shard_batch({"tokens": table.tokens, "positions": table.prefix_ends},
                             self.env.mesh)
-    q = np.asarray(shd.to_host(verifiers.score(self.env.model, self.params, batch["tokens"],
+    q = np.asarray(shd.to_host(verifiers.score(self.verifier.model, self.params, batch["tokens"],
                                                   batch["positions"])))
     if self.kind == "bok":
       q = np.asarray(rewards.bok_q(jnp.asarray(q), self.k))
@@ -321,6 +327,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out = {"job": "rl", "reward": cfg.reward, "alpha": cfg.alpha, "estimator": cfg.estimator,
          "step": step, "origin": origin, "initial_eval": first, "eval": final,
          "final_train": last, "hacking_alerts": monitor.alerts, "seconds": time.time() - t0,
-         "halted": step < config.train.num_steps}
+         "halted": step < config.train.num_steps,
+         "models": {"policy": {"checkpoint": config.init_from,
+                               "params": env.model_cfg.num_params()}}}
+  if prover is not None and prover.kind != "procedural":
+    out["models"]["prover_verifier"] = {"checkpoint": prover.verifier.path,
+                                        "params": prover.verifier.num_params}
   artifacts.write_json(os.path.join(env.workdir, "summary.json"), out)
   return out

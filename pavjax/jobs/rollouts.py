@@ -43,7 +43,7 @@ from pavjax import sharding as shd
 from pavjax import runtime
 from pavjax import trajectories
 from pavjax import evaluation
-from pavjax.sampling import Sampler, Temperature, bucket_length, cached_lm
+from pavjax.sampling import Sampler, Temperature, bucket_length, cached_lm, left_pad
 from pavjax.sampling import sampler as sampler_lib
 from pavjax.tasks import base
 
@@ -54,9 +54,11 @@ class _Policy:
   def __init__(self, env: runtime.JobEnv, cfg):
     self.kind = cfg.kind
     self.env = env
+    self.loaded = None
     if cfg.kind == "checkpoint":
-      self.params = runtime.load_params(env, cfg.checkpoint, "policy.checkpoint")
-      self.sampler = Sampler(cached_lm(env.model), pad_id=env.task.pad_id)
+      self.loaded = runtime.load_model(env, cfg.checkpoint, "policy.checkpoint")
+      self.params = self.loaded.params
+      self.sampler = Sampler(cached_lm(self.loaded.model), pad_id=env.task.pad_id)
     elif cfg.kind == "procedural":
       _require_planted(env.task, "policy.kind")
       self.mu = env.task.prover(cfg.gamma)
@@ -79,8 +81,34 @@ class _Policy:
         batch_size=config.sample.batch_size, num_samples=n)
     return [[r.tokens for r in g] for g in groups]
 
+  def continuations(self, prompts, partials, n: int, rng: jax.Array, config,
+                    width: int) -> list[list[list[int]]]:
+    """n full responses per (prompt, partial response): the partial, then the policy's
+    continuation, cut at max_response_len tokens (a seed's budget)."""
+    task = self.env.task
+    if self.kind == "procedural":
+      gen = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
+      return [[task.to_ids(r) for r in self.mu.sample(gen, n, prefix=task.from_ids(done))]
+              for done in partials]
+    mesh = self.env.mesh
+    seqs = [list(p) + list(d) for p, d in zip(prompts, partials)]
+    rows = shd.round_to_data_parallel(len(seqs), mesh)
+    tokens, lengths = left_pad(seqs + [seqs[0]] * (rows - len(seqs)), task.pad_id,
+                               buckets=(width,))
+    out = shd.to_host(self.sampler.generate(
+        self.params, jax.device_put(tokens, shd.batch_sharding(mesh, 2)),
+        jax.device_put(lengths, shd.batch_sharding(mesh, 1)), rng,
+        max_new_tokens=task.max_response_len, method=Temperature(config.rollouts.temperature),
+        stop_tokens=(task.eos_id,), num_samples=n))
+    return [[(list(done) + [int(t) for t in out.tokens[b * n + j, :int(out.lengths[b * n + j])]]
+              )[:task.max_response_len] for j in range(n)] for b, done in enumerate(partials)]
+
 
 POLICIES = ("checkpoint", "procedural")
+SEEDINGS = ("random", "first_pit")
+# Fields that only first-pit seeding reads: left out of a random run's identity, so
+# rollouts written before first-pit existed keep their hash.
+PIT_FIELDS = ("seeding", "pit_threshold", "pit_prefixes", "pit_samples")
 PROVERS = ("policy", "checkpoint", "procedural")
 
 
@@ -101,6 +129,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   config_lib.check(prover.kind != "policy" or policy.kind == "checkpoint", "prover.kind",
                    "'policy' needs policy.kind='checkpoint'")
   config_lib.check_choice(cfg.split, base.SPLITS, "rollouts.split")
+  config_lib.check_choice(cfg.get("seeding", "random"), SEEDINGS, "rollouts.seeding")
+  if cfg.get("seeding", "random") == "first_pit":
+    config_lib.check_finite(cfg.pit_threshold, "rollouts.pit_threshold", minimum=0.0)
+    config_lib.check(cfg.pit_threshold <= 1.0, "rollouts.pit_threshold", "must be <= 1")
+    for field in ("pit_prefixes", "pit_samples"):
+      config_lib.check(cfg[field] > 0, f"rollouts.{field}", f"{cfg[field]} must be > 0")
   for field in ("n_cov", "n_mc", "problems_per_shard", "seq_batch", "fork_batch"):
     config_lib.check(cfg[field] > 0, f"rollouts.{field}", f"{cfg[field]} must be > 0")
   config_lib.check(cfg.num_problems >= 0, "rollouts.num_problems", "must be >= 0 (0 = all)")
@@ -120,6 +154,7 @@ class RolloutRunner:
     task = env.task
     self.policy = _Policy(env, config.policy)
     self.prover_kind = config.prover.kind
+    self.prover = None  # the prover's LoadedModel (a transformer prover)
     if self.prover_kind == "procedural":
       _require_planted(task, "prover.kind")
       self.mu = task.prover(config.prover.gamma)
@@ -127,10 +162,11 @@ class RolloutRunner:
       if self.prover_kind == "policy":
         if self.policy.kind != "checkpoint":
           raise config_lib.ConfigError("prover.kind", "'policy' needs policy.kind='checkpoint'")
-        self.prover_params = self.policy.params
-      else:
-        self.prover_params = runtime.load_params(env, config.prover.checkpoint, "prover.checkpoint")
-      self.sampler = Sampler(cached_lm(env.model), pad_id=task.pad_id)
+        self.prover = self.policy.loaded
+      else:  # another policy, possibly of another family or size than the seed policy
+        self.prover = runtime.load_model(env, config.prover.checkpoint, "prover.checkpoint")
+      self.prover_params = self.prover.params
+      self.sampler = Sampler(cached_lm(self.prover.model), pad_id=task.pad_id)
     else:
       raise config_lib.ConfigError("prover.kind",
                                    f"{self.prover_kind!r} is not policy|checkpoint|procedural")
@@ -139,6 +175,14 @@ class RolloutRunner:
     self.seq_rows = shd.round_to_data_parallel(config.rollouts.seq_batch, env.mesh)
     self.fork_rows = shd.round_to_data_parallel(config.rollouts.fork_batch, env.mesh)
     self.budget = {"seed_tokens": 0, "mc_tokens": 0, "prefill_tokens": 0, "mc_rollouts": 0}
+
+  def models(self) -> dict[str, dict[str, Any]]:
+    """Which checkpoint each role ran, with its parameter count (for reports and FLOPs)."""
+    out = {}
+    for role, loaded in (("policy", self.policy.loaded), ("prover", self.prover)):
+      if loaded is not None:
+        out[role] = {"checkpoint": loaded.path, "params": loaded.num_params}
+    return out
 
   def shard(self, problems: Sequence[base.Problem], first_index: int, rng: jax.Array
             ) -> trajectories.Trajectories:
@@ -164,7 +208,98 @@ class RolloutRunner:
     else:
       local = [problems[i] for i, _, _ in rows]
       self._mc_q(table, local, success, count, q_hat, jax.random.fold_in(rng, 1))
-    return table.with_columns(mc_success=success, mc_count=count, q_hat=q_hat)
+    table = table.with_columns(mc_success=success, mc_count=count, q_hat=q_hat)
+    if cfg.get("seeding", "random") != "first_pit":
+      return table
+    table = table.with_columns(pit_from=np.full(n, -1, np.int32))
+    pits = self._first_pit(table, problems, prompts, first_index, jax.random.fold_in(rng, 2))
+    return table if pits is None else trajectories.concatenate([table, pits])
+
+  def _first_pit(self, table: trajectories.Trajectories, problems: Sequence[base.Problem],
+                 prompts: Sequence[Sequence[int]], first_index: int, rng: jax.Array
+                 ) -> trajectories.Trajectories | None:
+    """First-pit seeding (arXiv 2410.08146, Sec. 4.2, App. D): rows added to a shard.
+
+    1. Per problem, the `pit_prefixes` highest-valued prefixes (after at least one
+       step, before the last) whose Q_hat >= `pit_threshold`.
+    2. The policy continues each one `pit_samples` times; the first continuation that
+       fails becomes a new row (none failed: the prefix adds nothing).
+    3. That row's new prefixes get Q_hat like a seed's (n_mc prover completions, or
+       exact values); the ones it shares with its origin keep the origin's labels.
+    4. The row ends at its first pit, the first new prefix whose Q_hat is 0: it is
+       cut there (an unfinished response, outcome 0 = that prefix's value) and later
+       prefixes are dropped. A row without a pit stays whole.
+    All prefixes are labelled at once before the cut, so the budget counts the
+    completions of prefixes past a pit too. Column `pit_from` is the step the row
+    branched after (-1 for random seeds); `seed` is its origin's.
+    """
+    cfg, task = self.config.rollouts, self.env.task
+    steps = trajectories.num_steps(table)
+    q = table["q_hat"]
+    by_problem: dict[int, list[tuple[float, int, int]]] = {}
+    for i in range(len(table)):
+      for c in range(1, int(steps[i])):
+        if q[i, c] >= cfg.pit_threshold:
+          by_problem.setdefault(int(table.problem[i]), []).append((-float(q[i, c]), i, c))
+    chosen = [(i, c) for cands in by_problem.values()
+              for _, i, c in sorted(cands)[:cfg.pit_prefixes]]
+    if not chosen:
+      return None
+    local = {int(table.problem[i]): problems[int(table.problem[i]) - first_index]
+             for i, _ in chosen}
+    partials = [list(table.tokens[i, table.prompt_len[i]:table.prefix_ends[i, c] + 1])
+                for i, c in chosen]
+    groups = self.policy.continuations([prompts[int(table.problem[i]) - first_index]
+                                        for i, _ in chosen], partials, cfg.pit_samples,
+                                       jax.random.fold_in(rng, 0), self.config, self.width)
+    rows = []  # (origin row, branch column, failed response)
+    for (i, c), done, group in zip(chosen, partials, groups):
+      self.budget["pit_tokens"] = self.budget.get("pit_tokens", 0) + sum(
+          len(full) - len(done) for full in group)
+      failed = [full for full in group
+                if task.is_correct(full, local[int(table.problem[i])]).reward == 0]
+      if failed:
+        rows.append((i, c, failed[0]))
+    if not rows:
+      return None
+    origin = np.array([i for i, _, _ in rows])
+    branch = np.array([c for _, c, _ in rows], np.int32)
+    row_prompts = [prompts[int(table.problem[i]) - first_index] for i in origin]
+    row_problems = [local[int(table.problem[i])] for i in origin]
+    new = trajectories.from_responses(
+        task, row_prompts, [full for _, _, full in rows], row_problems, table.problem[origin],
+        max_steps=self.max_steps, width=self.width)
+    n, h = len(new), self.max_steps
+    success = np.zeros((n, h + 1), np.int32)
+    count = np.zeros((n, h + 1), np.int32)
+    q_hat = np.full((n, h + 1), np.nan, np.float32)
+    new_steps = trajectories.num_steps(new)
+    q_hat[np.arange(n), new_steps] = new.outcome
+    for k, (i, c) in enumerate(zip(origin, branch)):  # the shared prefixes: the origin's labels
+      success[k, :c + 1] = table["mc_success"][i, :c + 1]
+      count[k, :c + 1] = table["mc_count"][i, :c + 1]
+      q_hat[k, :c + 1] = q[i, :c + 1]
+    if self.prover_kind == "procedural":
+      self._exact_q(new, q_hat)
+    else:
+      self._mc_q(new, row_problems, success, count, q_hat, jax.random.fold_in(rng, 1),
+                 from_col=branch + 1)
+    # Cut each row at its first pit.
+    cut = new_steps.copy()
+    for k in range(n):
+      zero = [col for col in range(branch[k] + 1, int(new_steps[k])) if q_hat[k, col] == 0]
+      if zero:
+        cut[k] = zero[0]
+    responses = [list(new.tokens[k, new.prompt_len[k]:new.prefix_ends[k, cut[k]] + 1])
+                 if cut[k] < new_steps[k] else list(new.response(k)) for k in range(n)]
+    out = trajectories.from_responses(
+        task, row_prompts, responses, row_problems, table.problem[origin],
+        max_steps=self.max_steps, width=self.width)
+    keep = np.arange(h + 1)[None, :] <= cut[:, None]
+    return out.with_columns(
+        seed=table["seed"][origin], mc_success=np.where(keep, success, 0),
+        mc_count=np.where(keep, count, 0), q_hat=np.where(keep, q_hat, np.nan),
+        pit_from=branch)
 
   def _exact_q(self, table: trajectories.Trajectories, q_hat: np.ndarray) -> None:
     task = self.env.task
@@ -174,17 +309,22 @@ class RolloutRunner:
       q_hat[i, :steps[i]] = values[:steps[i]]  # one token per step: column = tokens so far
 
   def _mc_q(self, table: trajectories.Trajectories, problems: Sequence[base.Problem],
-            success: np.ndarray, count: np.ndarray, q_hat: np.ndarray, rng) -> None:
-    """Q_hat by forked completions; column 0 once per problem, then broadcast."""
+            success: np.ndarray, count: np.ndarray, q_hat: np.ndarray, rng,
+            from_col: np.ndarray | None = None) -> None:
+    """Q_hat by forked completions; column 0 once per problem, then broadcast.
+
+    `from_col` (per row): label only columns from there on (first-pit rows, whose
+    earlier prefixes are their origin's).
+    """
     cfg, task = self.config.rollouts, self.env.task
     steps = trajectories.num_steps(table)
     prefixes = []  # (row, column, prefix length in sequence tokens)
     first_of_problem = {}
     for i in range(len(table)):
-      if table.problem[i] not in first_of_problem:
+      if from_col is None and table.problem[i] not in first_of_problem:
         first_of_problem[table.problem[i]] = i
         prefixes.append((i, 0, int(table.prompt_len[i])))
-      for col in range(1, int(steps[i])):
+      for col in range(1 if from_col is None else max(1, int(from_col[i])), int(steps[i])):
         prefixes.append((i, col, int(table.prefix_ends[i, col]) + 1))
     outcomes: dict[tuple[int, int], list[float]] = {}
     call = 0
@@ -248,7 +388,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.rollouts
   out_dir = os.path.join(env.workdir, artifacts.rollouts_dir(cfg.split))
   # What determines the data (halting early does not).
-  rollout_cfg = {k: v for k, v in cfg.to_dict().items() if k != "halt_after_shards"}
+  rollout_cfg = {k: v for k, v in cfg.to_dict().items() if k != "halt_after_shards"
+                 and (cfg.get("seeding", "random") != "random" or k not in PIT_FIELDS)}
   identity = {"task": config.task.to_dict(), "rollouts": rollout_cfg,
               "policy": config.policy.to_dict(), "prover": config.prover.to_dict(),
               "model": config.model.to_dict(), "seed": config.seed}
@@ -294,6 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         written)
         break
   bar.close()
+  manifest["models"] = runner.models()
   manifest["complete"] = len(manifest["shards_done"]) == len(shards)
   manifest["seconds"] = manifest.get("seconds", 0.0) + time.time() - t0
   if metrics.is_lead_process():
@@ -309,7 +451,8 @@ def _stats(table: trajectories.Trajectories) -> dict[str, Any]:
   """Dataset statistics for the manifest (accuracy of seeds, prefix counts)."""
   mask = trajectories.prefix_mask(table)
   q = table["q_hat"][mask]
-  return {"seeds": len(table),
+  out = {"first_pit_rows": int((table["pit_from"] >= 0).sum())} if "pit_from" in table.columns else {}
+  return {**out, "seeds": len(table),
           "seed_accuracy": float(np.mean(table.outcome)),
           "prefixes": int(mask.sum()),
           "mean_steps": float(np.mean(trajectories.num_steps(table))),

@@ -132,18 +132,21 @@ class SearchRunner:
   def __init__(self, env: runtime.JobEnv, config: ml_collections.ConfigDict):
     self.env, self.config, self.cfg = env, config, config.search
     task = env.task
-    self.params = runtime.load_params(env, config.policy.checkpoint, "policy.checkpoint")
-    self.vparams = {k: runtime.load_params(env, getattr(config.verifiers, k),
-                                                f"verifiers.{k}") for k in ("q", "orm")}
-    # The prover's Q^mu verifier shares the trunk (env.model), as RL's prover does.
-    self.pparams = (runtime.load_params(env, config.verifiers.prover, "verifiers.prover")
-                    if self.cfg.prover == "verifier" else None)
-    self.sampler = Sampler(cached_lm(env.model), pad_id=task.pad_id)
+    # Each model is its checkpoint's own family and size (runtime.load_model).
+    self.policy = runtime.load_model(env, config.policy.checkpoint, "policy.checkpoint")
+    self.verifiers = {k: runtime.load_model(env, getattr(config.verifiers, k), f"verifiers.{k}")
+                      for k in ("q", "orm")}
+    self.prover = (runtime.load_model(env, config.verifiers.prover, "verifiers.prover")
+                   if self.cfg.prover == "verifier" else None)
+    self.params = self.policy.params
+    self.vparams = {k: v.params for k, v in self.verifiers.items()}
+    self.pparams = None if self.prover is None else self.prover.params
+    self.sampler = Sampler(cached_lm(self.policy.model), pad_id=task.pad_id)
     self.problems = list(task.split(self.cfg.split))
     if self.cfg.num_problems:
       self.problems = self.problems[:self.cfg.num_problems]
     self.prompts = [task.encode_prompt(p) for p in self.problems]
-    self.num_params = env.model_cfg.num_params()  # policy and verifiers share the trunk size
+    self.num_params = self.policy.num_params
     self.max_steps = self.cfg.max_steps or task.max_response_len
 
   # --- best-of-N pool ------------------------------------------------------------
@@ -170,14 +173,14 @@ class SearchRunner:
         columns={"answer": best_of_n.answer_ids(keys).reshape(-1)})
     sample_s = time.time() - t0
     table = table.with_columns(**{
-        name: verifiers.predict_table(env.model, v, table, env.mesh, self.cfg.score_batch)
-        for name, v in (("q_pi", self.vparams["q"]), ("orm", self.vparams["orm"]))})
+        name: verifiers.predict_table(v.model, v.params, table, env.mesh, self.cfg.score_batch)
+        for name, v in (("q_pi", self.verifiers["q"]), ("orm", self.verifiers["orm"]))})
     return table, {"sample_s": sample_s, "wall_s": time.time() - t0}
 
   def prover_pool_values(self, pool: trajectories.Trajectories) -> dict[str, np.ndarray]:
     """The prover verifier's Q^mu of every pool prefix ([P, M, H + 1]) and its seconds."""
     t0 = time.time()
-    q = verifiers.predict_table(self.env.model, self.pparams, pool, self.env.mesh,
+    q = verifiers.predict_table(self.prover.model, self.pparams, pool, self.env.mesh,
                                 self.cfg.score_batch)
     return {"q_mu": q.reshape(len(self.problems), -1, q.shape[-1]),
             "wall_s": np.float64(time.time() - t0)}
@@ -209,22 +212,24 @@ class SearchRunner:
 
   def beam(self, method: str, n: int, rng, *, alpha=None, bok_k=None) -> dict[str, Any]:
     """One beam method at budget n over every problem: accuracy and per-problem compute."""
-    cfg, task, model = self.cfg, self.env.task, self.env.model
+    cfg, task = self.cfg, self.env.task
     score = BEAM_SCORES[method]
+    verifier = self.verifiers["orm" if score == "orm" else "q"]
     subtrees = max(n // cfg.dvts_width, 1) if method == "dvts" else 1
     width = n // subtrees
     # Only the pav score has a prover; a verifier prover replaces its closed-form BoK.
     use_prover = score == "pav" and cfg.prover == "verifier"
     search = StepBeamSearch(
-        cached_lm(model), value_fn(model), beam_width=width, expansions=cfg.expansions,
+        cached_lm(self.policy.model), value_fn(verifier.model), beam_width=width,
+        expansions=cfg.expansions,
         max_steps=self.max_steps, max_step_tokens=cfg.max_step_tokens,
         boundary=task.step_boundary, eos_id=task.eos_id, score=score,
         alpha=cfg.alpha if alpha is None else alpha,
         bok_k=cfg.bok_k if bok_k is None else bok_k,
         method=Temperature(self.config.sample.temperature), pad_id=task.pad_id,
-        prover_fn=value_fn(model) if use_prover else None)
+        prover_fn=value_fn(self.prover.model) if use_prover else None)
     pparams = self.pparams if use_prover else None
-    vparams = self.vparams["orm" if score == "orm" else "q"]
+    vparams = verifier.params
     per_call = min(max(cfg.max_rows // (n * cfg.expansions), 1), len(self.prompts))
     t0 = time.time()
     results, per_problem = [], {}
@@ -246,9 +251,31 @@ class SearchRunner:
             **{k: float(np.mean(v)) for k, v in per_problem.items()}}
 
 
-def _with_flops(row: dict, num_params: int) -> dict:
-  # Policy, Q^pi verifier and prover verifier all have the trunk's size (env.model).
-  return {**row, "flops": compute.flops(row, num_params, num_params, num_params)}
+  def model_sizes(self) -> dict[str, int]:
+    """Parameters of each model: policy, the q and orm verifiers, the prover verifier."""
+    sizes = {"policy": self.policy.num_params,
+             **{k: v.num_params for k, v in self.verifiers.items()}}
+    if self.prover is not None:
+      sizes["prover"] = self.prover.num_params
+    return sizes
+
+  def models(self) -> dict[str, dict[str, Any]]:
+    """Which checkpoint each role ran, with its parameter count (results.json, report)."""
+    roles = {"policy": self.policy, "verifier_q": self.verifiers["q"],
+             "verifier_orm": self.verifiers["orm"], "prover_verifier": self.prover}
+    return {role: {"checkpoint": m.path, "params": m.num_params}
+            for role, m in roles.items() if m is not None}
+
+
+def _with_flops(row: dict, sizes: dict[str, int]) -> dict:
+  """Adds `flops`, charging each model at its own size: the policy for prefill and
+  generated tokens, the method's verifier (the ORM for orm-scored methods, else the
+  Q^pi verifier) for the tokens it scores, the prover verifier for its tokens."""
+  method = str(row.get("method", ""))
+  by_orm = BEAM_SCORES.get(method) == "orm" or method.endswith(":orm")
+  verifier = sizes["orm"] if by_orm else sizes["q"]
+  return {**row, "flops": compute.flops(row, sizes["policy"], verifier,
+                                        sizes.get("prover", verifier))}
 
 
 # Fields that only choose which (method, N) rows run: changing them keeps finished rows.
@@ -351,7 +378,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if (name, row["n"], "") not in done:
         record(_with_flops({"method": name, **row, "wall_s": wall * row["n"] / m,
                             "prover_tokens": row["verifier_tokens"] if by_prover else 0.0},
-                           runner.num_params))
+                           runner.model_sizes()))
 
   # Beams, then the alpha and K sweeps at sweep_n.
   jobs = [(meth, n, {}) for meth in beam_methods for n in beam_ns]
@@ -364,14 +391,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     variant = ",".join(f"{k}={v}" for k, v in kw.items())
     if (meth, n, variant) not in done:
       res = runner.beam(meth, n, jax.random.fold_in(rng, 1 + j), **kw)
-      record(_with_flops({"method": meth, "n": n, "variant": variant, **res}, runner.num_params))
+      record(_with_flops({"method": meth, "n": n, "variant": variant, **res},
+                         runner.model_sizes()))
     bar.update(1)
   bar.close()
 
   results = summarize(done, ns, beam_ns, cfg, runner.num_params,
                       prover_checkpoint=config.verifiers.prover)
   results.update({"job": "search", "problems": len(runner.problems), "params": runner.num_params,
-                  "seconds": time.time() - t0})
+                  "models": runner.models(), "seconds": time.time() - t0})
   artifacts.write_json(os.path.join(out_dir, "results.json"), results)
   if metrics.is_lead_process():
     write_report(results, out_dir)

@@ -149,6 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out = {"job": "train_verifier", "kind": vcfg.kind, "step": step, "origin": origin,
          "train_data": vcfg.train_data, "eval_data": vcfg.eval_data,
          "budget": (trajectories.read_manifest(vcfg.train_data) or {}).get("budget", {}),
-         "final_train": last, "eval": result, "seconds": time.time() - t0}
+         "final_train": last, "eval": result, "params": env.model_cfg.num_params(),
+         "seconds": time.time() - t0}
   artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), out)
   return out

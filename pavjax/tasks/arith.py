@@ -60,6 +60,7 @@ from pavjax.tasks import answers
 from pavjax.tasks import base
 from pavjax.tasks import hf_tokenizer
 from pavjax.tasks import tokenizer as tokenizer_lib
+from pavjax.tasks import text as text_lib
 from pavjax.tasks.text import TextTask
 
 _OPS = "+-*"
@@ -142,10 +143,7 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("arith: num_train and num_eval must be >= 1")
   if cfg.tokenizer not in ("sentencepiece", "char"):
     raise ValueError(f"arith: tokenizer={cfg.tokenizer!r} must be 'sentencepiece' or 'char'")
-  delimiter = cfg.get("step_delimiter", "\n")
-  if not delimiter or delimiter.strip() or "\n" not in delimiter:
-    raise ValueError(f"arith: step_delimiter={delimiter!r} must be whitespace holding a "
-                     "newline (arith's lines hold no other whitespace that could end a step)")
+  text_lib.check_step_delimiter("arith", cfg.get("step_delimiter", "\n"))
 
 
 def _generate_one(rng: random.Random, cfg: types.SimpleNamespace):

@@ -64,6 +64,7 @@ from pavjax.tasks import grading
 from pavjax.tasks import hf_tokenizer
 from pavjax.tasks import jsonl_reader
 from pavjax.tasks import tokenizer as tokenizer_lib
+from pavjax.tasks import text as text_lib
 from pavjax.tasks.text import TextTask
 
 # Reasons a validated record is dropped once tokenized (lenient mode).
@@ -90,6 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.val_fraction = 0.05  # fraction of train carved out as validation (if no validation.jsonl)
   cfg.grader = "math_verify"  # math_verify (symbolic, time-limited) | exact (normalised strings)
   cfg.grade_timeout_s = 2.0  # seconds the symbolic check of one answer may take; slower = wrong
+  cfg.step_delimiter = "\n"  # text between steps: '\n' (GSM-style) or '\n\n' (MATH-style)
   return cfg
 
 
@@ -180,7 +182,8 @@ class JsonlMathTask(TextTask):
                tokenizer, max_prompt_len: int,
                max_response_len: int, strict: bool = True,
                grader: str = grading.DEFAULT_GRADER,
-               grade_timeout_s: float = grading.DEFAULT_TIMEOUT_S):
+               grade_timeout_s: float = grading.DEFAULT_TIMEOUT_S,
+               step_delimiter: str = "\n"):
     """Builds the task, checking every problem against the token limits.
 
     Args:
@@ -192,7 +195,11 @@ class JsonlMathTask(TextTask):
         correct) instead of dropping it and counting it in `token_filter_counts`.
       grader: how answers are compared: 'math_verify' or 'exact' (`pavjax.tasks.grading`).
       grade_timeout_s: the most seconds one symbolic answer check may take.
+      step_delimiter: the text between steps, in references and in what a model writes
+        (`pavjax.step_boundary`): '\n', or '\n\n' for blank-line separated steps.
     """
+    text_lib.check_step_delimiter("jsonl_math", step_delimiter)
+    self.step_delimiter = step_delimiter
     grading.validate(grader, grade_timeout_s)
     grading.check_available(grader)
     self.grader = grader
@@ -293,6 +300,8 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
   grade_timeout_s = task_cfg.get("grade_timeout_s", grading.DEFAULT_TIMEOUT_S)
   grading.validate(grader, grade_timeout_s)  # fail fast, before any data is prepared
   grading.check_available(grader)
+  step_delimiter = task_cfg.get("step_delimiter", "\n")
+  text_lib.check_step_delimiter("jsonl_math", step_delimiter)
   tokenizer = load_tokenizer(task_cfg.tokenizer_path,  # fail fast on a bad path
                              task_cfg.get("hf_tokenizer", ""))
   builder, summary = prepare(task_cfg.manual_dir, data_dir, fmt=task_cfg.format,
@@ -300,6 +309,7 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
                        seed=task_cfg.seed, val_fraction=task_cfg.val_fraction)
   splits = {split: problems_from_records(load_split(builder, split)) for split in base.SPLITS}
   task = JsonlMathTask(splits, tokenizer, task_cfg.max_prompt_len, task_cfg.max_response_len,
-                       strict=task_cfg.strict, grader=grader, grade_timeout_s=grade_timeout_s)
+                       strict=task_cfg.strict, grader=grader, grade_timeout_s=grade_timeout_s,
+                       step_delimiter=step_delimiter)
   task.validation_summary = summary
   return task

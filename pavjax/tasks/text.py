@@ -15,6 +15,14 @@ from pavjax.tasks import base
 from pavjax.tasks.tokenizer import Tokenizer
 
 
+def check_step_delimiter(task: str, delimiter: str) -> None:
+  """A step delimiter is whitespace holding a newline: the tasks write their steps one
+  per line, so no other whitespace inside a step can be mistaken for its end."""
+  if not delimiter or delimiter.strip() or "\n" not in delimiter:
+    raise ValueError(f"{task}: step_delimiter={delimiter!r} must be whitespace holding a "
+                     "newline, e.g. '\\n' (one step per line) or '\\n\\n' (blank lines)")
+
+
 class TextTask(base.Task):
   """A task whose ids come from a `Tokenizer`; its newline id ends a step.
 

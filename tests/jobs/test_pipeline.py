@@ -174,3 +174,54 @@ def test_one_task_config_for_every_stage_named_as_the_pipeline_s(tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"^config\.task\.hf_tokenizer: "):
     run_job(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_a_separate_prover_adds_its_rollouts_and_verifier_and_search_and_rl_read_it(tmp_path):
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = _config()
+  plain = pipeline.resolve(config, str(tmp_path))
+  assert list(plain) == [s.name for s in pipeline.STAGES]  # no prover: 9 stages
+  assert plain["search"][0].search.prover == "bok"
+  prover = tmp_path / "prover_ckpt"
+  prover.mkdir()
+  config.models.prover = str(prover)
+  resolved = pipeline.resolve(config, str(tmp_path))
+  assert list(resolved) == ["sft", "rft", "rollouts_train", "rollouts_validation",
+                            "verifier_q", "verifier_orm", "rollouts_prover_train",
+                            "rollouts_prover_validation", "verifier_prover", "search",
+                            "rl_pav", "rl_outcome"]
+  ckpt = lambda stage: os.path.join(str(tmp_path), stage, "checkpoints")  # noqa: E731
+  for split in ("train", "validation"):
+    cfg = resolved[f"rollouts_prover_{split}"][0]
+    assert (cfg.prover.kind, cfg.prover.checkpoint) == ("checkpoint", str(prover))
+    assert cfg.policy.checkpoint == ckpt("rft") and cfg.rollouts.split == split
+  vp = resolved["verifier_prover"][0]
+  assert vp.verifier.train_data == os.path.join(str(tmp_path), "rollouts_prover_train",
+                                                "rollouts", "train")
+  search = resolved["search"][0]
+  assert search.search.prover == "verifier" and search.verifiers.prover == ckpt("verifier_prover")
+  rl = resolved["rl_pav"][0].rl.prover
+  assert (rl.kind, rl.verifier) == ("verifier", ckpt("verifier_prover"))
+  # Stages upstream of the prover keep their identity; search and PAV-RL change.
+  for name in ("sft", "rft", "rollouts_train", "verifier_q", "rl_outcome"):
+    assert resolved[name][1] == plain[name][1], name
+  assert resolved["search"][1] != plain["search"][1]
+  with pytest.raises(config_lib.ConfigError, match=r"config\.models\.prover: .* not a directory"):
+    config.models.prover = str(tmp_path / "missing")
+    pipeline.validate(config, 8)
+
+
+def test_the_verifiers_start_from_another_checkpoint_in_its_own_size(tmp_path, toy_policy):
+  """models.verifier: the verifier stages take that checkpoint's architecture (here the
+  toy policy's `size=test`, recorded in its workdir) and weights; the rest keep theirs."""
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = _config()
+  for cfg in config.stages.values():
+    cfg.model = config_lib.model_config("tiny")
+  config.models.verifier = toy_policy
+  resolved = pipeline.resolve(config, str(tmp_path))
+  for name in ("verifier_q", "verifier_orm"):
+    cfg = resolved[name][0]
+    assert cfg.init_from == toy_policy and cfg.model.size == "test", name
+  assert resolved["rft"][0].model.size == "tiny"
+  assert resolved["rl_pav"][0].init_from == os.path.join(str(tmp_path), "rft", "checkpoints")

@@ -175,10 +175,11 @@ def _pipeline_config(checkpoint, data_dir):
   s.sft.train.num_steps, s.sft.train.batch_size, s.sft.optim.lr = 300, 16, 3e-3
   s.rft.rft.num_problems, s.rft.rft.num_samples = 16, 4  # train problems: SFT knows them
   s.rft.train.num_steps, s.rft.train.batch_size = 4, 8
-  for name in ("rollouts_train", "rollouts_validation"):
+  for name in ("rollouts_train", "rollouts_validation", "rollouts_prover_train",
+               "rollouts_prover_validation"):
     s[name].rollouts.num_problems, s[name].rollouts.n_cov, s[name].rollouts.n_mc = 4, 2, 2
     s[name].rollouts.problems_per_shard = 4
-  for name in ("verifier_q", "verifier_orm"):
+  for name in ("verifier_q", "verifier_orm", "verifier_prover"):
     s[name].train.num_steps, s[name].train.batch_size, s[name].train.log_every = 4, 8, 2
     s[name].checkpoint.every = 4
   s.search.search.num_problems, s.search.search.num_subsets = 4, 2
@@ -192,17 +193,54 @@ def _pipeline_config(checkpoint, data_dir):
   return config
 
 
-def test_the_pipeline_runs_every_stage_on_your_jsonl_from_the_checkpoint(checkpoint, tmp_path):
+def test_the_pipeline_runs_every_stage_on_your_jsonl_with_three_models(checkpoint, tmp_path):
+  """Policy from the checkpoint; a smaller random checkpoint (same tokenizer) as the
+  prover and as the verifiers' backbone: every stage runs and each model is its own."""
+  small = pretrained.write_checkpoint(str(tmp_path / "small"), seed=1,
+                                      sizes=pretrained.SMALL_MODEL, tokenizer_from=checkpoint)
+  config = _pipeline_config(checkpoint, _gsm_jsonl(str(tmp_path / "gsm")))
+  config.models.prover = config.models.verifier = small
   workdir = str(tmp_path / "run")
-  out = run_job(_pipeline_config(checkpoint, _gsm_jsonl(str(tmp_path / "gsm"))), workdir)
-  assert set(out["stages"].values()) == {"ran"} and len(out["stages"]) == 9
+  out = run_job(config, workdir)
+  assert set(out["stages"].values()) == {"ran"} and len(out["stages"]) == 12
   run = tmp_path / "run"
-  report = (run / "report.md").read_text()
-  assert "## Accuracy" in report and "PAV beam search, N=2" in report
   with open(run / "sft" / artifacts.SUMMARY) as f:
-    assert json.load(f)["origin"] == f"init_from {checkpoint}"
+    sft = json.load(f)
+  assert sft["origin"] == f"init_from {checkpoint}"
   with open(run / "rft" / artifacts.SUMMARY) as f:
     assert json.load(f)["rft_data"]["correct"] > 0  # RFT kept correct samples
+  policy_params = sft["params"]
+  small_params = hf.config_from_hf(small).num_params()
+  assert small_params < policy_params / 2
+
+  # The prover's rollouts ran the small model on the policy's seeds ...
+  manifest = json.loads((run / "rollouts_prover_train" / artifacts.SUMMARY).read_text())
+  assert manifest["models"]["prover"] == {"checkpoint": small, "params": small_params}
+  assert manifest["models"]["policy"]["params"] == policy_params
+  # ... every verifier is the small backbone plus a head, started from its weights ...
+  for name in ("verifier_q", "verifier_orm", "verifier_prover"):
+    summary = json.loads((run / name / artifacts.SUMMARY).read_text())
+    assert summary["origin"] == f"init_from {small}", name
+    assert summary["params"] == small_params, name
+  # ... and search and PAV-RL score with them, charging each model at its own size.
+  results = json.loads((run / "search" / "results.json").read_text())
+  assert results["models"]["policy"]["params"] == policy_params
+  assert {results["models"][k]["params"] for k in ("verifier_q", "verifier_orm",
+                                                   "prover_verifier")} == {small_params}
+  assert results["models"]["prover_verifier"]["checkpoint"].endswith(
+      os.path.join("verifier_prover", artifacts.CHECKPOINTS))
+  assert results["settings"]["prover"] == "verifier"
+  row = results["curves"]["bon:orm"][0]
+  policy_tokens = row.get("prefill_tokens", 0) + row["policy_tokens"]
+  assert row["flops"] == pytest.approx(
+      2.0 * (policy_params * policy_tokens + small_params * row["verifier_tokens"]), rel=1e-12)
+  assert row["verifier_tokens"] > 0 and policy_tokens > 0
+  rl = json.loads((run / "rl_pav" / artifacts.SUMMARY).read_text())
+  assert rl["models"]["prover_verifier"]["params"] == small_params
+  report = (run / "report.md").read_text()
+  assert "## Accuracy" in report and "PAV beam search, N=2" in report
+  assert "## Models" in report and f"| prover | `{small}` |" in report
+  assert "prover's Q^mu" in report
 
   # A verifier exports its trunk and value head; loading the export gives both back.
   env, params = _job_params(str(run / "verifier_q"))

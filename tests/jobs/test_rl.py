@@ -62,6 +62,12 @@ def test_bad_reward_and_batch_name_the_field(tmp_path, toy_policy):
   config = _config(toy_policy, batch_size=24)
   with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
     run_job(config, str(tmp_path / "b"))
+  # 8 devices split the prompts: 4 prompts x 4 samples fill a 16-row batch but not them.
+  config = _config(toy_policy, batch_size=16)
+  config.rl.num_prompts, config.rl.group_size = 4, 4
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"rl.num_prompts: 4 is not a multiple of the data-parallel size 8"):
+    run_job(config, str(tmp_path / "c"))
 
 
 def test_halt_and_resume_equals_an_uninterrupted_run(tmp_path, toy_policy):

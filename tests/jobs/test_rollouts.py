@@ -5,6 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+from pavjax import config_lib
+from pavjax import models
 from pavjax import tasks
 from pavjax import trajectories
 from pavjax.main import run_job
@@ -103,3 +105,113 @@ def test_planted_procedural_rollouts_hold_exact_q(tmp_path):
     exact = prover.prefix_values(raw)
     steps = num_steps[i]
     np.testing.assert_allclose(data["q_hat"][i, :steps + 1], exact[:steps + 1], atol=1e-6)
+
+
+def test_policy_and_prover_each_run_in_their_own_size(tmp_path, toy_policy):
+  """The seed policy (size=test) and a prover of another size (tiny): each checkpoint
+  is built in the architecture its run recorded, whatever the rollouts job's model."""
+  prover_dir = tmp_path / "prover"
+  config = sft_config.get_config("task=toy,size=tiny")
+  config.train.num_steps, config.train.batch_size = 10, 16
+  config.sample.num_eval, config.sample.batch_size = 8, 8
+  run_job(config, str(prover_dir))
+  rollouts = _toy_rollouts(toy_policy)
+  rollouts.model = config_lib.model_config("small")  # neither checkpoint's size
+  rollouts.prover.kind, rollouts.prover.checkpoint = "checkpoint", str(prover_dir / "checkpoints")
+  out = run_job(rollouts, str(tmp_path / "r"))
+  sizes = {name: config_lib.model_config(name) for name in ("test", "tiny")}
+  params = {name: models.model_config_from(cfg, tasks.make_task(rollouts.task).vocab_size
+                                           ).num_params() for name, cfg in sizes.items()}
+  assert out["complete"]
+  assert out["models"]["policy"] == {"checkpoint": toy_policy, "params": params["test"]}
+  assert out["models"]["prover"]["params"] == params["tiny"] != params["test"]
+  data = trajectories.load(str(tmp_path / "r" / "rollouts" / "train"))
+  assert (data["mc_count"][:, 0] == 3).all()  # the prover completed every question
+
+
+def _planted_rollouts(seeding):
+  config = rollouts_config.get_config("task=planted,size=test,policy=procedural,prover=procedural")
+  config.rollouts.num_problems, config.rollouts.n_cov = 6, 4
+  config.rollouts.problems_per_shard = 3
+  config.rollouts.seeding = seeding
+  config.rollouts.pit_threshold, config.rollouts.pit_prefixes = 0.1, 2
+  config.rollouts.pit_samples = 8
+  return config
+
+
+def test_first_pit_seeding_on_planted_against_the_exact_values(tmp_path):
+  """Planted's exact policy and prover: the rows first-pit adds branch from the highest
+  prefixes with Q >= the threshold, fail, and end at their first prefix of exact value 0;
+  every label is the exact value; the random seeds are the random run's."""
+  random_out = run_job(_planted_rollouts("random"), str(tmp_path / "random"))
+  config = _planted_rollouts("first_pit")
+  out = run_job(config, str(tmp_path / "pit"))
+  assert out["complete"] and out["budget"]["pit_tokens"] > 0
+  assert "pit_tokens" not in random_out["budget"]
+  plain = trajectories.load(str(tmp_path / "random" / "rollouts" / "train"))
+  data = trajectories.load(str(tmp_path / "pit" / "rollouts" / "train"))
+  task = tasks.make_task(config.task)
+  prover = task.prover(config.prover.gamma)
+  pit_from = data["pit_from"]
+  seeds, pits = np.flatnonzero(pit_from < 0), np.flatnonzero(pit_from >= 0)
+  assert len(seeds) == len(plain["outcome"]) == 24 and len(pits) > 0
+  np.testing.assert_array_equal(data["tokens"][seeds], plain["tokens"])
+  np.testing.assert_array_equal(data["q_hat"][seeds], plain["q_hat"])
+  steps = trajectories.num_steps(data)
+  exact = []
+  for i in range(len(pit_from)):
+    raw = task.from_ids(data["tokens"][i, data["prompt_len"][i]:data["length"][i]])
+    exact.append(prover.prefix_values(raw))
+    np.testing.assert_allclose(data["q_hat"][i, :steps[i] + 1], exact[i][:steps[i] + 1],
+                               atol=1e-6)
+    assert np.isnan(data["q_hat"][i, steps[i] + 1:]).all()
+  # Which prefixes were continued: per problem, the highest (value, row, step) candidates.
+  chosen = {}
+  for i in seeds:
+    for c in range(1, steps[i]):
+      if data["q_hat"][i, c] >= 0.1:
+        chosen.setdefault(data["problem"][i], []).append((-data["q_hat"][i, c], i, c))
+  chosen = {p: sorted(c)[:2] for p, c in chosen.items()}
+  for k in pits:
+    b = pit_from[k]
+    origins = [i for _, i, c in chosen[data["problem"][k]] if c == b and np.array_equal(
+        data["tokens"][i, :data["prefix_ends"][i, b] + 1],
+        data["tokens"][k, :data["prefix_ends"][k, b] + 1])]
+    assert origins, k  # it shares its first b steps with a chosen high-value prefix
+    assert data["outcome"][k] == 0.0  # a failed continuation
+    assert data["seed"][k] == data["seed"][origins[0]]
+    later = data["q_hat"][k, b + 1:steps[k]]
+    assert (later > 0).all(), k  # no pit before its last prefix ...
+    if not data["finished"][k]:  # ... and a cut row ends at its first pit
+      assert data["q_hat"][k, steps[k]] == 0.0 and exact[k][steps[k]] == 0.0
+  # Some row was cut at a pit: no EOS, and shorter than the horizon.
+  lengths = data["length"] - data["prompt_len"]
+  assert any(not data["finished"][k] and lengths[k] < prover.length for k in pits)
+
+
+def test_first_pit_with_a_transformer_policy_and_mc_labels(tmp_path, toy_policy):
+  config = _toy_rollouts(toy_policy, seeding="first_pit", pit_threshold=0.0, pit_prefixes=2,
+                         pit_samples=4)
+  out = run_job(config, str(tmp_path))
+  data = trajectories.load(str(tmp_path / "rollouts" / "train"))
+  pits = np.flatnonzero(data["pit_from"] >= 0)
+  assert out["budget"]["pit_tokens"] > 0 and len(pits) > 0
+  steps = trajectories.num_steps(data)
+  for k in pits:
+    b = data["pit_from"][k]
+    assert data["outcome"][k] == 0.0
+    # Its own prefixes after the branch: n_mc completions each, no pit before the last.
+    assert (data["mc_count"][k, b + 1:steps[k]] == 3).all()
+    assert (data["q_hat"][k, b + 1:steps[k]] > 0).all()
+    np.testing.assert_allclose(data["q_hat"][k, b + 1:steps[k]],
+                               data["mc_success"][k, b + 1:steps[k]] / 3.0, rtol=1e-6)
+    # The shared prefixes carry the labels of a random seed with the same tokens.
+    same = [i for i in np.flatnonzero(data["pit_from"] < 0)
+            if data["problem"][i] == data["problem"][k] and np.array_equal(
+                data["tokens"][i, :data["prefix_ends"][i, b] + 1],
+                data["tokens"][k, :data["prefix_ends"][k, b] + 1])]
+    assert same and any(np.array_equal(data["q_hat"][i, :b + 1], data["q_hat"][k, :b + 1])
+                        for i in same)
+    if not data["finished"][k] and data["q_hat"][k, steps[k]] == 0 and \
+        data["mc_count"][k, steps[k]] == 3:  # cut at a pit: measured there as 0
+      assert data["mc_success"][k, steps[k]] == 0

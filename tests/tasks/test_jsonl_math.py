@@ -527,3 +527,26 @@ def test_hostile_responses_reward_zero(manual_dir, tmp_path, sp_models):
     outcome = task.is_correct(response, problem)
     assert outcome.reward == 0.0
     assert time.perf_counter() - start < 1.0, text[:20]
+
+
+def test_blank_line_steps_for_math_style_data(manual_dir, tmp_path, sp_models):
+  """step_delimiter='\\n\\n': references join steps with a blank line, and segmentation
+  splits there only (a single newline inside the text would not end a step)."""
+  task = tasks.make_task(_cfg(manual_dir, sp_models["pad0"], step_delimiter="\n\n"),
+                         str(tmp_path / "work"))
+  nl = task.tokenizer.nl_id
+  for problem in task.split("train"):
+    solution = task.encode_solution(problem)
+    assert solution.count(nl) == 2 * (len(problem.steps) - 1)
+    assert task.decode(solution) == "\n\n".join(problem.steps) + "</s>"
+    spans = task.segment_steps(solution)
+    assert len(spans) == len(problem.steps)
+    assert [task.tokenizer.decode(solution[a:b]).strip() for a, b in spans] == list(
+        problem.steps)
+    assert task.is_correct(solution, problem) == base.Outcome(1.0, base.CORRECT)
+    if len(problem.steps) > 1:  # the same steps joined by one newline: a single step
+      one_line = task.tokenizer.encode("\n".join(problem.steps)) + [task.eos_id]
+      assert len(task.segment_steps(one_line)) == 1
+  with pytest.raises(ValueError, match="step_delimiter"):
+    tasks.make_task(_cfg(manual_dir, sp_models["pad0"], step_delimiter=" "),
+                    str(tmp_path / "work2"))
