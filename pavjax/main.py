@@ -4,6 +4,10 @@ Single fields are overridden with `--config.section.field=value`; the config is
 locked, so a misspelled field or a wrongly typed value fails at once. The job named
 by `config.job` runs as `pavjax.jobs.<job>.run(config, workdir)`.
 
+A config error prints one line `pavjax: bad config: ...`, unusable task data one line
+`pavjax: bad data: <file>:<line>: <reason>: <detail>` (`pavjax.tasks.base.DataError`);
+both exit with code 2.
+
 Multi-host: set PAVJAX_DISTRIBUTED=1 (launch_tpu.sh does) and every process calls
 `jax.distributed.initialize()` before touching devices.
 """
@@ -79,11 +83,20 @@ def main(argv) -> None:
   serialize_fake_cpu_devices()
   maybe_initialize_distributed()
   from pavjax import config_lib  # pylint: disable=g-import-not-at-top
+  from pavjax.tasks import base as tasks_base  # pylint: disable=g-import-not-at-top
   try:
     run_job(FLAGS.config, FLAGS.workdir)  # FLAGS.config loads the file lazily
   except config_lib.ConfigError as e:
     print(f"pavjax: bad config: {e}", file=sys.stderr)
     sys.exit(2)
+  except tasks_base.DataError as e:
+    print(f"pavjax: bad data: {one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(error: Exception) -> str:
+  """The error's message on one line (newlines shown as `\\n`)."""
+  return str(error).replace("\r", "\\r").replace("\n", "\\n")
 
 
 if __name__ == "__main__":

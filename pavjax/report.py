@@ -75,6 +75,55 @@ def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[st
   return lines
 
 
+def efficiency_section(search: Mapping[str, Any]) -> list[str]:
+  """The "Compute efficiency" section from the search stage's results (none without any).
+
+  Speed-ups against ORM best-of-max(N), or, when the search gave none because the ORM
+  curve stays at accuracy 0 (`efficiency_note`), one line saying so instead.
+  """
+  eff = search.get("efficiency_vs_orm") or {}
+  zero_orm = not eff and search.get("efficiency_note")
+  if not eff and not zero_orm:
+    return []
+  lines = ["", "## Compute efficiency vs ORM best-of-N (search stage)", ""]
+  if zero_orm:
+    lines += ["**The ORM best-of-N curve stays at accuracy 0 at every N, so no speed-up is "
+              "given:** every method reaches accuracy 0 at its cheapest point, and a ratio "
+              "would only compare the cheapest compute of two curves.", ""]
+  else:
+    lines += ["FLOPs = 2 x params x (policy + verifier tokens) per problem. `speed-up` is "
+              "ORM best-of-max(N)'s FLOPs divided by the FLOPs a method needs to reach the same "
+              "accuracy (interpolated on its curve; n/a = never reached).", ""]
+    if not next(iter(eff.values())).get("reference_rises", True):
+      lines += ["**The ORM best-of-N curve does not rise to its largest N**, so these ratios "
+                "do not measure efficiency.", ""]
+    lines += ["| method | target accuracy | speed-up |", "|---|---|---|"]
+    lines += [f"| {m} | {_fmt(e['target_accuracy'])} | {_fmt(e['speedup'], 2)} |"
+              for m, e in eff.items()]
+    lines += [""]
+  return lines + ["![accuracy vs N](search/accuracy_vs_n.png)",
+                  "![accuracy vs FLOPs](search/accuracy_vs_flops.png)"]
+
+
+def constant_label_verifiers(summaries: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+  """Report lines for each verifier trained on labels that were all 0 or all 1.
+
+  `summaries` maps a label to a train_verifier summary; its `constant_labels` is the
+  one value every training label had, or None (absent in summaries written before
+  the field existed: not judged).
+  """
+  lines = []
+  for label, summary in summaries.items():
+    value = (summary or {}).get("constant_labels")
+    if value is None:
+      continue
+    why = ("the policy never succeeded in its rollouts" if value == 0.0
+           else "the policy always succeeded in its rollouts")
+    lines.append(f"**The {label} was trained on labels that are all {value:g}:** it can only "
+                 f"learn a constant ({why}), so its scores rank nothing.")
+  return lines
+
+
 def _samples(workdir: str, stage_cfg, num: int = 3) -> list[str]:
   """Highest-ORM pool responses of a few problems, with Q^pi after each step."""
   pool_dir = os.path.join(workdir, "search", artifacts.SEARCH_POOL)
@@ -203,20 +252,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
                                                   if v not in ("", None)) + "."]
 
   # --- compute efficiency -------------------------------------------------------------
-  eff = search.get("efficiency_vs_orm", {})
-  if eff:
-    lines += ["", "## Compute efficiency vs ORM best-of-N (search stage)", "",
-              "FLOPs = 2 x params x (policy + verifier tokens) per problem. `speed-up` is "
-              "ORM best-of-max(N)'s FLOPs divided by the FLOPs a method needs to reach the same "
-              "accuracy (interpolated on its curve; n/a = never reached).", ""]
-    if not next(iter(eff.values())).get("reference_rises", True):
-      lines += ["**The ORM best-of-N curve does not rise to its largest N**, so these ratios "
-                "do not measure efficiency.", ""]
-    lines += ["| method | target accuracy | speed-up |", "|---|---|---|"]
-    lines += [f"| {m} | {_fmt(e['target_accuracy'])} | {_fmt(e['speedup'], 2)} |"
-              for m, e in eff.items()]
-    lines += ["", "![accuracy vs N](search/accuracy_vs_n.png)",
-              "![accuracy vs FLOPs](search/accuracy_vs_flops.png)"]
+  lines += efficiency_section(search)
 
   # --- RL ------------------------------------------------------------------------------
   if "rl_pav" in summaries and "rl_outcome" in summaries:
@@ -259,7 +295,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
     evals = {label: (s or {}).get("eval", {}) for label, s in named}
     for label, ev in evals.items():
       lines += [f"| {label} | {k} | {_fmt(val, 4)} |" for k, val in sorted(ev.items())]
-    for line in uninformative_verifiers(evals):
+    for line in constant_label_verifiers(dict(named)) + uninformative_verifiers(evals):
       lines += ["", line]
     budget = (vq or vo or {}).get("budget", {})
     if budget:

@@ -23,3 +23,32 @@ def test_verifiers_that_do_not_beat_a_constant_are_flagged():
   lines = report.uninformative_verifiers(evals)
   assert len(lines) == 1 and "PRM-Q does not beat a constant" in lines[0]
   assert "0.350" in lines[0] and "0.190" in lines[0]
+
+
+def test_constant_label_verifiers_are_flagged():
+  summaries = {"PRM-Q": {"constant_labels": 0.0}, "ORM": {"constant_labels": None},
+               "prover's Q^mu": {"constant_labels": 1.0},
+               "old run": {"eval": {}}, "missing": None}  # no field: not judged
+  lines = report.constant_label_verifiers(summaries)
+  assert lines == [
+      "**The PRM-Q was trained on labels that are all 0:** it can only learn a constant "
+      "(the policy never succeeded in its rollouts), so its scores rank nothing.",
+      "**The prover's Q^mu was trained on labels that are all 1:** it can only learn a "
+      "constant (the policy always succeeded in its rollouts), so its scores rank nothing."]
+
+
+def test_efficiency_section_without_ratios_when_orm_stays_at_zero():
+  lines = report.efficiency_section({"efficiency_vs_orm": {},
+                                     "efficiency_note": "the ORM curve stays at 0"})
+  assert lines[1] == "## Compute efficiency vs ORM best-of-N (search stage)"
+  assert lines[3].startswith("**The ORM best-of-N curve stays at accuracy 0 at every N, so no "
+                             "speed-up is given:**")
+  assert not any("speed-up |" in line or line.startswith("| ") for line in lines)
+  # With ratios: the table, one row per method.
+  eff = {"bon:pav": {"target_accuracy": 0.5, "speedup": 4.0, "reference_rises": True}}
+  lines = report.efficiency_section({"efficiency_vs_orm": eff, "efficiency_note": None})
+  assert "| bon:pav | 0.500 | 4.00 |" in lines
+  assert not any("stays at accuracy 0" in line for line in lines)
+  # No search results (or an old one without an ORM curve): no section.
+  assert report.efficiency_section({}) == []
+  assert report.efficiency_section({"efficiency_vs_orm": {}}) == []

@@ -20,7 +20,8 @@ Each (method, N) result is one line of `rows.jsonl`, written when it finishes;
 a restarted job skips the lines already there (same config hash) and the pool
 is cached in `pool/` (a trajectory table with columns q_pi, orm, answer), so an
 interrupted evaluation resumes. At the end:
-`results.json` (curves and compute-efficiency ratios against ORM best-of-max(N)),
+`results.json` (curves and compute-efficiency ratios against ORM best-of-max(N); none,
+with `efficiency_note` saying why, when the ORM curve stays at accuracy 0),
 `results.md` (tables), `accuracy_vs_n.png`, `accuracy_vs_flops.png`, sweep plots.
 
 Compute per problem is counted in tokens (policy generated, prefill, verifier
@@ -406,12 +407,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
+ORM_AT_ZERO_NOTE = ("the ORM best-of-N curve stays at accuracy 0 at every N, so no compute "
+                    "efficiency ratio is given (any method reaches 0 at its cheapest point)")
+
+
 def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_params: int,
               prover_checkpoint: str = "") -> dict[str, Any]:
   """Curves per method, efficiency vs ORM best-of-max(N), the sweeps, and the settings.
 
   `settings.prover` names PAV's prover: 'bok' (with `bok_k`) or 'verifier' (with
   `prover_checkpoint`, the prover's Q^mu verifier).
+
+  When ORM best-of-N is right on no problem at any N, its largest N's accuracy (0) is
+  reached by any method at its cheapest point, so every ratio would only compare the
+  cheapest compute of two curves: `efficiency_vs_orm` is then empty and
+  `efficiency_note` (else None) says why.
   """
   curves: dict[str, list[dict]] = {}
   sweeps: dict[str, list[dict]] = {"alpha": [], "bok_k": []}
@@ -423,12 +433,14 @@ def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_pa
     elif n in (ns if ":" in method or method in ("pass", "majority") else beam_ns):
       curves.setdefault(method, []).append(slim)
   ref = [(r["flops"], r["accuracy"]) for r in curves.get("bon:orm", [])]
-  eff = {}
-  if ref:
+  eff, note = {}, None
+  if ref and max(acc for _, acc in ref) <= 0.0:
+    note = ORM_AT_ZERO_NOTE
+  elif ref:
     for method, rows in curves.items():
       if method not in ("bon:orm", "pass"):
         eff[method] = compute.efficiency(ref, [(r["flops"], r["accuracy"]) for r in rows])
-  return {"curves": curves, "efficiency_vs_orm": eff, "sweeps": sweeps,
+  return {"curves": curves, "efficiency_vs_orm": eff, "efficiency_note": note, "sweeps": sweeps,
           "settings": {"alpha": cfg.alpha, "bok_k": cfg.bok_k, "expansions": cfg.expansions,
                        "dvts_width": cfg.dvts_width, "prover": cfg.prover,
                        "prover_checkpoint": prover_checkpoint if cfg.prover == "verifier" else "",
@@ -476,11 +488,15 @@ def write_report(results: dict, out_dir: str) -> None:
                  f"{r['flops']:.3g} | {r['wall_s']:.1f} | {none_finished} |")
   eff = results["efficiency_vs_orm"]
   lines += ["", "## Compute efficiency vs ORM best-of-N at its largest N", ""]
+  if results.get("efficiency_note"):
+    lines += [f"No ratios: {results['efficiency_note']}.", ""]
   if eff and not next(iter(eff.values()))["reference_rises"]:
     lines += ["**The ORM best-of-N curve does not rise to its largest N** (a cheaper N already "
               "reaches its final accuracy), so these ratios do not measure efficiency.", ""]
-  lines += ["| method | target accuracy | FLOPs needed / ORM's | speed-up |", "|---|---|---|---|"]
-  for method, e in results["efficiency_vs_orm"].items():
+  if eff:
+    lines += ["| method | target accuracy | FLOPs needed / ORM's | speed-up |",
+              "|---|---|---|---|"]
+  for method, e in eff.items():
     lines.append(f"| {method} | {e['target_accuracy']:.3f} | {_fmt(e['compute_ratio'])} | "
                  f"{_fmt(e['speedup'])} |")
   # A workdir keeps the sweep rows of every sweep_n it ran: one table row and one

@@ -6,6 +6,11 @@ Balancing: within each batch, prefixes with Q_hat < 0.5 and those with Q_hat >= 
 each carry half of the loss weight (the paper balances its batches between the
 two; reweighting does the same without dropping prefixes that share a sequence).
 
+Constant labels: when every training label (Q_hat of each training prefix for kind=q,
+the outcome for kind=orm) is 0, or every one is 1, the verifier can only learn a
+constant. The job still trains, but logs a warning and writes the value as
+`constant_labels` in summary.json (None otherwise); the pipeline report flags it.
+
 Writes checkpoints/, metrics.jsonl, eval.jsonl, calibration.png, summary.json.
 """
 
@@ -91,6 +96,24 @@ def examples(table: trajectories.Trajectories, kind: str) -> dict[str, np.ndarra
           "targets": targets}
 
 
+def constant_labels(train: dict[str, np.ndarray]) -> float | None:
+  """0.0 or 1.0 when every training label (target at a masked-in prefix) is that value, else
+  None (also when there is no training prefix at all)."""
+  labels = train["targets"][train["mask"]]
+  for value in (0.0, 1.0):
+    if labels.size and np.all(labels == value):
+      return value
+  return None
+
+
+def constant_labels_message(kind: str, value: float) -> str:
+  """The warning logged for a verifier whose training labels are all `value`."""
+  what = "prefix's Q_hat" if kind == "q" else "sequence's outcome"
+  why = "the policy never succeeded" if value == 0.0 else "the policy always succeeded"
+  return (f"all training labels are {value:g}: the verifier can only learn a constant; {why} "
+          f"(verifier.kind={kind}: every training {what} is {value:g})")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the verifier named by `config.verifier.kind` on `config.verifier.train_data`."""
   env = runtime.setup(config, workdir)
@@ -102,6 +125,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise config_lib.ConfigError("model.max_len", f"{config.model.max_len} < rollout width {width}")
   logging.info("verifier %s: %d sequences, %d prefixes", vcfg.kind, len(train["tokens"]),
                int(train["mask"].sum()))
+  constant = constant_labels(train)
+  if constant is not None:
+    logging.warning("%s", constant_labels_message(vcfg.kind, constant))
 
   mesh, rules, model = env.mesh, env.rules, env.model
   trainer = runtime.make_trainer(env, functools.partial(
@@ -149,7 +175,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out = {"job": "train_verifier", "kind": vcfg.kind, "step": step, "origin": origin,
          "train_data": vcfg.train_data, "eval_data": vcfg.eval_data,
          "budget": (trajectories.read_manifest(vcfg.train_data) or {}).get("budget", {}),
-         "final_train": last, "eval": result, "params": env.model_cfg.num_params(),
+         "final_train": last, "eval": result, "constant_labels": constant,
+         "params": env.model_cfg.num_params(),
          "seconds": time.time() - t0}
   artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), out)
   return out

@@ -27,15 +27,28 @@ marker present wins, in this order:
   1. lines starting with `####` (GSM8K), the answer is the rest of the line;
   2. `\\boxed{...}` / `\\fbox{...}` (outermost ones; nested braces and escaped
      `\\{ \\}` are handled in one linear pass);
-  3. lines starting with `Answer:` / `Final answer:` / `The answer is:` (any case).
+  3. lines starting with `Answer:` / `Final answer:` / `The answer is:` (any case);
+  4. the phrase "the answer is" / "the final answer is" anywhere in a line, with or
+     without a colon ("So the answer is 12.5."): only its last occurrence counts (a
+     solution may use the phrase in passing before it concludes), and the answer is
+     the rest of that line up to the first period followed by a space ("The answer
+     is 5. Check: ..." gives `5`; the period of `12.5` is kept).
 If markers of the chosen kind disagree (after normalization) the reason is
 `multiple_answers`; if there is none, or they are all empty, it is `no_answer`.
 
 Normalization of math answers (`normalize_answer`, a documented subset of the
-usual MATH `strip_string`): drop a trailing unit `\\text{ cm}` (text starting
+usual MATH `strip_string`): read the Unicode minus sign U+2212 as `-` (also in
+`parse_number`); drop a trailing unit `\\text{ cm}` (text starting
 with a space), `\\left` / `\\right`, `\\!` `\\,` `\\;` `\\:` `\\quad` `~` spacing,
 `$` and `\\$`, `%` and `\\%`, degrees `^\\circ` / `^{\\circ}`; unwrap `\\text{}`
-`\\textbf{}` `\\mbox{}` `\\mathrm{}` `\\mathbf{}` `\\boxed{}`; `\\dfrac` / `\\tfrac` ->
+`\\textbf{}` `\\mbox{}` `\\mathrm{}` `\\mathbf{}` `\\boxed{}`; a plain-text unit
+word: when what is left is exactly a plain number (sign, digits, `1,234` commas, a
+decimal part), spaces, then one word of two or more ASCII letters (and perhaps a
+period), the word is dropped (`405 dollars` -> `405`, `12 apples.` -> `12`), unless
+it changes the value (`pi`, `hundred`, `thousand`, `million`, `billion`, `trillion`,
+`dozen`, `squared`, `cubed`: those are kept); anything else keeps its words (`x^2
+dollars`, `405 dollars and 5 cents`, `5 x`), and answers longer than
+`MAX_UNIT_ANSWER_CHARS` are not looked at; `\\dfrac` / `\\tfrac` ->
 `\\frac`; `\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`; remove all
 whitespace and a trailing period; `x=5` -> `5` for a one-letter left side; a
 number with thousands commas `1,234` -> `1234`; `5.50` -> `5.5`, `3.0` -> `3`,
@@ -56,6 +69,8 @@ from pavjax.tasks import base
 
 MAX_NUMBER_CHARS = 40  # longest numeric string parse_number accepts
 MAX_ANSWER_CHARS = 200  # longest answer string compared as free text
+MAX_UNIT_ANSWER_CHARS = 64  # longest "<number> <word>" answer whose word may be dropped
+UNICODE_MINUS = "\u2212"  # read as "-" in numbers and math answers
 
 # A line is an answer line if it starts (after optional spaces) with "answer:".
 ANSWER_LINE_RE = re.compile(r"[ \t]*answer[ \t]*:[ \t]*(.*)", re.IGNORECASE)
@@ -77,7 +92,7 @@ _SPACE_RE = re.compile(r"\s+")
 
 def _strip_wrappers(text: str) -> str:
   """Removes $...$, \\boxed{...}, a trailing period and surrounding spaces (bounded input)."""
-  text = text.strip()
+  text = text.strip().replace(UNICODE_MINUS, "-")
   for _ in range(3):
     before = text
     if len(text) >= 2 and text[0] == "$" and text[-1] == "$":
@@ -241,6 +256,12 @@ _BOX_START_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
 _MATH_ANSWER_LINE_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*:",
                                   re.IGNORECASE)
+# "the (final) answer is" inside a line (kind 4). Only spaces and tabs between the words,
+# so a match stays within one line; every repetition is followed by a literal, so a
+# search is linear in the text.
+_ANSWER_PHRASE_RE = re.compile(r"\bthe[ \t]+(?:final[ \t]+)?answer[ \t]+is\b[ \t]*:?",
+                               re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.[ \t]")
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -271,8 +292,9 @@ def boxed_contents(text: str) -> list[str]:
 def answer_candidates(text: str) -> tuple[str, list[str]]:
   """Raw final-answer candidates of a solution text and the marker kind used.
 
-  Returns `(kind, candidates)` with kind one of '####', 'boxed', 'answer:' or ''
-  (no marker at all); see the module docstring for the priority order.
+  Returns `(kind, candidates)` with kind one of '####', 'boxed', 'answer:',
+  'answer is' (one candidate: the last phrase's) or '' (no marker at all); see the
+  module docstring for the priority order.
   """
   lines = [line.strip() for line in text.split("\n")]
   hashes = [line.lstrip("#").strip() for line in lines if line.startswith("####")]
@@ -288,6 +310,14 @@ def answer_candidates(text: str) -> tuple[str, list[str]]:
       found.append(line[m.end():].strip())
   if found:
     return "answer:", found
+  last = None
+  for last in _ANSWER_PHRASE_RE.finditer(text):
+    pass
+  if last is not None:
+    end = text.find("\n", last.end())
+    rest = text[last.end():] if end < 0 else text[last.end():end]
+    stop = _SENTENCE_END_RE.search(rest)
+    return "answer is", [(rest if stop is None else rest[:stop.start()]).strip()]
   return "", []
 
 
@@ -322,6 +352,14 @@ _NORM_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _NORM_DECIMAL_RE = re.compile(r"-?\d+\.\d+")
 _NORM_BARE_DECIMAL_RE = re.compile(r"-?\.\d+")
 _ONE_VAR_LHS_RE = re.compile(r"[A-Za-z]=")
+# A plain number, spaces, one word (a unit) and perhaps a period. No two repetitions can
+# match the same characters, so a failed fullmatch backtracks linearly (and the input is
+# at most MAX_UNIT_ANSWER_CHARS long anyway).
+_NUMBER_WORD_RE = re.compile(
+    r"([+-]?(?:[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?|\.[0-9]+))[ \t]+([A-Za-z]{2,})\.?")
+# Words after a number that change its value: never dropped as units.
+_NOT_UNIT_WORDS = frozenset({"pi", "hundred", "thousand", "million", "billion", "trillion",
+                             "dozen", "squared", "cubed"})
 
 
 def _outer_braces_redundant(s: str) -> bool:
@@ -340,9 +378,20 @@ def _outer_braces_redundant(s: str) -> bool:
   return False
 
 
+def _drop_unit_word(s: str) -> str:
+  """`405 dollars` -> `405`: a plain number followed by one unit word (see the docstring)."""
+  s = s.strip()
+  if len(s) > MAX_UNIT_ANSWER_CHARS:
+    return s
+  m = _NUMBER_WORD_RE.fullmatch(s)
+  if m is None or m.group(2).lower() in _NOT_UNIT_WORDS:
+    return s
+  return m.group(1)
+
+
 def normalize_answer(answer: str) -> str:
   """Canonical string form of a math final answer (see the module docstring)."""
-  s = answer.strip()
+  s = answer.strip().replace(UNICODE_MINUS, "-")
   s = _UNIT_RE.sub("", s)
   s = _LEFT_RIGHT_RE.sub("", s)
   s = _DT_FRAC_RE.sub(r"\\frac", s)
@@ -353,6 +402,7 @@ def normalize_answer(answer: str) -> str:
   s = _DEGREE_RE.sub("", s)
   s = _SPACING_RE.sub("", s)
   s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+  s = _drop_unit_word(s)
   s = _SPACE_RE.sub("", s)
   s = s.rstrip(".")
   if _ONE_VAR_LHS_RE.match(s) and s.count("=") == 1:

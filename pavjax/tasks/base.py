@@ -34,6 +34,13 @@ TOO_LONG = "too_long"
 REASONS = (CORRECT, WRONG, EMPTY, NO_ANSWER, TRUNCATED, MULTIPLE_ANSWERS, TOO_LONG)
 
 
+class DataError(ValueError):
+  """The task's data is unusable: a bad line, a missing or empty file, a problem over
+  the token limits. The message is one line, `<file>:<line>: <reason>: <detail>` when
+  a line is to blame; `python -m pavjax.main` prints it as `pavjax: bad data: ...`
+  and exits with code 2."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
   """One problem: its prompt, reference solution steps and final answer."""

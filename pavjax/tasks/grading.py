@@ -34,6 +34,10 @@ same hostile answer never costs the limit twice.
 Decisions of this grader (tested in tests/tasks/test_grading.py):
   * `50\\%` is `50` (normalization drops the percent sign), not `0.5`;
   * `90^\\circ` is `90` (the degree sign is dropped), not `\\pi/2`;
+  * a number written with the Unicode minus sign (U+2212) is that number with `-`, and a
+    plain number followed by one
+    unit word is the number (`405 dollars` is `405`), but not when the word changes the
+    value (`2 hundred` is not `200`): both are `answers.normalize_answer` rules;
   * the reference decides the order: a set (`\\{1,2\\}`) or list (`1,2`) reference takes
     its members in any order and brackets (`(2,1)`), an ordered pair or interval (`(1,2)`)
     only in its own order (math-verify's comparison is not symmetric);

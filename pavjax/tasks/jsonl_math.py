@@ -9,7 +9,8 @@ How a user brings data: put `train.jsonl`, `test.jsonl` and optionally
 
 `pavjax.tasks.jsonl_reader` documents the files, record styles, ids, step
 segmentation and bad-line handling (strict / lenient); `pavjax.tasks.answers`
-documents final-answer extraction (`####`, `\\boxed{}`, `Answer:` lines) and
+documents final-answer extraction (`####`, `\\boxed{}`, `Answer:` lines, then a
+last "the answer is ..." phrase) and
 normalization, used both for the references and for model responses.
 
 Storage: the validated records are written by a `tensorflow-datasets` builder
@@ -19,23 +20,38 @@ Storage: the validated records are written by a `tensorflow-datasets` builder
 The fingerprint hashes the input files and every option that changes the
 records, so new data never reuses a stale cache. Next to the ArrayRecord files,
 `jsonl_math_summary.json` holds the validation summary (per-reason counts of
-skipped lines, kept records per split, ...).
+skipped lines and `skipped_lines`, the `file:line` of the first 100 per reason,
+kept records per split, ...).
 
-Tokenizer: a user-given SentencePiece model (`tokenizer_path`), used through
-`pavjax.tasks.tokenizer.SentencePieceTokenizer`. Task ids are SentencePiece ids
-shifted by `offset`: 0 when the model's pad id is 0, else 1 (every piece id
-moves up by one and id 0 becomes padding). SentencePiece drops newlines, so
-text is encoded line by line and the lines are joined with a dedicated newline
-id `NL = piece_size + offset` (the step delimiter). EOS is the model's eos id
-(shifted) when it has one, else one more extra id after NL. `vocab_size` covers
-the extras. Prompts are `[BOS] question NL` (BOS only when the model has one);
-references are `step1 NL step2 NL .. stepK EOS`. With `hf_tokenizer` set, a Hugging
-Face checkpoint's tokenizer replaces the SentencePiece model: its own ids, BOS, EOS,
-pad and newline id, the same line convention (`pavjax.tasks.hf_tokenizer`).
+Tokenizer, one of three:
+  * none given (the default): a SentencePiece BPE model trained on the train
+    split's questions and reference steps (`tokenizer.train_sentencepiece`, the
+    code arith uses: digits split, every character of the text covered, ids 0-4
+    = pad, unk, BOS, EOS, newline), with every printable ASCII character and the
+    answer markers (`####`, `\\boxed`, `Answer:`) in it whatever the data holds.
+    `sp_vocab_size` is its target size (a soft limit: small data gives fewer
+    pieces). It is trained once and cached at
+    `<cache_dir or workdir>/tokenizer/jsonl_math_<hash>.model` (`<data_dir>/tokenizer/`
+    when the task is built without either), the hash covering
+    the prepared data's fingerprint and the tokenizer options, so new data never
+    reuses a stale model.
+  * `tokenizer_path`: a user-given SentencePiece model, used as is through
+    `pavjax.tasks.tokenizer.SentencePieceTokenizer`. Task ids are SentencePiece ids
+    shifted by `offset`: 0 when the model's pad id is 0, else 1 (every piece id
+    moves up by one and id 0 becomes padding). SentencePiece drops newlines, so
+    text is encoded line by line and the lines are joined with a dedicated newline
+    id `NL = piece_size + offset` (the step delimiter). EOS is the model's eos id
+    (shifted) when it has one, else one more extra id after NL. `vocab_size` covers
+    the extras.
+  * `hf_tokenizer`: a Hugging Face checkpoint's tokenizer: its own ids, BOS, EOS,
+    pad and newline id, the same line convention (`pavjax.tasks.hf_tokenizer`).
+Prompts are `[BOS] question NL` (BOS only when the tokenizer has one); references
+are `step1 NL step2 NL .. stepK EOS`.
 Problems whose prompt or reference exceeds `max_prompt_len` / `max_response_len`
 tokens, or whose tokenized reference is not judged correct (a lossy tokenizer),
-raise in strict mode and are dropped and counted (`token_filter_counts`) in
-lenient mode.
+raise `base.DataError('<path>:<line>: <reason>: <detail>')` in strict mode and are
+dropped and counted (`token_filter_counts`, with their `file:line` in
+`token_filter_lines`) in lenient mode.
 
 Grading (`is_correct`): the response's final answer, extracted and normalized like the
 reference's, is compared with `pavjax.tasks.grading.answers_equivalent`. Plain numbers
@@ -58,6 +74,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from pavjax import artifacts
 from pavjax.tasks import answers
 from pavjax.tasks import base
 from pavjax.tasks import grading
@@ -73,6 +90,18 @@ SOLUTION_TOO_MANY_TOKENS = "solution_too_many_tokens"
 REFERENCE_NOT_CORRECT = "reference_not_correct"
 TOKEN_FILTER_REASONS = (PROMPT_TOO_MANY_TOKENS, SOLUTION_TOO_MANY_TOKENS, REFERENCE_NOT_CORRECT)
 
+# Bump when the prepared records or the validation summary change (a new fingerprint):
+# 2 added skipped_lines, 3 the answer extraction's U+2212, 'the answer is' and unit words.
+_PREPARE_VERSION = 3
+# Bump when the trained tokenizer changes for the same data (a new cache key).
+_TOKENIZER_VERSION = 1
+# Always in the trained tokenizer: each printable ASCII character alone (so no such
+# character of a test problem or of a model's answer is unknown), and the answer markers
+# as single pieces.
+TOKENIZER_COVERAGE = "".join(chr(c) for c in range(33, 127))
+ANSWER_MARKERS = ("####", "\\boxed", "Answer:")
+_MAX_TOKENIZER_LINES = 200_000  # sentencepiece trains on at most this many lines
+
 
 def default_config() -> ml_collections.ConfigDict:
   """The jsonl_math task's knobs (every field commented)."""
@@ -81,10 +110,11 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.data_dir = ""  # tfds data_dir for the prepared ArrayRecord files; '' = <cache_dir>/tfds
   cfg.cache_dir = ""  # where prepared data is cached ('' = the job's workdir; the pipeline shares one)
   cfg.format = "auto"  # record style: 'auto' (per record), 'gsm8k' or 'math'
-  cfg.strict = True  # True: a bad line raises ValueError; False: skip it and count it
+  cfg.strict = True  # True: a bad line raises base.DataError; False: skip it and count it
   cfg.max_prompt_chars = 4000  # records whose question is longer (characters) are bad lines
-  cfg.tokenizer_path = ""  # user-given SentencePiece .model file (required unless hf_tokenizer)
+  cfg.tokenizer_path = ""  # user-given SentencePiece .model file ('' = train one, cached)
   cfg.hf_tokenizer = ""  # Hugging Face checkpoint dir whose tokenizer to use instead ('' = off)
+  cfg.sp_vocab_size = 4096  # target pieces of the trained tokenizer (soft; unused when given)
   cfg.max_prompt_len = 512  # max prompt tokens (BOS and trailing newline included)
   cfg.max_response_len = 1024  # max response tokens, EOS included
   cfg.seed = 0  # seed of the train -> validation carve when validation.jsonl is absent
@@ -101,6 +131,7 @@ def fingerprint(manual_dir: str, *, fmt: str, strict: bool, max_prompt_chars: in
   from pavjax.tasks import jsonl_builder  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256()
   h.update(str(jsonl_builder.JsonlMath.VERSION).encode())
+  h.update(f"prepare-{_PREPARE_VERSION}".encode())
   opts = dict(fmt=fmt, strict=bool(strict), max_prompt_chars=int(max_prompt_chars),
               seed=int(seed), val_fraction=float(val_fraction))
   h.update(json.dumps(opts, sort_keys=True).encode())
@@ -152,20 +183,52 @@ def load_split(builder, split: str) -> list[dict[str, Any]]:
 
 
 def load_tokenizer(path: str, hf_path: str = ""):
-  """The task's tokenizer: the user's SentencePiece `.model` file, or a Hugging Face
-  checkpoint's tokenizer when `hf_path` is set (see the module docstring)."""
+  """The given tokenizer: the user's SentencePiece `.model` file, or a Hugging Face
+  checkpoint's tokenizer when `hf_path` is set; None when neither is set (`make`
+  then trains one on the data, see `trained_tokenizer`)."""
   if hf_path:
     if path:
       raise ValueError("config.task.tokenizer_path and config.task.hf_tokenizer are both set; "
                        "keep one")
     return hf_tokenizer.load_tokenizer(hf_path)
   if not path:
-    raise ValueError("config.task.tokenizer_path is empty: jsonl_math needs a SentencePiece "
-                     ".model file (train one on your data with sentencepiece) or "
-                     "config.task.hf_tokenizer (a Hugging Face checkpoint directory)")
+    return None
   if not os.path.isfile(path):
     raise ValueError(f"config.task.tokenizer_path={path!r} is not a file")
   return tokenizer_lib.SentencePieceTokenizer.load(path)
+
+
+def trained_tokenizer_path(cache_root: str, data_fingerprint: str, vocab_size: int) -> str:
+  """Where the tokenizer trained on the data with `data_fingerprint` is cached."""
+  key = artifacts.content_hash({"data": data_fingerprint, "sp_vocab_size": int(vocab_size),
+                                "markers": list(ANSWER_MARKERS),
+                                "coverage": TOKENIZER_COVERAGE,
+                                "_version": _TOKENIZER_VERSION}, length=12)
+  return os.path.join(cache_root, "tokenizer", f"jsonl_math_{key}.model")
+
+
+def tokenizer_corpus(problems: Sequence[base.Problem]):
+  """Training lines: each coverage character alone, then every line of the problems'
+  questions and reference steps."""
+  yield from TOKENIZER_COVERAGE
+  for problem in problems:
+    for text in (problem.prompt, *problem.steps):
+      yield from (line for line in text.split("\n") if line.strip())
+
+
+def trained_tokenizer(path: str, train_problems: Sequence[base.Problem], vocab_size: int
+                      ) -> tuple[tokenizer_lib.SentencePieceTokenizer, bool]:
+  """The tokenizer cached at `path`, or one trained on `train_problems` and written there.
+
+  Returns:
+    The tokenizer, and whether it came from the cache.
+  """
+  if vocab_size < 1:
+    raise ValueError(f"config.task.sp_vocab_size={vocab_size} must be positive")
+  return tokenizer_lib.load_or_train_sentencepiece(
+      path, lambda: tokenizer_corpus(train_problems), vocab_size,
+      max_sentences=_MAX_TOKENIZER_LINES,
+      extra_options=dict(user_defined_symbols=[tokenizer_lib.NL_PIECE, *ANSWER_MARKERS]))
 
 
 # ----------------------------------------------------------------------------
@@ -183,7 +246,7 @@ class JsonlMathTask(TextTask):
                max_response_len: int, strict: bool = True,
                grader: str = grading.DEFAULT_GRADER,
                grade_timeout_s: float = grading.DEFAULT_TIMEOUT_S,
-               step_delimiter: str = "\n"):
+               step_delimiter: str = "\n", sources: Mapping[str, str] | None = None):
     """Builds the task, checking every problem against the token limits.
 
     Args:
@@ -197,6 +260,12 @@ class JsonlMathTask(TextTask):
       grade_timeout_s: the most seconds one symbolic answer check may take.
       step_delimiter: the text between steps, in references and in what a model writes
         (`pavjax.step_boundary`): '\n', or '\n\n' for blank-line separated steps.
+      sources: problem uid -> `<path>:<line>` of its record, named by the errors and
+        by `token_filter_lines`; problems without one are named by uid and split.
+
+    Raises:
+      base.DataError: in strict mode, the first problem over a limit (or whose
+        reference is not judged correct); in either mode, a split left empty.
     """
     text_lib.check_step_delimiter("jsonl_math", step_delimiter)
     self.step_delimiter = step_delimiter
@@ -209,21 +278,34 @@ class JsonlMathTask(TextTask):
     self._max_prompt_len = int(max_prompt_len)
     self._max_response_len = int(max_response_len)
     self.token_filter_counts = {reason: 0 for reason in TOKEN_FILTER_REASONS}
+    # reason -> `file:line` (or `split/uid`) of the first dropped problems, capped like the
+    # validation summary's skipped_lines.
+    self.token_filter_lines: dict[str, list[str]] = {r: [] for r in TOKEN_FILTER_REASONS}
     self.validation_summary: dict = {}  # set by make(): the JSONL validation pass's counts
+    self.tokenizer_path: str | None = None  # set by make(): the trained tokenizer's file
+    self.tokenizer_cached = False  # set by make(): the trained tokenizer came from the cache
+    sources = sources or {}
     self._splits = {}
     for split in base.SPLITS:
       kept = []
       for problem in splits.get(split, ()):
         reason, detail = self._check(problem)
         if reason:
+          where = sources.get(problem.uid)
           if strict:
-            raise ValueError(f"jsonl_math problem {problem.uid!r} ({split}): {reason}: {detail}")
+            if where is None:
+              raise base.DataError(f"jsonl_math problem {problem.uid!r} ({split}): {reason}: "
+                                   f"{detail}")
+            raise base.DataError(f"{where}: {reason}: {detail} (id {problem.uid!r})")
           self.token_filter_counts[reason] += 1
+          if len(self.token_filter_lines[reason]) < jsonl_reader.SKIPPED_LINES_CAP:
+            self.token_filter_lines[reason].append(
+                os.path.basename(where) if where else f"{split}/{problem.uid}")
           continue
         kept.append(problem)
       if not kept:
-        raise ValueError(f"jsonl_math split {split!r} has no problem within the token limits "
-                         f"(dropped per reason: {self.token_filter_counts})")
+        raise base.DataError(f"jsonl_math split {split!r} has no problem within the token "
+                             f"limits (dropped per reason: {self.token_filter_counts})")
       self._splits[split] = kept
     if any(self.token_filter_counts.values()):
       logging.warning("jsonl_math: dropped problems: %s", self.token_filter_counts)
@@ -253,7 +335,8 @@ class JsonlMathTask(TextTask):
   def data_report(self) -> dict:
     """Bad-line counts from validating the JSONL files, and problems dropped for token limits."""
     return {"jsonl_validation": self.validation_summary,
-            "token_filter_counts": dict(self.token_filter_counts)}
+            "token_filter_counts": dict(self.token_filter_counts),
+            "token_filter_lines": {k: list(v) for k, v in self.token_filter_lines.items()}}
 
   def is_correct(self, response: Sequence[int], problem: base.Problem) -> base.Outcome:
     """Outcome of a response: its final answer (`answers.extract_final_answer`) vs the
@@ -289,7 +372,8 @@ def problems_from_records(records: Sequence[Mapping[str, Any]]) -> list[base.Pro
 
 
 def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> JsonlMathTask:
-  """Validates and prepares the user's data (once), loads the tokenizer, builds the task."""
+  """Validates and prepares the user's data (once), loads or trains the tokenizer, builds the
+  task."""
   data_dir = task_cfg.data_dir
   if not data_dir:
     if not workdir:
@@ -304,12 +388,26 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
   text_lib.check_step_delimiter("jsonl_math", step_delimiter)
   tokenizer = load_tokenizer(task_cfg.tokenizer_path,  # fail fast on a bad path
                              task_cfg.get("hf_tokenizer", ""))
+  vocab_size = task_cfg.get("sp_vocab_size", 4096)
+  if tokenizer is None and vocab_size < 1:
+    raise ValueError(f"config.task.sp_vocab_size={vocab_size} must be positive")
   builder, summary = prepare(task_cfg.manual_dir, data_dir, fmt=task_cfg.format,
                        strict=task_cfg.strict, max_prompt_chars=task_cfg.max_prompt_chars,
                        seed=task_cfg.seed, val_fraction=task_cfg.val_fraction)
-  splits = {split: problems_from_records(load_split(builder, split)) for split in base.SPLITS}
+  records = {split: load_split(builder, split) for split in base.SPLITS}
+  splits = {split: problems_from_records(recs) for split, recs in records.items()}
+  sources = {r["uid"]: os.path.join(task_cfg.manual_dir, r["source"])
+             for recs in records.values() for r in recs}
+  sp_path, cached = None, False
+  if tokenizer is None:  # none given: train one on the train split (cached per data)
+    sp_path = trained_tokenizer_path(workdir or data_dir, builder.builder_config.name,
+                                     vocab_size)
+    tokenizer, cached = trained_tokenizer(sp_path, splits["train"], vocab_size)
+    logging.info("jsonl_math: %s tokenizer %s (%d ids)", "cached" if cached else "trained",
+                 sp_path, tokenizer.vocab_size)
   task = JsonlMathTask(splits, tokenizer, task_cfg.max_prompt_len, task_cfg.max_response_len,
                        strict=task_cfg.strict, grader=grader, grade_timeout_s=grade_timeout_s,
-                       step_delimiter=step_delimiter)
+                       step_delimiter=step_delimiter, sources=sources)
   task.validation_summary = summary
+  task.tokenizer_path, task.tokenizer_cached = sp_path, cached
   return task

@@ -34,9 +34,13 @@ under its first failing reason): `empty_line`, `invalid_utf8`, `invalid_json`,
 `prompt_too_long` (more than `max_prompt_chars` characters), `no_answer`,
 `multiple_answers` (the reference has no / conflicting final answers),
 `duplicate_id`. With `strict=True` the first bad line raises
-`ValueError('<path>:<line>: <reason>: <detail>')`; with `strict=False` bad lines
-are skipped and counted. The whole manual directory is validated before any
-file is written, so preparation never fails midway.
+`base.DataError('<path>:<line>: <reason>: <detail>')` (a `ValueError`); with
+`strict=False` bad lines are skipped and counted, and the summary lists where
+they were (`skipped_lines`: reason -> `file:line` of the first
+`SKIPPED_LINES_CAP` of them). A manual directory that does not exist, a missing
+train.jsonl or test.jsonl, an empty file (no line at all), or a split left with no
+record is a `base.DataError` in either mode. The whole manual directory is validated before
+any file is written, so preparation never fails midway.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from pavjax.tasks import base
 SPLIT_FILES = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
 FORMATS = ("auto", "gsm8k", "math")
 SUMMARY_FILE = "jsonl_math_summary.json"  # the validation summary, next to the prepared data
+SKIPPED_LINES_CAP = 100  # at most this many `file:line` entries per reason in the summary
 
 EMPTY_LINE = "empty_line"
 INVALID_UTF8 = "invalid_utf8"
@@ -231,17 +236,31 @@ def _read_lines(path: str) -> list[bytes]:
   return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
+def _config_error(field: str, message: str) -> ValueError:
+  from pavjax import config_lib  # pylint: disable=g-import-not-at-top  (config_lib imports tasks)
+  return config_lib.ConfigError(field, message)
+
+
 def split_files(manual_dir: str) -> dict[str, str]:
-  """split -> path of the JSONL files present; raises if a required one is missing."""
+  """split -> path of the JSONL files present.
+
+  Raises:
+    ConfigError: `manual_dir` is empty.
+    base.DataError: the directory does not exist, or lacks train.jsonl or test.jsonl.
+  """
   if not manual_dir:
-    raise ValueError("config.task.manual_dir is empty: set it to a directory holding "
-                     "train.jsonl and test.jsonl (and optionally validation.jsonl)")
+    raise _config_error("task.manual_dir", "is empty: set it to a directory holding "
+                        "train.jsonl and test.jsonl (and optionally validation.jsonl)")
+  if not os.path.exists(manual_dir):
+    raise base.DataError(f"{manual_dir} does not exist (config.task.manual_dir)")
+  if not os.path.isdir(manual_dir):
+    raise base.DataError(f"{manual_dir} is not a directory (config.task.manual_dir)")
   files = {split: os.path.join(manual_dir, name) for split, name in SPLIT_FILES.items()
            if os.path.isfile(os.path.join(manual_dir, name))}
   missing = [SPLIT_FILES[s] for s in ("train", "test") if s not in files]
   if missing:
-    raise ValueError(f"manual_dir={manual_dir!r} lacks {', '.join(missing)}; expected "
-                     f"{sorted(SPLIT_FILES.values())} (validation.jsonl optional)")
+    raise base.DataError(f"{manual_dir} lacks {', '.join(missing)}; expected "
+                         f"{sorted(SPLIT_FILES.values())} (validation.jsonl optional)")
   return files
 
 
@@ -262,15 +281,17 @@ def validate_manual_dir(manual_dir: str, *, fmt: str = "auto", strict: bool = Tr
     The validated records per split, per-reason counts of skipped lines and a summary.
 
   Raises:
-    ValueError: `<path>:<line>: <reason>: <detail>` for a bad line in strict mode;
-      also for missing files, bad options, or a split left empty.
+    base.DataError: `<path>:<line>: <reason>: <detail>` for a bad line in strict mode;
+      also for a missing directory, missing or empty files, or a split left empty.
+    ConfigError: bad options.
   """
   if fmt not in FORMATS:
-    raise ValueError(f"config.task.format={fmt!r}; expected one of {FORMATS}")
+    raise _config_error("task.format", f"{fmt!r} is not one of {FORMATS}")
   if max_prompt_chars <= 0:
-    raise ValueError(f"config.task.max_prompt_chars={max_prompt_chars} must be positive")
+    raise _config_error("task.max_prompt_chars", f"{max_prompt_chars} must be positive")
   files = split_files(manual_dir)
   counts = {reason: 0 for reason in BAD_LINE_REASONS}
+  skipped_lines: dict[str, list[str]] = {reason: [] for reason in BAD_LINE_REASONS}
   records: dict[str, list[dict[str, Any]]] = {}
   seen: dict[str, str] = {}  # uid -> source of the kept record
   lines_read = {}
@@ -280,6 +301,8 @@ def validate_manual_dir(manual_dir: str, *, fmt: str = "auto", strict: bool = Tr
     path = files[split]
     fname = os.path.basename(path)
     lines = _read_lines(path)
+    if not lines:
+      raise base.DataError(f"{path} is empty")
     lines_read[fname] = len(lines)
     kept = []
     for lineno, raw in enumerate(lines, start=1):
@@ -289,8 +312,10 @@ def validate_manual_dir(manual_dir: str, *, fmt: str = "auto", strict: bool = Tr
           raise _BadLine(DUPLICATE_ID, f"id {rec['uid']!r} already used at {seen[rec['uid']]}")
       except _BadLine as e:
         if strict:
-          raise ValueError(f"{path}:{lineno}: {e.reason}: {e.detail}") from None
+          raise base.DataError(f"{path}:{lineno}: {e.reason}: {e.detail}") from None
         counts[e.reason] += 1
+        if len(skipped_lines[e.reason]) < SKIPPED_LINES_CAP:
+          skipped_lines[e.reason].append(f"{fname}:{lineno}")
         continue
       seen[rec["uid"]] = rec["source"]
       kept.append(rec)
@@ -299,20 +324,21 @@ def validate_manual_dir(manual_dir: str, *, fmt: str = "auto", strict: bool = Tr
   if "validation" not in files:
     validation_source = "carved"
     if not 0.0 < val_fraction < 1.0:
-      raise ValueError(f"no validation.jsonl in {manual_dir!r} and config.task.val_fraction="
-                       f"{val_fraction} is not in (0, 1): cannot carve a validation split")
+      raise _config_error("task.val_fraction", f"{val_fraction} is not in (0, 1): cannot "
+                          f"carve a validation split (no validation.jsonl in {manual_dir})")
     train = records["train"]
     n_val = min(max(int(round(val_fraction * len(train))), 1), len(train) - 1)
     if n_val < 1:
-      raise ValueError(f"train.jsonl has {len(train)} valid records: too few to carve a "
-                       "validation split from; add validation.jsonl")
+      raise base.DataError(f"{files['train']}: has {len(train)} valid records: too few to "
+                           "carve a validation split from; add validation.jsonl "
+                           f"(skipped lines per reason: {counts})")
     chosen = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
     records["validation"] = [r for i, r in enumerate(train) if i in chosen]
     records["train"] = [r for i, r in enumerate(train) if i not in chosen]
   for split in base.SPLITS:
     if not records[split]:
-      raise ValueError(f"split {split!r} of {manual_dir!r} has no valid record "
-                       f"(skipped lines per reason: {counts})")
+      raise base.DataError(f"{files.get(split, files['train'])}: split {split!r} has no "
+                           f"valid record (skipped lines per reason: {counts})")
     for index, rec in enumerate(records[split]):
       rec["index"] = index
   records = {split: records[split] for split in base.SPLITS}
@@ -326,6 +352,7 @@ def validate_manual_dir(manual_dir: str, *, fmt: str = "auto", strict: bool = Tr
       "validation_source": validation_source,
       "lines_read": lines_read,
       "skipped": counts,
+      "skipped_lines": skipped_lines,
       "kept": {split: len(recs) for split, recs in records.items()},
       "record_formats": dict(collections.Counter(
           r["format"] for recs in records.values() for r in recs)),

@@ -6,6 +6,7 @@ Then once more with a prover verifier (the Q^pi checkpoint standing in for Q^mu)
 import hashlib
 import json
 import sys
+import types
 
 import jax
 import numpy as np
@@ -220,3 +221,34 @@ def test_report_keeps_each_sweep_n_apart(tmp_path):
   assert table[2:5] == ["| 4 | 0 | 0.200 | 4e+06 |", "| 4 | 0.5 | 0.250 | 4e+06 |",
                         "| 64 | 0.5 | 0.900 | 6.4e+07 |"]
   assert (tmp_path / "sweep_alpha.png").exists()
+
+
+def _summarize(orm_accuracies):
+  cfg = types.SimpleNamespace(alpha=0.5, bok_k=4, expansions=2, dvts_width=2, prover="bok",
+                              sweep_n=0)
+  done = {}
+  for n, orm_acc, pav_acc in zip((1, 2, 4), orm_accuracies, (0.0, 0.25, 0.5)):
+    for method, acc in (("bon:orm", orm_acc), ("bon:pav", pav_acc)):
+      done[(method, n, "")] = {"method": method, "n": n, "variant": "", "accuracy": acc,
+                               "flops": 100.0 * n, "per_problem": [], "config_hash": "h"}
+  return search_job.summarize(done, [1, 2, 4], [2, 4], cfg, num_params=10)
+
+
+def test_no_efficiency_ratio_against_an_orm_curve_at_zero(tmp_path):
+  out = _summarize((0.0, 0.0, 0.0))
+  assert out["efficiency_vs_orm"] == {}
+  assert out["efficiency_note"] == search_job.ORM_AT_ZERO_NOTE
+  assert "stays at accuracy 0" in out["efficiency_note"]
+  results = {**out, "problems": 4, "params": 10}
+  for rows in results["curves"].values():
+    for r in rows:
+      r.update(policy_tokens=1.0, verifier_tokens=1.0, wall_s=0.0)
+  search_job.write_report(results, str(tmp_path))
+  text = (tmp_path / "results.md").read_text()
+  assert f"No ratios: {search_job.ORM_AT_ZERO_NOTE}." in text
+  assert "speed-up |" not in text
+  # An ORM curve that rises gives ratios by the usual rule: bon:pav reaches 0.5 at N=4.
+  out = _summarize((0.0, 0.25, 0.5))
+  assert out["efficiency_note"] is None
+  assert out["efficiency_vs_orm"]["bon:pav"]["speedup"] == pytest.approx(1.0)
+  assert out["efficiency_vs_orm"]["bon:pav"]["target_accuracy"] == 0.5

@@ -1,6 +1,7 @@
 """Verifier training: a Q verifier on planted learns the exact DP values; ORM smoke; balancing."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,11 +11,13 @@ import numpy as np
 import pytest
 
 from pavjax import trajectories
+from pavjax.jobs import train_verifier
 from pavjax.jobs.train_verifier import balanced_weights
 from pavjax.main import run_job
 
 sys.path.insert(0, ".")
 from configs import rollouts as rollouts_config  # noqa: E402
+from configs import train_verifier as train_verifier_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +99,58 @@ def test_balanced_weights_give_each_side_half():
   only_low = balanced_weights(jnp.array([0.1, 0.2]), jnp.array([True, True]))
   np.testing.assert_allclose(only_low, [0.5, 0.5])
   np.testing.assert_allclose(balanced_weights(targets, jnp.zeros_like(mask)), 0.0)
+
+
+def _constant_table(rows, outcome, q_hat):
+  """`rows` planted-vocabulary sequences: a 2-token prompt, then two 2-token steps."""
+  tokens = (np.arange(rows * 6).reshape(rows, 6) % 5 + 1).astype(np.int32)
+  return trajectories.Trajectories(
+      tokens=tokens, prompt_len=np.full(rows, 2, np.int32), length=np.full(rows, 6, np.int32),
+      prefix_ends=np.tile(np.array([1, 3, 5], np.int32), (rows, 1)),
+      outcome=np.full(rows, outcome, np.float32), reason=np.zeros(rows, np.int32),
+      problem=np.arange(rows, dtype=np.int32), finished=np.ones(rows, bool),
+      columns={"q_hat": np.asarray(q_hat, np.float32) * np.ones((rows, 3), np.float32)})
+
+
+def test_constant_labels_of_each_kind():
+  zeros = _constant_table(4, 0.0, 0.0)
+  assert train_verifier.constant_labels(train_verifier.examples(zeros, "q")) == 0.0
+  assert train_verifier.constant_labels(train_verifier.examples(zeros, "orm")) == 0.0
+  ones = _constant_table(4, 1.0, 1.0)
+  assert train_verifier.constant_labels(train_verifier.examples(ones, "q")) == 1.0
+  # Outcomes all 1 while Q_hat varies: only the ORM's labels are constant.
+  mixed = _constant_table(4, 1.0, [0.5, 0.25, 1.0])
+  assert train_verifier.constant_labels(train_verifier.examples(mixed, "q")) is None
+  assert train_verifier.constant_labels(train_verifier.examples(mixed, "orm")) == 1.0
+  # One success among the outcomes: not constant.
+  one = trajectories.Trajectories(**{**{k: getattr(zeros, k) for k in trajectories.CORE},
+                                     "outcome": np.array([0, 0, 1, 0], np.float32)},
+                                  columns=zeros.columns)
+  assert train_verifier.constant_labels(train_verifier.examples(one, "orm")) is None
+  # A label that is nearly 0 is not 0.
+  tiny = _constant_table(4, 0.0, [0.0, 0.0, 1e-3])
+  assert train_verifier.constant_labels(train_verifier.examples(tiny, "q")) is None
+  assert train_verifier.constant_labels_message("q", 1.0).startswith(
+      "all training labels are 1: the verifier can only learn a constant; the policy always "
+      "succeeded")
+
+
+def test_all_zero_labels_warn_and_are_recorded(tmp_path, caplog):
+  data = str(tmp_path / "rollouts")
+  trajectories.save(data, _constant_table(16, 0.0, 0.0), "test")
+  config = train_verifier_config.get_config("task=planted,size=test,kind=q")
+  config.verifier.train_data = data
+  config.train.num_steps = 2
+  config.train.batch_size = 8
+  config.train.log_every = 1
+  config.checkpoint.every = 2
+  with caplog.at_level(logging.WARNING):
+    out = run_job(config, str(tmp_path / "verifier"))
+  assert out["constant_labels"] == 0.0
+  with open(tmp_path / "verifier" / "summary.json", encoding="utf-8") as f:
+    assert json.load(f)["constant_labels"] == 0.0
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+              and "all training labels" in r.getMessage()]
+  assert warnings == [
+      "all training labels are 0: the verifier can only learn a constant; the policy never "
+      "succeeded (verifier.kind=q: every training prefix's Q_hat is 0)"]

@@ -36,6 +36,15 @@ TABLE = [
     ("50\\%", "50", True),  # the percent sign is dropped: 50% is 50 ...
     ("50\\%", "0.5", False),  # ... not 0.5
     ("\\pi/2", "90^\\circ", False),  # the degree sign is dropped: 90 degrees is 90, not pi/2
+    # Unicode minus sign and plain-text unit words (normalization, no sympy).
+    ("-5", "\u22125", True),
+    ("\u2212\\frac{1}{2}", "-0.5", True),
+    ("5", "\u22125", False),
+    ("405", "405 dollars", True),
+    ("12 apples", "12", True),
+    ("12", "13 apples", False),
+    ("x^2", "x^2 dollars", False),  # words after an expression are kept (and read as words)
+    ("200", "2 hundred", False),  # a word that changes the value is not a unit
     # Symbolic (math-verify).
     ("2\\sqrt{2}", "\\sqrt{8}", True),
     ("2\\sqrt{2}", "\\sqrt{6}", False),
@@ -72,6 +81,8 @@ TABLE = [
     ("(A)", "(a)", True),  # math-verify ignores the case of letters
 ]
 
+SYMBOLIC_START = TABLE.index(("2\\sqrt{2}", "\\sqrt{8}", True))  # the first symbolic case
+
 
 def _equivalent(reference, candidate, **kwargs):
   return grading.answers_equivalent(answers.normalize_answer(reference),
@@ -84,7 +95,7 @@ def test_table(reference, candidate, expected):
 
 
 def test_exact_grader_stops_at_strings():
-  symbolic_only = [(r, c) for r, c, ok in TABLE[17:] if ok and
+  symbolic_only = [(r, c) for r, c, ok in TABLE[SYMBOLIC_START:] if ok and
                    answers.normalize_answer(r) != answers.normalize_answer(c)]
   assert len(symbolic_only) >= 10
   for reference, candidate in symbolic_only:
@@ -104,7 +115,8 @@ def test_plain_numbers_take_the_fast_path(monkeypatch):
       ("\\frac{3}{4}", "0.75", True), ("1,000", "1000", True), ("1,000", "1.000", False),
       ("\\frac{1}{3}", "0.333333", False), ("-0", "0", True), ("7/2", "3.5", True),
       ("12", "13", False), ("1,234,567", "1234567.0", True), ("-\\frac{2}{4}", "-0.5", True),
-      ("\\text{Monday}", "\\text{dynamo}", False), ("x^2", "x^2", True)]:
+      ("\\text{Monday}", "\\text{dynamo}", False), ("x^2", "x^2", True),
+      ("-5", "\u22125", True), ("405", "405 dollars", True), ("200", "2 hundred", False)]:
     assert _equivalent(reference, candidate) is expected, (reference, candidate)
   with pytest.raises(AssertionError, match="symbolic check ran"):  # the patch is in effect
     _equivalent("2", "\\sqrt{4}")

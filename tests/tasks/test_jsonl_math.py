@@ -2,8 +2,11 @@
 
 import json
 import os
+import pathlib
 import re
 import string
+import subprocess
+import sys
 import time
 
 import pytest
@@ -175,6 +178,18 @@ def _prepared_dirs(data_dir):
     ("\\boxed{12}", "12"),
     ("(1,234)", "(1,234)"),  # not a number with thousands commas: kept
     ("\\rightarrow", "\\rightarrow"),  # \right only as a whole command
+    ("\u22125", "-5"),  # Unicode minus sign
+    ("$\u2212\\frac{3}{4}$", "-\\frac{3}{4}"),
+    ("405 dollars", "405"),  # one unit word after a plain number is dropped
+    ("12 apples.", "12"),
+    ("\\$1,234.50 Dollars", "1234.5"),
+    ("\\text{7 days}", "7"),
+    ("x^2 dollars", "x^2dollars"),  # not a plain number: words kept
+    ("405 dollars and 5 cents", "405dollarsand5cents"),  # more than one word: kept
+    ("5 x", "5x"),  # a one-letter word is a variable, not a unit
+    ("2 hundred", "2hundred"),  # words that change the value are kept
+    ("3 pi", "3pi"),
+    ("1" * 60 + " dollars", "1" * 60 + "dollars"),  # longer than MAX_UNIT_ANSWER_CHARS
 ])
 def test_normalize_answer(raw, expected):
   assert answers.normalize_answer(raw) == expected
@@ -197,6 +212,17 @@ def test_normalize_answer(raw, expected):
     ("\\boxed{}", (None, base.NO_ANSWER)),
     ("\\boxed{3", (None, base.NO_ANSWER)),  # unclosed
     ("####", (None, base.NO_ANSWER)),
+    ("The answer is 405.", ("405", "")),  # the phrase without a colon (kind 4)
+    ("so the answer is $405$", ("405", "")),
+    ("So the answer is 12.5.", ("12.5", "")),  # a decimal point is not a sentence end
+    ("The answer is 5. Check: 2+3=5.", ("5", "")),  # the sentence ends at ". "
+    ("Thus the final answer is 1,234 apples.", ("1234", "")),
+    ("The answer is \u22127.", ("-7", "")),
+    ("First the answer is 3?\nNo: the answer is 4.", ("4", "")),  # the last phrase counts
+    ("The answer is 3.\nAnswer: 4", ("4", "")),  # an Answer: line wins over the phrase
+    ("The answer is 3. So \\boxed{4}", ("4", "")),  # \boxed wins over the phrase
+    ("theanswer is 3; the answers is 3", (None, base.NO_ANSWER)),  # whole words only
+    ("The answer is.", (None, base.NO_ANSWER)),
 ])
 def test_extract_final_answer(text, expected):
   assert answers.extract_final_answer(text) == expected
@@ -211,6 +237,14 @@ def test_answers_match():
   assert not answers.answers_match("9" * 100, "9" * 99 + "8", exact_text=True)
   assert not answers.answers_match("\\Pi", "\\pi", exact_text=True)  # case matters in math
   assert answers.answers_match("\\Pi", "\\Pi", exact_text=True)
+  assert answers.answers_match("\u22125", "-5")  # the Unicode minus sign, unnormalized too
+  assert answers.answers_match("\u22125", "-5", exact_text=True)
+  assert not answers.answers_match("\u22125", "5")
+  norm = answers.normalize_answer
+  assert answers.answers_match(norm("405 dollars"), norm("405"), exact_text=True)
+  assert answers.answers_match(norm("12 apples"), norm("12.0"), exact_text=True)
+  assert not answers.answers_match(norm("12 apples"), norm("13"), exact_text=True)
+  assert not answers.answers_match(norm("x^2 dollars"), norm("x^2"), exact_text=True)
 
 
 def test_steps():
@@ -305,7 +339,7 @@ def test_strict_raises_with_file_line_and_reason(reason, tmp_path):
   _write_jsonl(d / "test.jsonl", TEST)
   _write_raw(d / "validation.jsonl", [GOOD_LINE.encode(), GOOD_LINE.encode(), BAD_LINES[reason]])
   path = os.path.join(str(d), "validation.jsonl")
-  with pytest.raises(ValueError, match=re.escape(f"{path}:3: {reason}:")):
+  with pytest.raises(base.DataError, match=re.escape(f"{path}:3: {reason}:")):
     jsonl_reader.validate_manual_dir(str(d), max_prompt_chars=100)
 
 
@@ -344,12 +378,20 @@ def test_lenient_counts(tmp_path, sp_models):
                       "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}).encode() for i in range(10)]
   repeats = {"invalid_json": 2, "empty_line": 3, "missing_field": 1}
   lines = list(good)
+  where = {reason: [] for reason in jsonl_reader.BAD_LINE_REASONS}  # reason -> file:line
+
+  def add(line, reason=None):
+    lines.append(line)
+    if reason:
+      where[reason].append(f"train.jsonl:{len(lines)}")
+
   for reason, bad in sorted(BAD_LINES.items()):
-    lines.extend([bad] * repeats.get(reason, 1))
-  lines.append(b'{"answer": "#### 3"}')  # GSM8K record without question: missing_field
-  lines.append(b'{"solution": ["\\\\boxed{1}"], "problem": "p"}')  # non_string_field
-  lines.append(b'{"id": "x", "question": "q1", "answer": "#### 1"}')
-  lines.append(b'{"id": "x", "question": "q2", "answer": "#### 2"}')  # duplicate_id
+    for _ in range(repeats.get(reason, 1)):
+      add(bad, reason)
+  add(b'{"answer": "#### 3"}', "missing_field")  # GSM8K record without question
+  add(b'{"solution": ["\\\\boxed{1}"], "problem": "p"}', "non_string_field")
+  add(b'{"id": "x", "question": "q1", "answer": "#### 1"}')
+  add(b'{"id": "x", "question": "q2", "answer": "#### 2"}', "duplicate_id")
   _write_raw(d / "train.jsonl", lines)
   _write_jsonl(d / "test.jsonl", TEST)
   expected = {reason: 1 for reason in jsonl_reader.BAD_LINE_REASONS}
@@ -360,6 +402,9 @@ def test_lenient_counts(tmp_path, sp_models):
                                          val_fraction=0.25)
   assert res.counts == expected
   assert res.summary["skipped"] == expected
+  assert {reason: len(w) for reason, w in where.items()} == expected
+  assert res.summary["skipped_lines"] == where
+  assert where["empty_line"] == ["train.jsonl:13", "train.jsonl:14", "train.jsonl:15"]
   assert res.summary["lines_read"] == {"train.jsonl": len(lines), "test.jsonl": 3}
   assert res.summary["kept"] == {"train": 8, "validation": 3, "test": 3}
   # Through the task: the summary lands next to the prepared data.
@@ -372,7 +417,8 @@ def test_lenient_counts(tmp_path, sp_models):
   (config,) = _prepared_dirs(data_dir)
   summary_path = os.path.join(data_dir, "jsonl_math", config, "1.0.0", jsonl_reader.SUMMARY_FILE)
   with open(summary_path) as f:
-    assert json.load(f)["skipped"] == expected
+    written = json.load(f)
+  assert written["skipped"] == expected and written["skipped_lines"] == where
   # Strict on the same files stops at the first bad line (line 11, after 10 good ones).
   with pytest.raises(ValueError, match=re.escape(f"{d / 'train.jsonl'}:11: ")):
     jsonl_reader.validate_manual_dir(str(d), strict=True, max_prompt_chars=100)
@@ -389,8 +435,10 @@ def test_missing_files_and_options(tmp_path, sp_models):
     jsonl_reader.validate_manual_dir(str(d), fmt="csv")
   with pytest.raises(ValueError, match="missing_field"):  # MATH records lack question/answer
     jsonl_reader.validate_manual_dir(str(d), fmt="gsm8k")
-  with pytest.raises(ValueError, match="tokenizer_path"):
-    jm.make(_cfg(d, "", data_dir=str(tmp_path / "tfds")))
+  with pytest.raises(ValueError, match="tokenizer_path='/no/such.model' is not a file"):
+    jm.make(_cfg(d, "/no/such.model", data_dir=str(tmp_path / "tfds")))
+  with pytest.raises(ValueError, match="sp_vocab_size=0 must be positive"):
+    jm.make(_cfg(d, "", sp_vocab_size=0, data_dir=str(tmp_path / "tfds")))
   with pytest.raises(ValueError, match="data_dir"):
     jm.make(_cfg(d, sp_models["pad0"]), workdir=None)
 
@@ -470,9 +518,15 @@ def test_task_outcomes(manual_dir, tmp_path, sp_models):
 def test_token_limits_strict_and_lenient(manual_dir, tmp_path, sp_models):
   cfg = _cfg(manual_dir, sp_models["pad0"], data_dir=str(tmp_path / "tfds"))
   tok = tokenizer_lib.SentencePieceTokenizer.load(sp_models["pad0"])
-  lengths = [len(tok.encode("\n".join(r["steps"]))) for recs in EXPECTED.values() for r in recs]
+  records = [r for split in base.SPLITS for r in EXPECTED[split]]
+  lengths = [len(tok.encode("\n".join(r["steps"]))) for r in records]
   cfg.max_response_len = max(lengths)  # the longest references + EOS no longer fit
-  with pytest.raises(ValueError, match="solution_too_many_tokens"):
+  too_long = [r["source"] for r, n in zip(records, lengths) if n == max(lengths)]
+  # Strict: the first problem over the limit, named by its file and line.
+  with pytest.raises(base.DataError, match=re.escape(
+      f"{manual_dir / too_long[0].split(':')[0]}:{too_long[0].split(':')[1]}: "
+      f"solution_too_many_tokens: reference has {max(lengths) + 1} tokens > "
+      f"max_response_len={max(lengths)}")):
     jm.make(cfg)
   cfg.strict = False
   task = jm.make(cfg)
@@ -480,9 +534,13 @@ def test_token_limits_strict_and_lenient(manual_dir, tmp_path, sp_models):
   assert task.token_filter_counts == {jm.PROMPT_TOO_MANY_TOKENS: 0,
                                       jm.SOLUTION_TOO_MANY_TOKENS: dropped,
                                       jm.REFERENCE_NOT_CORRECT: 0}
+  assert task.token_filter_lines == {jm.PROMPT_TOO_MANY_TOKENS: [],
+                                     jm.SOLUTION_TOO_MANY_TOKENS: too_long,
+                                     jm.REFERENCE_NOT_CORRECT: []}
+  assert task.data_report()["token_filter_lines"] == task.token_filter_lines
   assert sum(len(task.split(s)) for s in base.SPLITS) == len(lengths) - dropped
   cfg.max_prompt_len = 3
-  with pytest.raises(ValueError, match="no problem within the token limits"):
+  with pytest.raises(base.DataError, match="no problem within the token limits"):
     jm.make(cfg)
 
 
@@ -504,6 +562,12 @@ HOSTILE = [
     "9" * 100_000,
     "1," * 50_000 + "0",
     "\\boxed{1}\\boxed{2}" * 5_000,
+    "the answer is " * 8_000,
+    "the" + " " * 100_000 + "x",
+    "the final " * 10_000,
+    "The answer is 1. " * 6_000,
+    "the answer is " + "1 " * 50_000,
+    "\u2212" * 100_000,
 ]
 
 
@@ -550,3 +614,139 @@ def test_blank_line_steps_for_math_style_data(manual_dir, tmp_path, sp_models):
   with pytest.raises(ValueError, match="step_delimiter"):
     tasks.make_task(_cfg(manual_dir, sp_models["pad0"], step_delimiter=" "),
                     str(tmp_path / "work2"))
+
+
+# ---------------------------------------------------------------------------
+# Unusable data: a DataError with one line naming the file (and line).
+# ---------------------------------------------------------------------------
+
+
+def test_missing_and_empty_files_are_data_errors(tmp_path):
+  d = tmp_path / "m"
+  with pytest.raises(base.DataError, match=f"^{re.escape(str(d))} does not exist"):
+    jsonl_reader.validate_manual_dir(str(d))
+  d.mkdir()
+  (d / "train.jsonl").write_bytes(b"")
+  _write_jsonl(d / "test.jsonl", TEST)
+  with pytest.raises(base.DataError, match=f"^{re.escape(str(d / 'train.jsonl'))} is empty$"):
+    jsonl_reader.validate_manual_dir(str(d))
+  with pytest.raises(base.DataError, match=f"^{re.escape(str(d / 'train.jsonl'))} is empty$"):
+    jsonl_reader.validate_manual_dir(str(d), strict=False)
+  _write_raw(d / "train.jsonl", [GOOD_LINE.encode()])  # one record: nothing to carve
+  with pytest.raises(base.DataError, match="has 1 valid records: too few to carve"):
+    jsonl_reader.validate_manual_dir(str(d))
+  (d / "test.jsonl").unlink()
+  with pytest.raises(base.DataError, match="lacks test.jsonl"):
+    jsonl_reader.validate_manual_dir(str(d))
+
+
+def test_skipped_lines_are_capped(tmp_path):
+  d = tmp_path / "m"
+  d.mkdir()
+  good = [json.dumps({"question": f"What is {i} + 1?",
+                      "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}).encode() for i in range(4)]
+  _write_raw(d / "train.jsonl", good + [b"{oops"] * 150 + [b"   "])
+  _write_jsonl(d / "test.jsonl", TEST)
+  res = jsonl_reader.validate_manual_dir(str(d), strict=False)
+  assert res.counts[jsonl_reader.INVALID_JSON] == 150
+  assert res.summary["skipped_lines"][jsonl_reader.INVALID_JSON] == [
+      f"train.jsonl:{n}" for n in range(5, 105)]  # the first 100 of 150
+  assert res.summary["skipped_lines"][jsonl_reader.EMPTY_LINE] == ["train.jsonl:155"]
+  assert not res.summary["skipped_lines"][jsonl_reader.DUPLICATE_ID]
+
+
+# ---------------------------------------------------------------------------
+# No tokenizer given: one is trained on the train split and cached.
+# ---------------------------------------------------------------------------
+
+
+def test_trained_tokenizer_is_cached_per_data(manual_dir, tmp_path):
+  cfg = _cfg(manual_dir, "")
+  task = tasks.make_task(cfg, str(tmp_path / "work"))
+  path = task.tokenizer_path
+  assert not task.tokenizer_cached
+  assert os.path.dirname(path) == str(tmp_path / "work" / "tokenizer")
+  assert re.fullmatch(r"jsonl_math_[0-9a-f]{12}\.model", os.path.basename(path))
+  tok = task.tokenizer
+  assert [tok.sp.id_to_piece(i) for i in range(8)] == [
+      "<pad>", "<unk>", "<s>", "</s>", "<nl>", "####", "\\boxed", "Answer:"]
+  assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.nl_id) == (0, 1, 2, 3, 4)
+  assert tok.sp.encode("2024", out_type=str) == ["2", "0", "2", "4"]  # digits split
+  for char in jm.TOKENIZER_COVERAGE:  # every printable ASCII character is a piece
+    assert tok.sp.piece_to_id(char) != tok.sp.unk_id(), char
+  for split in base.SPLITS:
+    for problem in task.split(split):
+      solution = task.encode_solution(problem)
+      assert task.decode(solution) == "\n".join(problem.steps) + "</s>"
+      assert task.is_correct(solution, problem) == base.Outcome(1.0, base.CORRECT), problem.uid
+  # Built again: the cached model, not a new one.
+  mtime = os.stat(path).st_mtime_ns
+  again = tasks.make_task(cfg, str(tmp_path / "work"))
+  assert again.tokenizer_cached and again.tokenizer_path == path
+  assert os.stat(path).st_mtime_ns == mtime
+  assert again.tokenizer.sp.serialized_model_proto() == tok.sp.serialized_model_proto()
+  # The pipeline's shared cache dir wins over the workdir.
+  shared = tasks.make_task(_cfg(manual_dir, "", cache_dir=str(tmp_path / "cache")),
+                           str(tmp_path / "work"))
+  assert shared.tokenizer_path == str(tmp_path / "cache" / "tokenizer" / os.path.basename(path))
+  assert not shared.tokenizer_cached
+  # Other options or other data: another model.
+  bigger = tasks.make_task(_cfg(manual_dir, "", sp_vocab_size=200), str(tmp_path / "work"))
+  assert bigger.tokenizer_path != path and not bigger.tokenizer_cached
+  _write_jsonl(manual_dir / "train.jsonl", TRAIN[:3])
+  changed = tasks.make_task(cfg, str(tmp_path / "work"))
+  assert changed.tokenizer_path not in (path, bigger.tokenizer_path)
+  assert not changed.tokenizer_cached
+  # A given tokenizer is used as is: nothing trained.
+  before = sorted(os.listdir(tmp_path / "work" / "tokenizer"))
+  given = tasks.make_task(_cfg(manual_dir, changed.tokenizer_path), str(tmp_path / "work"))
+  assert given.tokenizer_path is None and not given.tokenizer_cached
+  assert sorted(os.listdir(tmp_path / "work" / "tokenizer")) == before
+
+
+# ---------------------------------------------------------------------------
+# The command line: one `pavjax: bad data:` line and exit code 2.
+# ---------------------------------------------------------------------------
+
+_REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run_sft(workdir, *overrides):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  args = [sys.executable, "-m", "pavjax.main",
+          "--config=configs/sft.py:task=jsonl_math,size=test", f"--workdir={workdir}",
+          *overrides]
+  return subprocess.run(args, env=env, cwd=_REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_reports_bad_data_in_one_line(tmp_path):
+  d = tmp_path / "m"
+  d.mkdir()
+  lines = [GOOD_LINE.encode(), GOOD_LINE.encode().replace(b"1 + 1", b"2 + 2"),
+           b'{"question": "q?", "answer": "It is 4."}']
+  _write_raw(d / "train.jsonl", lines)
+  _write_jsonl(d / "test.jsonl", TEST)
+  cases = [
+      ([f"--config.task.manual_dir={d}"],
+       f"pavjax: bad data: {d / 'train.jsonl'}:3: no_answer: reference 'answer' has no final "
+       "answer"),
+      ([f"--config.task.manual_dir={tmp_path / 'nope'}"],
+       f"pavjax: bad data: {tmp_path / 'nope'} does not exist (config.task.manual_dir)"),
+  ]
+  for overrides, expected in cases:
+    proc = _run_sft(tmp_path / "work", *overrides)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("pavjax:")]
+    assert said == [expected]
+  # Over a token limit, after preparing the data and training a tokenizer.
+  _write_raw(d / "train.jsonl", lines[:2])
+  proc = _run_sft(tmp_path / "work", f"--config.task.manual_dir={d}",
+                  "--config.task.max_response_len=4")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  said = [line for line in proc.stderr.splitlines() if line.startswith("pavjax:")]
+  assert len(said) == 1, said
+  assert re.fullmatch(
+      re.escape(f"pavjax: bad data: {d / 'train.jsonl'}:") + r"[12]: solution_too_many_tokens: "
+      r"reference has \d+ tokens > max_response_len=4; .* \(id 'train\.jsonl:[12]'\)", said[0])
