@@ -436,6 +436,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
   bar.close()
   manifest["models"] = runner.models()
+  if {"policy", "prover"} <= set(manifest["models"]):
+    manifest["flops"] = rollout_flops(manifest["budget"], manifest["models"])
   manifest["complete"] = len(manifest["shards_done"]) == len(shards)
   manifest["seconds"] = manifest.get("seconds", 0.0) + time.time() - t0
   if metrics.is_lead_process():
@@ -445,6 +447,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       trajectories.write_manifest(out_dir, manifest)
   artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), manifest)
   return manifest
+
+
+def rollout_flops(budget: dict[str, float], models: dict[str, dict[str, Any]]) -> float:
+  """2 x params x tokens, each model at its own size: the policy for the seed and
+  first-pit tokens it generated, the prover for the seeds it prefilled and the
+  completions it wrote. The seed prompts' prefill is left out (small beside these)."""
+  policy = budget.get("seed_tokens", 0) + budget.get("pit_tokens", 0)
+  prover = budget.get("prefill_tokens", 0) + budget.get("mc_tokens", 0)
+  return 2.0 * (models["policy"]["params"] * policy + models["prover"]["params"] * prover)
 
 
 def _stats(table: trajectories.Trajectories) -> dict[str, Any]:

@@ -125,6 +125,10 @@ def test_policy_and_prover_each_run_in_their_own_size(tmp_path, toy_policy):
   assert out["complete"]
   assert out["models"]["policy"] == {"checkpoint": toy_policy, "params": params["test"]}
   assert out["models"]["prover"]["params"] == params["tiny"] != params["test"]
+  b = out["budget"]
+  assert b["seed_tokens"] > 0 and b["mc_tokens"] > 0 and b["prefill_tokens"] > 0
+  assert out["flops"] == 2.0 * (params["test"] * b["seed_tokens"]
+                                + params["tiny"] * (b["prefill_tokens"] + b["mc_tokens"]))
   data = trajectories.load(str(tmp_path / "r" / "rollouts" / "train"))
   assert (data["mc_count"][:, 0] == 3).all()  # the prover completed every question
 
