@@ -18,6 +18,9 @@ def get_config(arg=None):
   config.rft.num_problems = 1024  # training problems sampled (0 = the whole split)
   config.rft.num_samples = 8  # samples per problem; the correct ones are kept
   config.rft.temperature = 1.0
+  # No correct sample at all: "fallback" keeps the initial (SFT) policy as RFT's
+  # checkpoint and says so in summary.json and the report; "fail" stops the job.
+  config.rft.on_no_correct = "fallback"
   config.train.num_steps = 300
   config.train.log_every = 25
   config.checkpoint.every = 100

@@ -3,7 +3,8 @@
 Orbax treats any integer-named step directory as a checkpoint, including one a
 kill left half-written without its temporary suffix. Before opening the manager
 we move every step directory that lacks orbax's commit marker aside, so a resume
-only ever sees finalized steps. (A kill during an ordinary save leaves
+only ever sees finalized steps. When no step has its marker, that is an error
+(`check_some_finalized`), not a fresh start over the whole earlier run. (A kill during an ordinary save leaves
 `<step>.orbax-checkpoint-tmp`, which orbax never lists and replaces when that
 step is saved again.)
 
@@ -62,6 +63,26 @@ def is_finalized(step_dir: str) -> bool:
   return os.path.exists(os.path.join(step_dir, COMMIT_MARKER))
 
 
+def check_some_finalized(directory: str) -> None:
+  """Refuses a checkpoint directory whose every step lacks its commit marker.
+
+  Moving all of them aside would silently start a fresh run over what may be the
+  whole of an earlier one (a copy that lost its marker files, an interrupted
+  transfer). Raises ConfigError naming the directory and the steps.
+  """
+  if not os.path.isdir(directory):
+    return
+  steps = sorted(int(n) for n in os.listdir(directory)
+                 if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+  if steps and not any(is_finalized(os.path.join(directory, str(s))) for s in steps):
+    from pavjax import config_lib  # pylint: disable=g-import-not-at-top
+    raise config_lib.ConfigError(
+        "workdir", f"checkpoint directory {directory} has steps {steps} and none of them "
+        f"was finalized (no {COMMIT_MARKER}); nothing was moved. If they are complete copies, "
+        f"restore each step's {COMMIT_MARKER}; to start the run afresh, move or delete "
+        f"{directory}")
+
+
 def quarantine_unfinalized(directory: str) -> list[str]:
   """Renames integer step dirs without a commit marker; returns the new paths."""
   moved = []
@@ -102,6 +123,7 @@ class Checkpointer:
     self.every = every
     self.fallback_on_corrupt = fallback_on_corrupt
     self.restored_step: int | None = None  # the step the last `restore` really used
+    check_some_finalized(self.directory)
     quarantine_unfinalized(self.directory)
     _sync("pavjax_checkpoint_quarantine")
     options = ocp.CheckpointManagerOptions(

@@ -474,6 +474,117 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = "c
     f.write(to_json(config) + "\n")
 
 
+# Fields a resume may change: they decide how a run is logged, checkpointed, laid
+# out on the devices or cut short, not what it computes. Checkpoint cadence and
+# retention, metric logging, the halt points, the mesh and sharding rules (the
+# same math on another layout), rematerialization and LM-head chunking (memory
+# only), and `init_from` (read only when the workdir has no checkpoint).
+RESUME_SAFE_FIELDS = (
+    "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
+    "checkpoint.fallback_on_corrupt", "train.log_every", "train.halt_at_step",
+    "rollouts.halt_after_shards", "mesh", "rules", "model.remat", "train.logits_chunk",
+    "init_from",
+)
+# Paths inside the workdir's parent directory that only moved with it (a copied or
+# moved pipeline workdir) count as unchanged too (`_moved_along`).
+# Comma-separated dotted fields (or whole sections) a resume may change besides
+# RESUME_SAFE_FIELDS, e.g. PAVJAX_RESUME_ALLOW=train.num_steps to train on for longer.
+RESUME_ALLOW_ENV = "PAVJAX_RESUME_ALLOW"
+
+
+class _Absent:
+  def __repr__(self) -> str:
+    return "absent"
+
+
+_ABSENT = _Absent()  # a field one of the two configs lacks
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    dotted = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, dotted + "."))
+    else:
+      out[dotted] = value
+  return out
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict:
+  """dotted field -> (value in `saved`, value in `config`) where the two differ.
+
+  Values are compared as `config.json` holds them (tuples as lists); a field only
+  one side has is `_ABSENT` on the other.
+  """
+  before, now = _flat(saved), _flat(json.loads(to_json(config)))
+  return {k: (before.get(k, _ABSENT), now.get(k, _ABSENT))
+          for k in sorted(set(before) | set(now))
+          if before.get(k, _ABSENT) != now.get(k, _ABSENT)}
+
+
+def _allowed(field: str, allow) -> bool:
+  return any(field == a or field.startswith(a + ".") for a in allow)
+
+
+def _moved_along(before, now, root: str) -> bool:
+  """True iff path `now`, inside `root` (the workdir's parent), is path `before` moved.
+
+  A pipeline's stages (and runs side by side in one directory) name each other by
+  absolute path; when the whole directory is moved or copied, those paths change
+  while what they name does not. `before` must end with `now`'s path below `root`.
+  """
+  if not (isinstance(before, str) and isinstance(now, str) and os.path.isabs(before)
+          and now.startswith(root.rstrip(os.sep) + os.sep)):
+    return False
+  below = os.path.relpath(now, root)
+  return os.path.normpath(before).endswith(os.sep + below)
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """True iff `<workdir>/checkpoints` holds a step directory (finalized or not)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(
+      n.isdigit() and os.path.isdir(os.path.join(directory, n)) for n in os.listdir(directory))
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str,
+                 name: str = "config.json") -> dict:
+  """A workdir with checkpoints resumes only the run its `config.json` describes.
+
+  Raises ConfigError naming every field that differs from the recorded config,
+  other than RESUME_SAFE_FIELDS and those listed in $PAVJAX_RESUME_ALLOW. Returns
+  the differences that only $PAVJAX_RESUME_ALLOW let through (empty when nothing
+  else differs or nothing is resumed).
+  """
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path) or not has_checkpoints(workdir):
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ConfigError("workdir", f"{path} is not valid JSON ({e}); it records the run "
+                      "whose checkpoints are in this workdir") from None
+  if not isinstance(saved, dict):
+    raise ConfigError("workdir", f"{path} does not hold a config")
+  extra = [a.strip() for a in os.environ.get(RESUME_ALLOW_ENV, "").split(",") if a.strip()]
+  root = os.path.dirname(os.path.abspath(workdir))
+  changes = {k: v for k, v in config_changes(saved, config).items()
+             if not _allowed(k, RESUME_SAFE_FIELDS) and not _moved_along(*v, root)}
+  refused = {k: v for k, v in changes.items() if not _allowed(k, extra)}
+  if refused:
+    show = lambda v: repr(v) if v is _ABSENT else json.dumps(v)
+    parts = [f"config.{k}: {show(a)} in the workdir's {name}, {show(b)} now"
+             for k, (a, b) in refused.items()]
+    first, _ = next(iter(refused.items()))
+    message = "; ".join(parts)[len(f"config.{first}: "):]
+    raise ConfigError(first, (
+        f"{message}. {workdir} holds checkpoints of the recorded config; use a new workdir, "
+        f"or set {RESUME_ALLOW_ENV}={','.join(refused)} to resume with the new values"))
+  return changes
+
+
 def sibling_config(this_file: str, name: str):
   """The `configs/<name>.py` module beside `this_file` (configs build on each other).
 

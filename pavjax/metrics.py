@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
@@ -20,39 +21,116 @@ class MetricWriter:
   """Scalars to TensorBoard event files and to `<workdir>/<name>.jsonl`.
 
   Only process 0 writes; on the others every method is a no-op.
+
+  Writing is idempotent per step, so a resumed job never leaves two records of a
+  step: steps only grow within a file, and writing a step at or below the last
+  one recorded (a resumed run redoing steps it logged after its last checkpoint)
+  first drops every record from that step on, then appends. The file is rewritten
+  whole (`artifacts` style: temp file, then `os.replace`) only then, once per
+  resume. On open, a torn last line left by a killed writer is dropped
+  (`repair_jsonl`). TensorBoard gets the same treatment through tensorboardX's
+  `purge_step`: its writer starts at the first write, purging events from a redone
+  step on.
   """
 
   def __init__(self, workdir: str, name: str = "metrics"):
     self.enabled = is_lead_process()
     self.path = os.path.join(workdir, f"{name}.jsonl")
+    self._tb_dir = os.path.join(workdir, "tensorboard", name)
     self._tb = None
     self._jsonl = None
+    self._last_step: int | None = None
     if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", name))
+      rows = repair_jsonl(self.path)
+      steps = [int(r["step"]) for r in rows if "step" in r]
+      self._last_step = max(steps) if steps else None
       self._jsonl = open(self.path, "a", encoding="utf-8")
+
+  def _drop_from(self, step: int) -> None:
+    """Rewrites the file without its records of `step` and later."""
+    self._jsonl.close()
+    keep = [r for r in read_jsonl(self.path) if int(r.get("step", -1)) < step]
+    _rewrite_jsonl(self.path, keep)
+    logging.info("%s: replacing the records from step %d on (a redone step)", self.path, step)
+    self._jsonl = open(self.path, "a", encoding="utf-8")
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
+    step = int(step)
+    redone = self._last_step is not None and step <= self._last_step
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(self._tb_dir, purge_step=step if redone else None)
+    if redone:
+      self._drop_from(step)
     clean = {k: float(v) for k, v in scalars.items()}
     for key, value in clean.items():
       self._tb.add_scalar(key, value, step)
-    self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+    self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
     self._jsonl.flush()
+    self._last_step = step
 
   def close(self) -> None:
     if self.enabled:
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()
       self._jsonl.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
+def _parse_jsonl(path: str) -> tuple[list[dict], bool]:
+  """The records of `path` and whether the file is whole.
+
+  A file is whole when every line parses and it ends with a newline. A last line
+  that does not parse is torn (its writer was killed mid-line): it is dropped with
+  a warning. A bad line before the last one is corruption, not a torn write: a
+  ValueError naming `path:line`.
+  """
   if not os.path.exists(path):
-    return []
+    return [], True
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    text = f.read()
+  lines = text.split("\n")
+  numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+  rows, whole = [], not text or text.endswith("\n")
+  for k, (lineno, line) in enumerate(numbered):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if k < len(numbered) - 1:
+        raise ValueError(f"{path}:{lineno}: not a JSON line ({e}); only a torn last line "
+                         "is dropped") from None
+      logging.warning("%s:%d: dropping a torn last line (%d characters): %s", path, lineno,
+                      len(line), e)
+      whole = False
+  return rows, whole
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a JSONL file, one per line ([] when it does not exist).
+
+  A torn last line (its writer was killed mid-line) is dropped with a logged
+  warning; a bad line anywhere else raises a ValueError naming `path:line`.
+  """
+  return _parse_jsonl(path)[0]
+
+
+def _rewrite_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, path)
+
+
+def repair_jsonl(path: str) -> list[dict]:
+  """`read_jsonl`, and a file that was not whole (a torn last line, or a last line
+  without its newline) is rewritten with only its good records (process 0 only), so
+  that lines appended next start on a line of their own."""
+  rows, whole = _parse_jsonl(path)
+  if not whole and is_lead_process():
+    _rewrite_jsonl(path, rows)
+  return rows
 
 
 def read_json(path: str) -> Any | None:

@@ -198,6 +198,22 @@ def models_section(cfgs: Mapping[str, Any], summaries: Mapping[str, Any],
   return lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows] + [""]
 
 
+def rft_fallback_lines(summaries: Mapping[str, Any]) -> list[str]:
+  """A note under the accuracy table when RFT kept its initial policy (`rft.on_no_correct`)."""
+  note = (summaries.get("rft") or {}).get("fallback")
+  if not note:
+    return []
+  return ["", f"**RFT trained nothing:** {note} (rft.on_no_correct='fallback'). Every stage "
+          "after it starts from the SFT policy; read the RFT and RL rows with that in mind."]
+
+
+def _stage_status(name: str, summary: Any, actions: Mapping[str, str]) -> str:
+  status = actions.get(name, "")
+  if name == "rft" and (summary or {}).get("fallback"):
+    status = f"{status} (fallback: initial policy kept)".strip()
+  return status
+
+
 def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, float],
           actions: Mapping[str, str], models: Any = None) -> str:
   """Writes <workdir>/report.md (and its plots); returns its path.
@@ -226,6 +242,8 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
       cfg = cfgs.get(name)
       what = (f"{cfg.sample.method} decoding, {cfg.sample.num_eval} validation problems"
               if cfg else "validation")
+      if summaries[name].get("fallback"):  # RFT had no correct sample to train on
+        label += " (fallback: initial policy kept)"
       rows.append((label, summaries[name]["eval"]["accuracy"], what))
   labels = {"bon:orm": "ORM best-of-N", "bon:prm_min": "PRM-Q best-of-N (min over steps)",
             "bon:pav": "PAV-as-ORM best-of-N", "majority": "majority vote",
@@ -246,6 +264,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
                    "greedy decoding, validation problems"))
   lines += ["## Accuracy", "", "| policy / method | accuracy | evaluated on |", "|---|---|---|"]
   lines += [f"| {a} | {_fmt(b)} | {c} |" for a, b, c in rows]
+  lines += rft_fallback_lines(summaries)
   settings = search.get("settings", {})
   if settings:
     lines += ["", "Search settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()
@@ -315,7 +334,8 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
       lines += ["", "## Sampled solutions (highest ORM score in the pool) with per-step Q^pi", ""]
       lines += samples
   lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
-  lines += [f"| {n} | {actions.get(n, '')} | {timings.get(n, 0.0):.0f} |" for n in summaries]
+  lines += [f"| {n} | {_stage_status(n, summaries[n], actions)} | {timings.get(n, 0.0):.0f} |"
+            for n in summaries]
   lines.append(f"| total | | {sum(timings.values()):.0f} |")
   path = os.path.join(workdir, "report.md")
   if metrics.is_lead_process():

@@ -15,6 +15,7 @@ import time
 import jax
 
 from pavjax import artifacts
+from pavjax import config_lib
 from pavjax import evaluation
 from pavjax import metrics
 from pavjax import runtime
@@ -44,18 +45,24 @@ def sft_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: s
                      "train/grad_norm": grad_norm}
 
 
-def train(env: runtime.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
+def train(env: runtime.JobEnv, data: tasks.SFTArrays | None, *, job: str, t0: float,
           extra: dict | None = None) -> dict:
   """Next-token training on `data` (SFT, or RFT on the policy's own correct samples).
 
   Evaluates on the validation split, writes samples.md, loss.png and summary.json
   (with `extra` merged in) and returns the summary.
+
+  `data=None` trains nothing: the starting state (`init_from`) is saved as the
+  workdir's checkpoint step 0, unless that step is already there (a rerun), and
+  is what gets evaluated. Jobs that read `<workdir>/checkpoints` downstream then
+  get the initial parameters unchanged.
   """
   config = env.config
   task, mesh, rules, model = env.task, env.mesh, env.rules, env.model
-  data = data.trimmed()
-  logging.info("%s on %d %s examples of %d columns", job, len(data), task.name,
-               data.inputs.shape[1])
+  if data is not None:
+    data = data.trimmed()
+    logging.info("%s on %d %s examples of %d columns", job, len(data), task.name,
+                 data.inputs.shape[1])
 
   trainer = runtime.make_trainer(env, functools.partial(
       sft_train_step, logits_chunk=config.train.get("logits_chunk", 0)))
@@ -82,10 +89,22 @@ def train(env: runtime.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
     return responses, summary
 
   writer = metrics.MetricWriter(env.workdir, "metrics")
-  with shd.activate(mesh, rules):
-    state, last = training.train_loop(
-        state, trainer.step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
-        writer=writer, eval_fn=eval_fn, desc=job)
+  if data is None:
+    kept = checkpointer.latest_step()
+    if kept:  # a trained step: not the initial policy this call promises to keep
+      raise config_lib.ConfigError(
+          "workdir", f"{checkpointer.directory} holds checkpoints up to step {kept} trained "
+          f"on other data; {job} has nothing to train on now and would keep the initial "
+          "policy: move that directory aside")
+    if kept is None:
+      checkpointer.save(0, state)
+    checkpointer.wait()
+    last = {}
+  else:
+    with shd.activate(mesh, rules):
+      state, last = training.train_loop(
+          state, trainer.step_fn, batch_fn, train_cfg=config.train, checkpointer=checkpointer,
+          writer=writer, eval_fn=eval_fn, desc=job)
   step = int(jax.device_get(state.step))
   responses, summary = eval_fn(state, step)
   checkpointer.close()
@@ -101,7 +120,7 @@ def train(env: runtime.JobEnv, data: tasks.SFTArrays, *, job: str, t0: float,
   out = {**(extra or {}), "job": job, "task": task.name, "step": step, "origin": origin,
          "params": env.model_cfg.num_params(), "seconds": time.time() - t0,
          "final_train": last, "eval": summary, "data": task.data_report(),
-         "halted": step < config.train.num_steps}
+         "halted": data is not None and step < config.train.num_steps}
   artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), out)
   logging.info("%s done: %s", job, {k: out[k] for k in ("step", "eval")})
   return out

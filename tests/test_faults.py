@@ -339,9 +339,10 @@ def _sft_config(**overrides):
 
 
 @_quiet_failed_reads
-def test_job_restart_on_a_damaged_latest_checkpoint_names_it(sft_runs, tmp_path):
+def test_job_restart_on_a_damaged_latest_checkpoint_names_it(sft_runs, tmp_path, monkeypatch):
   """End to end: the SFT job stops before any training, naming step and path."""
   from pavjax.main import run_job  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("PAVJAX_RESUME_ALLOW", "train.num_steps")  # 6 recorded, 8 now
   workdir = str(tmp_path / "run")
   shutil.copytree(sft_runs[0], workdir)
   _truncate(os.path.join(workdir, "checkpoints", "6"))

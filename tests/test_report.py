@@ -52,3 +52,17 @@ def test_efficiency_section_without_ratios_when_orm_stays_at_zero():
   # No search results (or an old one without an ORM curve): no section.
   assert report.efficiency_section({}) == []
   assert report.efficiency_section({"efficiency_vs_orm": {}}) == []
+
+
+def test_rft_fallback_is_named_in_accuracy_and_stages(tmp_path):
+  ev = {"accuracy": 0.25}
+  summaries = {"sft": {"eval": ev, "step": 10}, "rft": {"eval": ev, "step": 0}}
+  path = report.write(str(tmp_path), summaries, {"sft": 1.0, "rft": 2.0},
+                      {"sft": "ran", "rft": "ran"})
+  text = open(path, encoding="utf-8").read()
+  assert "fallback" not in text and "| RFT | 0.250 |" in text
+  summaries["rft"]["fallback"] = "no correct sample among 16: RFT kept the initial policy"
+  text = open(report.write(str(tmp_path), summaries, {}, {"rft": "ran"}), encoding="utf-8").read()
+  assert "| RFT (fallback: initial policy kept) | 0.250 |" in text
+  assert "| rft | ran (fallback: initial policy kept) |" in text
+  assert "no correct sample among 16: RFT kept the initial policy" in text

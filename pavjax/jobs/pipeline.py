@@ -10,6 +10,9 @@ and its identity is the hash of its resolved config plus its inputs' hashes:
 * a stage whose hash changed (its config, or anything upstream) is moved aside
   to `<name>.stale-<time>` and rerun, and so is everything downstream of it.
 
+Paths inside the workdir enter the hash relative to it, so a workdir copied or
+moved elsewhere skips its finished stages (`stage.json` and the hash decide alone).
+
 Three models (`config.models`): the policy (the stages' `model`, e.g. the `hf=<dir>`
 variant), a prover (`models.prover`, '' = the policy) and the verifiers' starting
 backbone (`models.verifier`, '' = the RFT policy). Each may be another family or size;
@@ -82,6 +85,8 @@ PROVER_STAGES = (
                                VALIDATION_TABLE))),
 )
 VERIFIER_STAGES = ("verifier_q", "verifier_orm", "verifier_prover")
+# How a stage's hash writes the pipeline workdir (`_relative_to`).
+WORKDIR_PLACEHOLDER = "<workdir>"
 
 
 def stages(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
@@ -135,7 +140,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     path = config.models[name]
     if path and not os.path.isdir(path):
       raise config_lib.ConfigError(f"models.{name}", f"{path} is not a directory")
-  for name, (cfg, _) in resolve(config, "<workdir>").items():
+  for name, (cfg, _) in resolve(config, WORKDIR_PLACEHOLDER).items():
     try:
       jobs.validate_job(cfg, num_devices)
     except config_lib.ConfigError as e:
@@ -149,8 +154,13 @@ def _stage_error(name: str, error: config_lib.ConfigError) -> config_lib.ConfigE
   return config_lib.prefixed(f"stages.{name}", error)
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[Any, str]]:
+def resolve(config: ml_collections.ConfigDict, workdir: str, *, relative: bool = True
+            ) -> dict[str, tuple[Any, str]]:
   """Each stage's config with its inputs filled in, and its hash (config + inputs).
+
+  The hash sees paths inside `workdir` relative to it (`_relative_to`): a copied or
+  moved workdir skips its finished stages. `relative=False` gives the hashes of
+  before, which took the absolute paths (`run` still accepts those markers).
 
   Every stage shares one task cache (`<workdir>/task`): the tokenizer is trained
   and the data prepared once, then handed to every stage.
@@ -165,9 +175,27 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[
       _set(cfg, field, os.path.join(workdir, up, sub))
     if "cache_dir" in cfg.task:
       cfg.task.cache_dir = os.path.join(workdir, artifacts.TASK_CACHE)
-    ident = {"config": cfg.to_dict(), "inputs": {d: out[d][1] for d in stage.deps}}
+    ident = {"config": _relative_to(cfg.to_dict(), workdir) if relative else cfg.to_dict(),
+             "inputs": {d: out[d][1] for d in stage.deps}}
     out[stage.name] = (cfg, artifacts.content_hash(ident))
   return out
+
+
+def _relative_to(value: Any, workdir: str) -> Any:
+  """`value` with every path inside `workdir` written relative to it (`<workdir>/...`).
+
+  A stage's hash is taken of this form, so a pipeline workdir that is moved or copied
+  elsewhere keeps its stages' identities and its finished stages are skipped; the
+  configs handed to the jobs keep their absolute paths.
+  """
+  if isinstance(value, dict):
+    return {k: _relative_to(v, workdir) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return type(value)(_relative_to(v, workdir) for v in value)
+  if isinstance(value, str) and workdir and (
+      value == workdir or value.startswith(workdir.rstrip(os.sep) + os.sep)):
+    return WORKDIR_PLACEHOLDER + value[len(workdir.rstrip(os.sep)):]
+  return value
 
 
 def check_task_lengths(resolved: dict[str, tuple[Any, str]], num_devices: int) -> None:
@@ -183,12 +211,26 @@ def check_task_lengths(resolved: dict[str, tuple[Any, str]], num_devices: int) -
       raise _stage_error(name, e) from None
 
 
-def run_stage(name: str, cfg, chash: str, workdir: str) -> tuple[dict, float, str]:
-  """Runs (or skips, or resumes) one stage. Returns its summary, seconds and what happened."""
+def run_stage(name: str, cfg, chash: str, workdir: str, legacy_hash: str | None = None
+              ) -> tuple[dict, float, str]:
+  """Runs (or skips, or resumes) one stage. Returns its summary, seconds and what happened.
+
+  `legacy_hash` is the stage's hash as taken before hashes were relative to the
+  workdir: a marker that records it counts as recording `chash` (and is rewritten so).
+  """
   sdir = os.path.join(workdir, name)
   state = artifacts.read_marker(sdir)
+  if state is not None and legacy_hash is not None and state["hash"] == legacy_hash:
+    state = {**state, "hash": chash}
+    artifacts.write_marker(sdir, state)
   if state is not None and state["hash"] == chash and state.get("complete"):
     return state["summary"], state["seconds"], "skipped (complete)"
+  # The new config must pass its job's checks before a finished stage is moved aside
+  # for it: a bad override leaves the stage directory as it was.
+  try:
+    jobs.validate_job(cfg, jax.device_count())
+  except config_lib.ConfigError as e:
+    raise _stage_error(name, e) from None
   action = "ran"
   if state is not None and state["hash"] != chash:
     stale = f"{sdir}.stale-{int(time.time())}"
@@ -213,6 +255,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from pavjax import report  # pylint: disable=g-import-not-at-top
   workdir = config_lib.check_workdir(workdir)
   resolved = resolve(config, workdir)
+  legacy = resolve(config, workdir, relative=False)
   check_task_lengths(resolved, jax.device_count())
   only = [s for s in str(config.only).split(",") if s]
   summaries, timings, actions = {}, {}, {}
@@ -222,7 +265,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cfg, chash = resolved[stage.name]
     logging.info("pipeline stage %s (%s)", stage.name, chash)
     summaries[stage.name], timings[stage.name], actions[stage.name] = run_stage(
-        stage.name, cfg, chash, workdir)
+        stage.name, cfg, chash, workdir, legacy_hash=legacy[stage.name][1])
     logging.info("pipeline stage %s: %s in %.0f s", stage.name, actions[stage.name],
                  timings[stage.name])
   out = {"job": "pipeline", "stages": actions, "seconds": timings}

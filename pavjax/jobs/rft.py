@@ -5,10 +5,16 @@ at `rft.temperature`, keeps the correct ones (each distinct response once per
 problem), and trains on them with the SFT trainer (`pavjax.supervised`). The
 sampled pool is a trajectory table in `rft_pool/`, keyed by the content hash of
 what made it, so a resumed job does not sample again.
+
+When no sample is correct, `rft.on_no_correct` decides: 'fallback' (default)
+keeps the initial policy (its parameters become this job's checkpoint step 0,
+its evaluation the job's, and summary.json says so under "fallback"); 'fail'
+stops with a config error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -26,6 +32,9 @@ from pavjax import trajectories
 from pavjax.sampling import Sampler, Temperature, cached_lm
 
 
+ON_NO_CORRECT = ("fallback", "fail")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every field this job reads, checked before any compute; errors name the field."""
   config_lib.validate(config, num_devices)
@@ -34,6 +43,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   config_lib.check(cfg.num_samples > 0, "rft.num_samples", f"{cfg.num_samples} must be > 0")
   config_lib.check(cfg.num_problems >= 0, "rft.num_problems", "must be >= 0 (0 = all)")
   config_lib.check_finite(cfg.temperature, "rft.temperature", minimum=1e-6)
+  config_lib.check(cfg.get("on_no_correct", "fallback") in ON_NO_CORRECT, "rft.on_no_correct",
+                   f"{cfg.get('on_no_correct')!r} must be one of {ON_NO_CORRECT}")
 
 
 def sample_pool(env: runtime.JobEnv, config) -> trajectories.Trajectories:
@@ -77,16 +88,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   env = runtime.setup(config, workdir)
   t0 = time.time()
   pool_dir = os.path.join(env.workdir, artifacts.RFT_POOL)
-  key = artifacts.content_hash({k: config[k].to_dict() for k in ("rft", "task", "model")} |
-                               {"init_from": config.init_from, "seed": config.seed})
+  # on_no_correct does not change what is sampled: a pool made before it existed is reused.
+  made_by = {k: config[k].to_dict() for k in ("rft", "task", "model")}
+  made_by["rft"].pop("on_no_correct", None)
+  key = artifacts.content_hash(made_by | {"init_from": config.init_from, "seed": config.seed})
   pool = trajectories.load_if_complete(pool_dir, key)
   if pool is None:
     pool = sample_pool(env, config)
     trajectories.save(pool_dir, pool, key)
   pairs, stats = correct_pairs(pool)
   if not pairs:
-    raise config_lib.ConfigError(
-        "init_from", f"{config.init_from}: no correct sample among {stats['samples']}; "
-        "RFT needs a policy that sometimes succeeds (train SFT longer or raise rft.num_samples)")
+    if config.rft.get("on_no_correct", "fallback") == "fail":
+      raise config_lib.ConfigError(
+          "rft.on_no_correct", f"'fail': no correct sample among {stats['samples']} from "
+          f"init_from={config.init_from}; RFT needs a policy that sometimes succeeds (train "
+          "SFT longer, raise rft.num_samples, or set rft.on_no_correct='fallback' to keep "
+          "the initial policy)")
+    note = f"no correct sample among {stats['samples']}: RFT kept the initial policy"
+    logging.warning("%s (%s; rft.on_no_correct='fallback')", note, config.init_from)
+    return supervised.train(env, None, job="rft", t0=t0,
+                            extra={"rft_data": stats, "fallback": note})
   data = tasks.sequence_arrays(pairs, config.model.max_len, env.task.pad_id)
   return supervised.train(env, data, job="rft", t0=t0, extra={"rft_data": stats})

@@ -335,7 +335,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rows_path = os.path.join(out_dir, artifacts.SEARCH_ROWS)
   done = {}
   if os.path.exists(rows_path):
-    for r in metrics.read_jsonl(rows_path):
+    # A torn last line (a kill mid-write) is dropped, and the file rewritten without
+    # it, before new rows are appended after it.
+    for r in metrics.repair_jsonl(rows_path):
       if r.get("config_hash") == chash:
         done[(r["method"], r["n"], r.get("variant", ""))] = r
 

@@ -225,3 +225,65 @@ def test_the_verifiers_start_from_another_checkpoint_in_its_own_size(tmp_path, t
     assert cfg.init_from == toy_policy and cfg.model.size == "test", name
   assert resolved["rft"][0].model.size == "tiny"
   assert resolved["rl_pav"][0].init_from == os.path.join(str(tmp_path), "rft", "checkpoints")
+
+
+def _cheap_config():
+  """`_config()` that runs only SFT and RFT, briefly."""
+  config = _config()
+  config.only = "sft,rft"
+  config.stages.sft.train.num_steps = 4
+  return config
+
+
+def test_a_copied_workdir_skips_its_finished_stages(tmp_path):
+  """Stage hashes see paths inside the workdir relative to it: a copy elsewhere is
+  the same pipeline, and every finished stage is skipped there."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  first = run_job(_cheap_config(), str(tmp_path / "a"))
+  assert first["stages"] == {"sft": "ran", "rft": "ran"}
+  moved = tmp_path / "elsewhere" / "b"
+  shutil.copytree(tmp_path / "a", moved)
+  again = run_job(_cheap_config(), str(moved))
+  assert again["stages"] == {"sft": "skipped (complete)", "rft": "skipped (complete)"}
+  assert not [n for n in os.listdir(moved) if ".stale-" in n]
+  # The jobs still get absolute paths of the workdir they run in.
+  resolved = pipeline.resolve(_cheap_config(), str(moved))
+  assert resolved["rft"][0].init_from == os.path.join(str(moved), "sft", "checkpoints")
+
+
+def test_a_marker_with_the_absolute_path_hash_of_before_is_still_complete(tmp_path):
+  """Workdirs whose stage.json holds a hash of absolute paths are not rerun."""
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = _cheap_config()
+  workdir = str(tmp_path)
+  legacy = pipeline.resolve(config, workdir, relative=False)
+  resolved = pipeline.resolve(config, workdir)
+  assert legacy["rft"][1] != resolved["rft"][1]  # it links SFT's checkpoints
+  from pavjax import artifacts  # pylint: disable=g-import-not-at-top
+  artifacts.write_marker(os.path.join(workdir, "rft"), {
+      "hash": legacy["rft"][1], "complete": True, "seconds": 1.0, "summary": {"step": 4}})
+  summary, _, action = pipeline.run_stage("rft", resolved["rft"][0], resolved["rft"][1],
+                                          workdir, legacy_hash=legacy["rft"][1])
+  assert (summary, action) == ({"step": 4}, "skipped (complete)")
+  assert _states(workdir)["rft"]["hash"] == resolved["rft"][1]
+
+
+def test_a_finished_stage_is_untouched_by_a_bad_override_of_it(tmp_path):
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = _cheap_config()
+  config.only = "sft"
+  workdir = str(tmp_path)
+  assert run_job(config, workdir)["stages"] == {"sft": "ran"}
+  before = sorted(os.listdir(workdir)), sorted(os.listdir(tmp_path / "sft")), _states(workdir)
+  bad = _cheap_config()
+  bad.only = "sft"
+  bad.stages.sft.train.nonfinite = "explode"
+  with pytest.raises(config_lib.ConfigError, match=r"stages\.sft\.train\.nonfinite"):
+    run_job(bad, workdir)
+  # run_stage itself validates before it moves a finished stage aside.
+  cfg, chash = pipeline.resolve(bad, workdir)["sft"]
+  with pytest.raises(config_lib.ConfigError, match=r"stages\.sft\.train\.nonfinite"):
+    pipeline.run_stage("sft", cfg, chash, workdir)
+  after = sorted(os.listdir(workdir)), sorted(os.listdir(tmp_path / "sft")), _states(workdir)
+  assert after == before

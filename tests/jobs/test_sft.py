@@ -68,6 +68,27 @@ def test_halt_and_resume_equals_uninterrupted_run_bitwise(tmp_path):
   _assert_bitwise_equal(restore_state(straight, 6), restore_state(interrupted, 6))
 
 
+def test_a_killed_and_resumed_job_logs_each_step_once(tmp_path, monkeypatch):
+  """Killed right after logging step 4, past its last checkpoint (3): the resumed job
+  redoes step 4, and its record replaces the killed run's."""
+  real_write = metrics.MetricWriter.write
+
+  def write_then_die(self, step, scalars):
+    real_write(self, step, scalars)
+    if self.path.endswith("metrics.jsonl") and step == 4:
+      raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(metrics.MetricWriter, "write", write_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    run_job(_config(checkpoint__every=3), str(tmp_path))
+  monkeypatch.undo()
+  out = run_job(_config(checkpoint__every=3), str(tmp_path))
+  assert out["origin"] == "checkpoint step 3" and out["step"] == 6
+  rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2, 3, 4, 6]
+  assert [r["step"] for r in metrics.read_jsonl(str(tmp_path / "eval.jsonl"))] == [6]
+
+
 def test_nonfinite_stop_raises_before_a_bad_checkpoint(tmp_path, monkeypatch):
   poison_loss_on_steps(monkeypatch, {5})
   with pytest.raises(metrics.NonFiniteError, match="step 5"):

@@ -73,3 +73,37 @@ def test_bar_counts_every_step_once_and_logs_means(tmp_path, monkeypatch, start,
     assert r["train/loss"] == pytest.approx(sum(range(prev, r["step"])) / (r["step"] - prev))
     prev = r["step"]
   assert last["train/loss"] == rows[-1]["train/loss"]
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_killed_and_resumed_run_has_one_record_per_logged_step(tmp_path, monkeypatch):
+  """Killed at step 6 with steps 5 logged after the last checkpoint (4), and a torn
+  line left in the log: the resumed run redoes 5.. and each step appears once."""
+  monkeypatch.setattr(metrics, "progress", lambda *a, **k: _Bar(*a, **k))
+  cfg = ml_collections.ConfigDict(dict(num_steps=8, halt_at_step=0, log_every=1,
+                                       nonfinite="stop", max_skips=10, eval_every=0))
+
+  def dying(state, batch):
+    if int(state.step) == 5:
+      raise _Killed()
+    return _step(state, batch)
+
+  writer = metrics.MetricWriter(str(tmp_path), "metrics")
+  with pytest.raises(_Killed):
+    training.train_loop(types.SimpleNamespace(step=jnp.int32(0)), dying,
+                        lambda step, _: {"x": float(step)}, train_cfg=cfg,
+                        checkpointer=_Checkpointer(), writer=writer)
+  writer.close()
+  with open(writer.path, "a", encoding="utf-8") as f:
+    f.write('{"step": 6, "train/lo')  # killed mid-line
+  writer = metrics.MetricWriter(str(tmp_path), "metrics")
+  training.train_loop(types.SimpleNamespace(step=jnp.int32(4)), _step,
+                      lambda step, _: {"x": float(step)}, train_cfg=cfg,
+                      checkpointer=_Checkpointer(), writer=writer)
+  writer.close()
+  rows = metrics.read_jsonl(writer.path)
+  assert [r["step"] for r in rows] == list(range(1, 9))
+  assert all(r["train/loss"] == r["step"] - 1 for r in rows)
