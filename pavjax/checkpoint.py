@@ -63,6 +63,14 @@ def is_finalized(step_dir: str) -> bool:
   return os.path.exists(os.path.join(step_dir, COMMIT_MARKER))
 
 
+def step_dirs(directory: str) -> list[int]:
+  """The integer-named step directories in `directory`, finalized or not, in order."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
 def check_some_finalized(directory: str) -> None:
   """Refuses a checkpoint directory whose every step lacks its commit marker.
 
@@ -70,10 +78,7 @@ def check_some_finalized(directory: str) -> None:
   whole of an earlier one (a copy that lost its marker files, an interrupted
   transfer). Raises ConfigError naming the directory and the steps.
   """
-  if not os.path.isdir(directory):
-    return
-  steps = sorted(int(n) for n in os.listdir(directory)
-                 if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+  steps = step_dirs(directory)
   if steps and not any(is_finalized(os.path.join(directory, str(s))) for s in steps):
     from pavjax import config_lib  # pylint: disable=g-import-not-at-top
     raise config_lib.ConfigError(
@@ -86,11 +91,12 @@ def check_some_finalized(directory: str) -> None:
 def quarantine_unfinalized(directory: str) -> list[str]:
   """Renames integer step dirs without a commit marker; returns the new paths."""
   moved = []
-  if not os.path.isdir(directory) or jax.process_index() != 0:
+  if jax.process_index() != 0:
     return moved
-  for name in sorted(os.listdir(directory)):
+  for step in step_dirs(directory):
+    name = str(step)
     path = os.path.join(directory, name)
-    if name.isdigit() and os.path.isdir(path) and not is_finalized(path):
+    if not is_finalized(path):
       target = os.path.join(directory, f"incomplete_{name}_{int(time.time())}")
       os.rename(path, target)
       logging.warning("checkpoint step %s in %s was never finalized; moved to %s",

@@ -329,13 +329,21 @@ def prefixed(prefix: str, error: ConfigError) -> ConfigError:
   return ConfigError(f"{prefix}.{error.field}", error.message)
 
 
-def data_parallel_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
-  """Devices a batch is split over (mesh data * fsdp) for `config.mesh` on `num_devices`."""
+def _mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+  """`config.mesh` resolved for `num_devices` (-1 filled in); ConfigError when it cannot be."""
   try:
-    mesh = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
+    return shd.resolve_mesh_shape(dict(config.mesh), num_devices)
   except ValueError as e:
     raise ConfigError("mesh", str(e)) from None
+
+
+def _batch_devices(mesh: dict[str, int]) -> int:
   return math.prod(mesh[a] for a in shd.BATCH_AXES if a in mesh)
+
+
+def data_parallel_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """Devices a batch is split over (mesh data * fsdp) for `config.mesh` on `num_devices`."""
+  return _batch_devices(_mesh_shape(config, num_devices))
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,
@@ -347,13 +355,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     num_devices: devices the mesh must cover (jax.device_count()).
     prompt_len: longest prompt of the task, when known; checked against max_len.
   """
-  try:
-    mesh = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
-  except ValueError as e:
-    raise ConfigError("mesh", str(e)) from None
+  mesh = _mesh_shape(config, num_devices)
   _check(set(config.mesh.keys()) <= set(shd.MESH_AXES), "mesh",
          f"axes must be among {shd.MESH_AXES}, got {list(config.mesh.keys())}")
-  dp = math.prod(mesh[a] for a in shd.BATCH_AXES if a in mesh)
+  dp = _batch_devices(mesh)
   m = config.model
   arch = models.arch_of(m)
   _check(arch in models.ARCHS, "model.arch", f"{arch!r} is not one of {models.ARCHS}")
@@ -543,9 +548,8 @@ def _moved_along(before, now, root: str) -> bool:
 
 def has_checkpoints(workdir: str) -> bool:
   """True iff `<workdir>/checkpoints` holds a step directory (finalized or not)."""
-  directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(
-      n.isdigit() and os.path.isdir(os.path.join(directory, n)) for n in os.listdir(directory))
+  from pavjax import checkpoint  # pylint: disable=g-import-not-at-top
+  return bool(checkpoint.step_dirs(os.path.join(workdir, "checkpoints")))
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str,
