@@ -14,9 +14,17 @@
 # PAVJAX_DISTRIBUTED=1, which makes pavjax.main call jax.distributed.initialize().
 # --dry-run prints every gcloud command (one per line, shell-quoted) instead of
 # running it, and touches nothing.
+#
+# --aot-check first compiles every step of the command's config for the slice, here,
+# without a TPU (`python -m pavjax.aot`, README "TPU pods"), and stops before any
+# gcloud call when a step does not fit the chips' HBM (or the config is bad), so a
+# configuration that cannot run never costs pod time. The topology comes from
+# --accelerator (v5litepod-16 -> v5e:4x4, v5p-16 -> v5p:2x2x2, ...) or is given as
+# --aot-topology=v5e:4x4; $PAVJAX_PYTHON (default python3) runs the check, in this
+# checkout, with the command's --config and --config.* flags.
 set -euo pipefail
 
-NAME="" ZONE="" ACCEL="" VERSION="tpu-ubuntu2204-base" PROJECT="" DRY=0
+NAME="" ZONE="" ACCEL="" VERSION="tpu-ubuntu2204-base" PROJECT="" DRY=0 AOT=0 AOT_TOPOLOGY=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name=*) NAME="${1#*=}" ;;
@@ -25,6 +33,8 @@ while [[ $# -gt 0 ]]; do
     --version=*) VERSION="${1#*=}" ;;
     --project=*) PROJECT="${1#*=}" ;;
     --dry-run) DRY=1 ;;
+    --aot-check) AOT=1 ;;
+    --aot-topology=*) AOT=1; AOT_TOPOLOGY="${1#*=}" ;;
     --) shift; break ;;
     *) echo "launch_tpu.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -32,8 +42,70 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ -z "$NAME" || -z "$ZONE" || -z "$ACCEL" || $# -eq 0 ]]; then
   echo "usage: launch_tpu.sh --name=N --zone=Z --accelerator=A [--version=V] [--project=P]" \
-       "[--dry-run] -- CMD..." >&2
+       "[--dry-run] [--aot-check | --aot-topology=T] -- CMD..." >&2
   exit 2
+fi
+
+# The chips of a Cloud accelerator type as a topology: v5litepod-N and v6e-N count chips,
+# v4-N and v5p-N TensorCores (two per chip). Default shapes of the common sizes only.
+topology_of() {
+  local gen="${1%-*}" n="${1##*-}" chips
+  case "$gen" in
+    v5litepod|v5e|v6e) chips="$n" ;;
+    v4|v5p) chips=$((n / 2)) ;;
+    *) return 1 ;;
+  esac
+  case "$gen" in v5litepod) gen=v5e ;; esac
+  case "$gen:$chips" in
+    v5e:1|v6e:1) echo "$gen:1x1" ;;
+    v5e:4|v6e:4) echo "$gen:2x2" ;;
+    v5e:8|v6e:8) echo "$gen:2x4" ;;
+    v5e:16|v6e:16) echo "$gen:4x4" ;;
+    v5e:32|v6e:32) echo "$gen:4x8" ;;
+    v5e:64|v6e:64) echo "$gen:8x8" ;;
+    v5e:128|v6e:128) echo "$gen:8x16" ;;
+    v5e:256|v6e:256) echo "$gen:16x16" ;;
+    v4:4|v5p:4) echo "$gen:2x2x1" ;;
+    v4:8|v5p:8) echo "$gen:2x2x2" ;;
+    v4:16|v5p:16) echo "$gen:2x2x4" ;;
+    v4:32|v5p:32) echo "$gen:2x4x4" ;;
+    v4:64|v5p:64) echo "$gen:4x4x4" ;;
+    v4:128|v5p:128) echo "$gen:4x4x8" ;;
+    v4:256|v5p:256) echo "$gen:4x8x8" ;;
+    *) return 1 ;;
+  esac
+}
+
+# 0. The AOT check, before any gcloud call.
+if [[ $AOT -eq 1 ]]; then
+  if [[ -z "$AOT_TOPOLOGY" ]] && ! AOT_TOPOLOGY="$(topology_of "$ACCEL")"; then
+    echo "launch_tpu.sh: no default topology for --accelerator=$ACCEL; give" \
+         "--aot-topology=<generation>:<chips>, e.g. v5e:4x4" >&2
+    exit 2
+  fi
+  AOT_ARGS=()
+  for a in "$@"; do
+    case "$a" in --config=*|--config.*=*) AOT_ARGS+=("$a") ;; esac
+  done
+  if [[ ${#AOT_ARGS[@]} -eq 0 ]]; then
+    echo "launch_tpu.sh: --aot-check needs a command with --config=..." >&2
+    exit 2
+  fi
+  AOT_CMD=("${PAVJAX_PYTHON:-python3}" -m pavjax.aot --topology="$AOT_TOPOLOGY" "${AOT_ARGS[@]}")
+  if [[ $DRY -eq 1 ]]; then
+    line="$(printf '%q ' "${AOT_CMD[@]}")"
+    echo "${line% }"
+    echo "# only if the AOT check exits 0 (every step fits on $AOT_TOPOLOGY):"
+  else
+    echo "launch_tpu.sh: AOT check of the config for $AOT_TOPOLOGY" >&2
+    rc=0
+    "${AOT_CMD[@]}" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+      echo "launch_tpu.sh: the AOT check failed (exit $rc) for $AOT_TOPOLOGY; no slice was" \
+           "created or used" >&2
+      exit "$rc"
+    fi
+  fi
 fi
 # The command, each argument shell-quoted, so that arguments with spaces survive ssh.
 CMD="$(printf '%q ' "$@")"

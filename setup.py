@@ -37,7 +37,10 @@ setuptools.setup(
     extras_require={
         # torch (the CPU wheel, pinned: a looser range pulls a multi-GB CUDA build) and
         # transformers are the reference the pretrained-checkpoint tests compare against.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6"],
+        # jax[tpu] brings libtpu, whose compiler the AOT tests (tests/test_aot.py) run on
+        # this CPU for a described TPU slice; the suite still runs on CPU devices
+        # (tests/conftest.py sets JAX_PLATFORMS=cpu).
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6", "jax[tpu]>=0.7,<0.12"],
         # On a GPU machine: pip install -e .[gpu]  (CUDA 12 wheels from PyPI).
         "gpu": ["jax[cuda12]>=0.7,<0.12"],
         "tpu": ["jax[tpu]>=0.7,<0.12"],

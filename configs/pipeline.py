@@ -21,7 +21,8 @@ the verifiers from that checkpoint's backbone instead of the RFT policy's.
 
 Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes), gpu (default:
 one GPU), pod (a TPU pod slice: FSDP over every chip, larger model and batches; launch
-with launch_tpu.sh); difficulty=default|easy (arith only; tiny uses `easy`, one-digit
+with launch_tpu.sh); slice=<name of SLICES> with size=pod: the paper's setting on a
+named TPU slice (below); difficulty=default|easy (arith only; tiny uses `easy`, one-digit
 + and - problems, so that a 0.8M model trained for minutes is imperfect but not
 hopeless: see pavjax.tasks.arith.DIFFICULTIES); hf=<dir>: every stage runs a Hugging
 Face checkpoint's architecture, SFT starts from its weights, and arith uses its
@@ -35,6 +36,33 @@ from pavjax import config_lib
 # size -> (model size, step/budget scale). tiny is hand-tuned below for 2 CPU cores.
 SIZES = {"tiny": ("tiny", 0), "gpu": ("25m", 1), "pod": ("350m", 4)}
 
+# The paper's setting (arXiv 2410.08146, Sec. 5, App. D, E: a Gemma 2 9B policy, a 2B
+# prover, 9B verifiers, n_mc = 20 rollouts, verifier and RL batches of 32) on TPU slices.
+# Each entry was found with `python -m pavjax.aot` (README "TPU pods", and
+# experiments/tpu_aot for the tables and the steps that did not fit before): with
+#   --config=configs/pipeline.py:task=jsonl_math,size=pod,slice=<name>,hf=<gemma-2-9b>,
+#            prover=<gemma-2-2b>,verifier=<gemma-2-9b> --topology=<topology>
+# every step of every stage compiles within the chip's HBM (512 prompt + 1024 response
+# tokens). Per slice: its topology (`--topology`), the mesh (data, fsdp, tensor) of
+# every stage but search, the batches, rollouts' seq/fork batches (a fork's rows are
+# fork_batch x n_mc), and search's own mesh, rows per beam call and beam widths (each
+# beam candidate carries a KV cache, and a call's problems split over data parallelism).
+# Compute is bfloat16 with remat everywhere; parameters stay float32 where a stage
+# trains them (AdamW's small steps would vanish in bfloat16) and are bfloat16 where a
+# stage only reads them (rollouts, search).
+SLICES = {
+    "v5e-8x8": dict(
+        topology="v5e:8x8", mesh=(1, 16, 4), sft_batch=64, verifier_batch=32, rl_prompts=32,
+        sample_batch=256, n_mc=20, seq_batch=32, fork_batch=8, prover_fork_batch=32,
+        search_batch=256, search_mesh=(1, 8, 8), max_rows=192, beam_ns="2,4,8"),
+    "v5p-2x2x2": dict(
+        topology="v5p:2x2x2", mesh=(1, 8, 1), sft_batch=64, verifier_batch=32, rl_prompts=32,
+        sample_batch=256, n_mc=20, seq_batch=32, fork_batch=16, prover_fork_batch=32,
+        search_batch=256, search_mesh=(1, 2, 4), max_rows=192, beam_ns="2,4,8,16,32"),
+}
+TRAINED = ("sft", "rft", "verifier_q", "verifier_orm", "verifier_prover", "rl_pav",
+           "rl_outcome")
+
 
 def _load(name):
   return config_lib.sibling_config(__file__, name)
@@ -42,10 +70,13 @@ def _load(name):
 
 def get_config(arg=None):
   v = config_lib.parse_arg(arg, {"task": "arith", "size": "gpu", "difficulty": "", "hf": "",
-                                 "prover": "", "verifier": ""})
+                                 "prover": "", "verifier": "", "slice": ""})
   task, size = v["task"], v["size"]
   if size not in SIZES:
     raise config_lib.ConfigError("size", f"{size!r} is not one of {sorted(SIZES)}")
+  if v["slice"] and (size != "pod" or v["slice"] not in SLICES):
+    raise config_lib.ConfigError("<arg>", f"slice={v['slice']!r} needs size=pod and one of "
+                                 f"{sorted(SLICES)}")
   # arith's default level by size; the stage configs refuse a difficulty for other tasks.
   level = v["difficulty"] or (("easy" if size == "tiny" else "default") if task == "arith"
                               else "")
@@ -111,6 +142,8 @@ def get_config(arg=None):
       s[name].train.batch_size = 256
     for cfg in s.values():
       cfg.sample.batch_size = max(cfg.sample.batch_size, 1024)
+  if v["slice"]:
+    _use_slice(s, SLICES[v["slice"]])
 
   # One task for every stage: `--config.task.<field>=...` sets it (e.g. jsonl_math's
   # manual_dir); the pipeline hands a copy to each stage when it resolves them.
@@ -128,3 +161,35 @@ def get_config(arg=None):
   config.models.verifier = v["verifier"]  # '' = the verifiers start from the RFT policy
   config.stages = s
   return config
+
+
+def _use_slice(s, pod) -> None:
+  """The paper's setting on one of SLICES: mesh, batches, rollout sizes, dtypes."""
+  data, fsdp, tensor = pod["mesh"]
+  for name, cfg in s.items():
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = data, fsdp, tensor
+    cfg.model.dtype, cfg.model.remat = "bfloat16", True
+    if "param_dtype" in cfg.model:  # Hugging Face models (hf=<dir>) choose their storage
+      cfg.model.param_dtype = "float32" if name in TRAINED else "bfloat16"
+    cfg.sample.batch_size = pod["sample_batch"]
+  for name in ("sft", "rft"):
+    s[name].train.batch_size = pod["sft_batch"]
+  for name in ("verifier_q", "verifier_orm", "verifier_prover"):
+    s[name].train.batch_size = pod["verifier_batch"]
+    s[name].verifier.eval_batch_size = pod["verifier_batch"]
+  for prefix, fork in (("rollouts", pod["fork_batch"]), ("rollouts_prover",
+                                                         pod["prover_fork_batch"])):
+    for split in ("train", "validation"):
+      r = s[f"{prefix}_{split}"].rollouts
+      r.n_mc, r.seq_batch, r.fork_batch = pod["n_mc"], pod["seq_batch"], fork
+  s.search.sample.batch_size = pod["search_batch"]
+  s.search.search.score_batch = pod["verifier_batch"]
+  # Step-wise beam search keeps a KV cache per candidate (N x C per problem), and the
+  # problems of a call are split over the data-parallel devices: the search stage
+  # trades them for tensor parallelism, and max_rows holds one problem per such device.
+  s.search.mesh.data, s.search.mesh.fsdp, s.search.mesh.tensor = pod["search_mesh"]
+  s.search.search.max_rows = pod["max_rows"]
+  s.search.search.beam_ns = pod["beam_ns"]
+  for name in ("rl_pav", "rl_outcome"):
+    s[name].rl.num_prompts = pod["rl_prompts"]
+    s[name].train.batch_size = s[name].rl.num_prompts * s[name].rl.group_size

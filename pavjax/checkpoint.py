@@ -18,9 +18,13 @@ falls back to fresh weights.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import re
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -37,6 +41,82 @@ class CorruptCheckpointError(RuntimeError):
     super().__init__(message)
     self.step = step
     self.path = path
+
+
+# The pieces of the traceback a failed tensorstore read leaves behind (`drop_event_loop_noise`).
+_NOISE = re.compile("|".join((
+    r"Traceback \(most recent call last\):",
+    r'File "[^"\n]*asyncio[/\\]base_events\.py", line \d+, in (?:call_soon_threadsafe|_check_closed)',
+    r"self\._check_closed\(\)",
+    r"raise RuntimeError\('Event loop is closed'\)",
+    r"RuntimeError: Event loop is closed",
+)))
+
+
+def drop_event_loop_noise(text: str) -> str:
+  """`text` without the "RuntimeError: Event loop is closed" tracebacks.
+
+  A failed tensorstore read leaves callbacks that fire after orbax closed its
+  event loop; each prints such a traceback straight to file descriptor 2 (not
+  through `sys.excepthook`), 100+ lines after one damaged checkpoint, from several
+  threads at once, so their lines interleave mid-line. They say nothing about the
+  damage, which `CorruptCheckpointError` names. Their pieces are cut out wherever
+  they fall, and the lines left blank by the cut are dropped; text without the
+  noise is returned unchanged.
+  """
+  if "Event loop is closed" not in text:
+    return text
+  kept = []
+  for line in _NOISE.sub("", text).splitlines(keepends=True):
+    if line.strip():
+      kept.append(line)
+  return "".join(kept)
+
+
+def _settle(quiet_s: float = 0.3, limit_s: float = 3.0) -> None:
+  """Frees the failed reads and waits until their callbacks stop printing.
+
+  Inside `_without_event_loop_noise` file descriptor 2 is the capture file: it is
+  settled once its size holds still for `quiet_s` (at most `limit_s` in all).
+  """
+  gc.collect()
+  deadline = time.monotonic() + limit_s
+  size = -1
+  while time.monotonic() < deadline:
+    try:
+      now = os.fstat(2).st_size
+    except OSError:
+      return
+    if now == size:
+      return
+    size = now
+    time.sleep(quiet_s)
+
+
+@contextlib.contextmanager
+def _without_event_loop_noise():
+  """Captures file descriptor 2 for the block and writes it back without the noise."""
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError):  # no usable stderr: nothing to filter
+    yield
+    return
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      try:
+        sys.stderr.flush()
+      except ValueError:
+        pass
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = drop_event_loop_noise(captured.read().decode("utf-8", errors="replace"))
+      if kept:
+        os.write(2, kept.encode("utf-8"))
 
 
 def _short(exc: BaseException, limit: int = 240) -> str:
@@ -165,14 +245,17 @@ class Checkpointer:
     the target itself may be what changed (another model config): nothing is
     moved, and the error lists every step tried.
     """
-    try:
-      state = self._restore_one(step, abstract)
-    except CorruptCheckpointError as err:
-      if not self.fallback_on_corrupt:
-        raise
-      state, used = self._fall_back(step, err, abstract)
-      self.restored_step = used
-      return state
+    with _without_event_loop_noise():
+      try:
+        state = self._restore_one(step, abstract)
+      except CorruptCheckpointError as err:
+        _settle()
+        if not self.fallback_on_corrupt:
+          raise
+        state, used = self._fall_back(step, err, abstract)
+        _settle()
+        self.restored_step = used
+        return state
     self.restored_step = step
     return state
 
@@ -187,10 +270,14 @@ class Checkpointer:
     except (KeyboardInterrupt, SystemExit):
       raise
     except Exception as e:  # orbax and tensorstore raise many types; name the step
-      raise CorruptCheckpointError(
-          f"checkpoint step {step} at {path} cannot be restored ({_short(e)}). Move that "
-          "step directory aside, or set config.checkpoint.fallback_on_corrupt=True to "
-          "resume from the previous finalized step", step=step, path=path) from e
+      why = _short(e)
+      logging.debug("restoring step %d failed", step, exc_info=True)
+    # Not chained: the orbax error's frames hold the failed reads, whose callbacks
+    # print their noise when freed; freed here, inside `restore`'s filter.
+    raise CorruptCheckpointError(
+        f"checkpoint step {step} at {path} cannot be restored ({why}). Move that "
+        "step directory aside, or set config.checkpoint.fallback_on_corrupt=True to "
+        "resume from the previous finalized step", step=step, path=path)
 
   def _fall_back(self, step: int, first: CorruptCheckpointError, abstract: Any):
     failed = [first]

@@ -41,12 +41,21 @@ MADE_SIZES = {
 
 
 # Per task: (model.max_len, sample.max_new_tokens) that fit its prompts and responses.
+# FROM_TASK (0) follows the task built from the data (`resolve_task_lengths`).
 TASK_LENGTHS = {
     "toy": (32, 16),
     "planted": (16, 10),
     "arith": (128, 64),
-    "jsonl_math": (1536, 1024),  # jsonl_math's default 512 prompt + 1024 response tokens
+    # The user's data decides: jsonl_math derives its prompt and response limits from
+    # the longest tokenized prompt and reference (pavjax.tasks.jsonl_math), the job
+    # follows them.
+    "jsonl_math": (0, 0),
 }
+FROM_TASK = 0  # a length field at 0 is filled in from the task (and so from the data)
+# The length fields a job resolves from its task; `task.*` exist for text tasks only.
+LENGTH_FIELDS = ("task.max_prompt_len", "task.max_response_len", "sample.max_new_tokens",
+                 "model.max_len")
+LENGTHS_FILE = "task_lengths.json"  # a job's resolved lengths, in its workdir
 
 
 class ConfigError(ValueError):
@@ -113,7 +122,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   cfg.num_kv_heads = kv_heads  # key/value heads K (grouped-query attention; N % K == 0)
   cfg.head_dim = head_dim  # per-head width H (even, for RoPE)
   cfg.mlp_dim = mlp  # SwiGLU hidden width F
-  cfg.max_len = 256  # longest sequence (prompt + response) the jobs will build
+  cfg.max_len = 256  # longest sequence (prompt + response) the jobs build; 0 = from the task
   cfg.rope_base = 10_000.0  # RoPE wavelength base
   cfg.tie_embeddings = True  # share the input embedding with the LM head
   cfg.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
@@ -130,7 +139,7 @@ def hf_model_config() -> ml_collections.ConfigDict:
   cfg.size = HF_SIZE  # sizes, family and vocabulary come from <path>/config.json
   cfg.source = "hf"  # the model is a Hugging Face checkpoint's architecture
   cfg.path = ""  # the checkpoint directory (config.json + model.safetensors[.index.json])
-  cfg.max_len = 256  # longest sequence (prompt + response) the jobs will build
+  cfg.max_len = 256  # longest sequence (prompt + response) the jobs build; 0 = from the task
   cfg.dtype = "float32"  # compute dtype: float32 or bfloat16
   cfg.param_dtype = "float32"  # parameter storage: float32 or bfloat16 (half the memory)
   cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
@@ -259,6 +268,13 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.train.nonfinite = "stop"  # on NaN/Inf loss or grads: 'stop' (raise) or 'skip' the step
   c.train.max_skips = 10  # with 'skip': stop after this many consecutive bad steps
   c.train.halt_at_step = 0  # stop (checkpointed) after this step, as if preempted; 0 = off
+  # Finite divergence (training.DivergenceMonitor): a loss far above its running
+  # median, or a gradient norm of exactly 0 for many steps in a row. 'stop' raises
+  # naming the step (no checkpoint of it is written), 'warn' logs and goes on.
+  c.train.divergence = "stop"  # 'stop' | 'warn' | 'off'
+  c.train.divergence_factor = 10.0  # loss > median + factor * max(|median|, MAD) = diverged
+  c.train.divergence_window = 100  # steps of history the median is taken over
+  c.train.zero_grad_steps = 200  # consecutive steps with gradient norm exactly 0
   # Positions per chunk of the LM head + log-softmax in the SFT/RFT and RL losses: no
   # [batch, length, vocab] logits at a large vocabulary (0 = the whole length at once).
   c.train.logits_chunk = 256
@@ -274,17 +290,147 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.temperature = 1.0  # softmax temperature (non-greedy methods)
   c.sample.top_k = 0  # k for top_k
   c.sample.top_p = 1.0  # p for top_p
-  c.sample.max_new_tokens = 64  # response budget in tokens
+  c.sample.max_new_tokens = 64  # response budget in tokens; 0 = the task's max_response_len
   c.sample.batch_size = 64  # prompts per sampling call; divisible by mesh data*fsdp
   c.sample.num_eval = 128  # validation problems sampled at each evaluation
   return c
 
 
 def set_task_lengths(config: ml_collections.ConfigDict, task_name: str) -> None:
-  """Sets model.max_len and sample.max_new_tokens from TASK_LENGTHS."""
+  """Sets model.max_len and sample.max_new_tokens from TASK_LENGTHS (0 = from the task)."""
   if task_name not in TASK_LENGTHS:
     raise ConfigError("task.name", f"no length defaults for {task_name!r}")
   config.model.max_len, config.sample.max_new_tokens = TASK_LENGTHS[task_name]
+
+
+def _length_field(config: ml_collections.ConfigDict, dotted: str):
+  """The value of a LENGTH_FIELDS entry, or None when the config has no such field."""
+  section, name = dotted.split(".")
+  if section not in config or name not in config[section]:
+    return None
+  return config[section][name]
+
+
+def _length_origin(config: ml_collections.ConfigDict, dotted: str) -> str:
+  """How a length came about, for error messages: set by the user, or derived."""
+  value = _length_field(config, dotted)
+  if value is None:
+    return "the task's"
+  return "derived from the data" if value == FROM_TASK else "set"
+
+
+def check_lengths(config: ml_collections.ConfigDict, prompt_len: int | None = None,
+                  response_len: int | None = None) -> None:
+  """The length fields: ints >= 0 (0 = from the task), prompt + new tokens within max_len.
+
+  A field left at 0 is filled in from the task (`resolve_task_lengths`) so that it
+  fits, so only numbers the user set can conflict: with each other, or with a limit the
+  task derived from the data. Without the task (`prompt_len` None) the task limits the
+  user set stand in for it, so settings that cannot fit together fail before any data
+  is prepared.
+
+  Args:
+    config: the job config.
+    prompt_len: the task's prompt limit (`task.max_prompt_len`), when known.
+    response_len: the task's response limit (`task.max_response_len`), when known.
+  """
+  for field in LENGTH_FIELDS:
+    value = _length_field(config, field)
+    if value is not None:
+      _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
+             f"{value!r} must be an int >= 0 (0 = from the task's data)")
+  max_len = config.model.max_len
+  _check(max_len != 1, "model.max_len", "1 is too short")
+  if prompt_len is None:
+    prompt_len = _length_field(config, "task.max_prompt_len") or None
+  if response_len is None:
+    response_len = _length_field(config, "task.max_response_len") or None
+  new_tokens = _length_field(config, "sample.max_new_tokens")
+  new_origin = _length_origin(config, "sample.max_new_tokens")
+  if new_tokens == FROM_TASK:
+    new_tokens = response_len
+    new_origin = f"= task.max_response_len, {_length_origin(config, 'task.max_response_len')}"
+  if max_len == FROM_TASK or prompt_len is None:
+    return
+  prompt_origin = _length_origin(config, "task.max_prompt_len")
+  _check(max_len > prompt_len, "model.max_len",
+         f"{max_len} is not longer than the task's prompt limit ({prompt_len} tokens, "
+         f"{prompt_origin}); set model.max_len=0 to follow the task")
+  if new_tokens is not None:
+    _check(max_len >= prompt_len + new_tokens, "model.max_len",
+           f"{max_len} < {prompt_len + new_tokens} = task.max_prompt_len {prompt_len} "
+           f"({prompt_origin}) + sample.max_new_tokens {new_tokens} ({new_origin}); set "
+           "model.max_len=0 to follow them")
+
+
+def resolve_task_lengths(config: ml_collections.ConfigDict, task,
+                         workdir: str | None = None) -> dict:
+  """Fills `sample.max_new_tokens` and `model.max_len` left at 0 from the task, in place.
+
+  `sample.max_new_tokens` = the task's `max_response_len`; `model.max_len` = its
+  `max_prompt_len` + `sample.max_new_tokens`. A text task's own limits at 0 were
+  derived when it was built (jsonl_math: from the longest tokenized prompt and
+  reference). `config.json` keeps the zeros (the config the user gave: a resume
+  compares like with like); the numbers go to `<workdir>/task_lengths.json`. When
+  the workdir holds checkpoints, a length that is derived (now, or in that record)
+  must equal the recorded one: a job resumes with the lengths it was trained with.
+
+  Args:
+    config: the job config (its length fields are changed in place).
+    task: the job's task.
+    workdir: where the record is kept and checked (None: neither).
+
+  Returns:
+    The record: each length field's value, and under "derived" the fields that were 0.
+
+  Raises:
+    ConfigError: naming a length the user set that the task's cannot fit with
+      (`check_lengths`, before anything is filled in), or the first derived length that
+      differs from the resumed run's.
+  """
+  check_lengths(config, int(task.max_prompt_len), int(task.max_response_len))
+  derived = [f for f in LENGTH_FIELDS if _length_field(config, f) == FROM_TASK]
+  record = {"task.max_prompt_len": int(task.max_prompt_len),
+            "task.max_response_len": int(task.max_response_len)}
+  new_tokens = int(task.max_response_len)
+  if "sample" in config:
+    if config.sample.max_new_tokens == FROM_TASK:
+      config.sample.max_new_tokens = new_tokens
+    new_tokens = int(config.sample.max_new_tokens)
+    record["sample.max_new_tokens"] = new_tokens
+  if config.model.max_len == FROM_TASK:
+    config.model.max_len = int(task.max_prompt_len) + new_tokens
+  record["model.max_len"] = int(config.model.max_len)
+  record["derived"] = derived
+  if workdir:
+    _keep_lengths(workdir, record)
+  return record
+
+
+def _keep_lengths(workdir: str, record: dict) -> None:
+  """Writes the lengths record, after checking it against a resumed run's."""
+  from pavjax import artifacts  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, LENGTHS_FILE)
+  before = artifacts.read_json(path)
+  if isinstance(before, dict) and has_checkpoints(workdir):
+    extra = [a.strip() for a in os.environ.get(RESUME_ALLOW_ENV, "").split(",") if a.strip()]
+    for field in LENGTH_FIELDS:
+      if field not in record or field not in before or _allowed(field, extra):
+        continue
+      was_derived = field in before.get("derived", ())
+      if (field in record["derived"] or was_derived) and record[field] != before[field]:
+        now = "derived from the data" if field in record["derived"] else "set"
+        raise ConfigError(field, (
+            f"{record[field]} now ({now}), {before[field]} in {path}, the record of the run "
+            f"whose checkpoints {workdir} holds: the data or its tokenizer changed. Use a new "
+            f"workdir, set config.{field}={before[field]}, or set {RESUME_ALLOW_ENV}={field}"))
+  artifacts.write_json(path, record)
+
+
+def read_task_lengths(workdir: str) -> dict | None:
+  """The lengths record `resolve_task_lengths` kept in `workdir` (None when absent)."""
+  from pavjax import artifacts  # pylint: disable=g-import-not-at-top
+  return artifacts.read_json(os.path.join(workdir, LENGTHS_FILE))
 
 
 def check(cond: bool, field: str, message: str) -> None:
@@ -346,15 +492,30 @@ def data_parallel_size(config: ml_collections.ConfigDict, num_devices: int) -> i
   return _batch_devices(_mesh_shape(config, num_devices))
 
 
+def check_all_finite(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """Every float field is finite: `rl.alpha=nan` fails here, naming the field, not
+  later as a non-finite loss that names nothing."""
+  for key, value in config.items():
+    field = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      check_all_finite(value, field + ".")
+    elif isinstance(value, float):
+      _check(math.isfinite(value), field, f"{value} is not a finite number")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int,
-             prompt_len: int | None = None) -> dict[str, int]:
+             prompt_len: int | None = None, response_len: int | None = None) -> dict[str, int]:
   """Checks values before any compile. Returns the resolved mesh shape.
 
   Args:
     config: the job config.
     num_devices: devices the mesh must cover (jax.device_count()).
-    prompt_len: longest prompt of the task, when known; checked against max_len.
+    prompt_len: the task's prompt limit (`task.max_prompt_len`), when known; checked
+      against max_len (`check_lengths`).
+    response_len: the task's response limit, when known: what a `sample.max_new_tokens`
+      of 0 becomes.
   """
+  check_all_finite(config)
   mesh = _mesh_shape(config, num_devices)
   _check(set(config.mesh.keys()) <= set(shd.MESH_AXES), "mesh",
          f"axes must be among {shd.MESH_AXES}, got {list(config.mesh.keys())}")
@@ -391,10 +552,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _check(m.head_dim % 2 == 0, "model.head_dim", f"{m.head_dim} must be even (RoPE)")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype",
          f"{m.dtype!r} is not float32 or bfloat16")
-  _check(m.max_len >= 2, "model.max_len", f"{m.max_len} is too short")
-  if prompt_len is not None:
-    _check(m.max_len > prompt_len, "model.max_len",
-           f"{m.max_len} is not longer than the task's longest prompt ({prompt_len} tokens)")
+  check_lengths(config, prompt_len, response_len)
   if "optim" in config:
     _check(config.optim.lr > 0, "optim.lr", f"{config.optim.lr} must be > 0")
     name = config.optim.get("name", "adamw")  # configs written before the field: AdamW
@@ -410,6 +568,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _check(t.log_every > 0, "train.log_every", "must be > 0")
     _check(t.nonfinite in ("stop", "skip"), "train.nonfinite",
            f"{t.nonfinite!r} is not 'stop' or 'skip'")
+    divergence = t.get("divergence", "off")  # configs written before the monitor: off
+    _check(divergence in training.DIVERGENCE_ACTIONS, "train.divergence",
+           f"{divergence!r} is not one of {training.DIVERGENCE_ACTIONS}")
+    if divergence != "off":
+      _check(t.divergence_factor > 0, "train.divergence_factor", "must be > 0")
+      _check(t.divergence_window >= 2, "train.divergence_window", "must be >= 2")
+      _check(t.zero_grad_steps >= 1, "train.zero_grad_steps", "must be >= 1")
     chunk = t.get("logits_chunk", 0)  # LM-head chunking (training.token_stats)
     _check(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0,
            "train.logits_chunk", f"{chunk!r} must be an int >= 0 (0 = no chunking)")
@@ -421,15 +586,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _check(s.temperature > 0, "sample.temperature", "must be > 0")
     _check(s.batch_size > 0 and s.batch_size % dp == 0, "sample.batch_size",
            f"{s.batch_size} is not a positive multiple of the data-parallel size {dp}")
-    _check(s.max_new_tokens > 0, "sample.max_new_tokens", "must be > 0")
     if s.method == "top_k":
       _check(s.top_k > 0, "sample.top_k", "must be > 0 for method top_k")
     if s.method == "top_p":
       _check(0 < s.top_p <= 1, "sample.top_p", "must be in (0, 1]")
-    if prompt_len is not None:
-      _check(m.max_len >= prompt_len + s.max_new_tokens, "model.max_len",
-             f"{m.max_len} < longest prompt ({prompt_len}) + sample.max_new_tokens "
-             f"({s.max_new_tokens})")
   return mesh
 
 
@@ -465,7 +625,10 @@ def check_workdir(workdir: str) -> str:
   parts = os.path.normpath(workdir).split(os.sep)
   if ".." in parts or ".." in workdir.split("/"):
     raise ConfigError("workdir", f"{workdir!r} contains '..'; give a plain path")
-  return os.path.abspath(workdir)
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError("workdir", f"{path} exists and is not a directory")
+  return path
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -488,7 +651,8 @@ RESUME_SAFE_FIELDS = (
     "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
     "checkpoint.fallback_on_corrupt", "train.log_every", "train.halt_at_step",
     "rollouts.halt_after_shards", "mesh", "rules", "model.remat", "train.logits_chunk",
-    "init_from",
+    "init_from", "train.divergence", "train.divergence_factor", "train.divergence_window",
+    "train.zero_grad_steps",
 )
 # Paths inside the workdir's parent directory that only moved with it (a copied or
 # moved pipeline workdir) count as unchanged too (`_moved_along`).
@@ -546,6 +710,14 @@ def _moved_along(before, now, root: str) -> bool:
   return os.path.normpath(before).endswith(os.sep + below)
 
 
+def _length_from_task(field: str, before, now) -> bool:
+  """A length field at 0 (from the task) on one side and a number on the other is not a
+  change by itself: `resolve_task_lengths` fills the 0 in and checks the number against
+  the resumed run's record (`task_lengths.json`)."""
+  ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (before, now))
+  return field in LENGTH_FIELDS and ints and FROM_TASK in (before, now)
+
+
 def has_checkpoints(workdir: str) -> bool:
   """True iff `<workdir>/checkpoints` holds a step directory (finalized or not)."""
   from pavjax import checkpoint  # pylint: disable=g-import-not-at-top
@@ -575,7 +747,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
   extra = [a.strip() for a in os.environ.get(RESUME_ALLOW_ENV, "").split(",") if a.strip()]
   root = os.path.dirname(os.path.abspath(workdir))
   changes = {k: v for k, v in config_changes(saved, config).items()
-             if not _allowed(k, RESUME_SAFE_FIELDS) and not _moved_along(*v, root)}
+             if not _allowed(k, RESUME_SAFE_FIELDS) and not _moved_along(*v, root)
+             and not _length_from_task(k, *v)}
   refused = {k: v for k, v in changes.items() if not _allowed(k, extra)}
   if refused:
     show = lambda v: repr(v) if v is _ABSENT else json.dumps(v)

@@ -86,6 +86,19 @@ def summarize(responses: Sequence[Sequence[Response]]) -> dict[str, float]:
   return summary
 
 
+def per_problem_outcomes(responses: Sequence[Sequence[Response]]) -> dict[str, list]:
+  """Each problem's uid and mean reward, in the order of `responses`.
+
+  What a paired comparison of two policies on the same problems needs
+  (`pavjax.stats.paired_difference`); a job merges it into the evaluation it keeps
+  in summary.json. Apart from `summarize`, whose values are the scalars the
+  metric writers log.
+  """
+  groups = [g for g in responses if g]
+  return {"problem_uids": [str(g[0].problem.uid) for g in groups],
+          "per_problem": [float(np.mean([r.outcome.reward for r in g])) for g in groups]}
+
+
 def sample_table(task: Task, responses: Sequence[Sequence[Response]], limit: int = 16) -> str:
   """A markdown table of prompts, sampled responses and their rewards."""
   esc = lambda s: s.replace("|", "\\|").replace("\n", "⏎ ")

@@ -6,7 +6,9 @@ by `config.job` runs as `pavjax.jobs.<job>.run(config, workdir)`.
 
 A config error prints one line `pavjax: bad config: ...`, unusable task data one line
 `pavjax: bad data: <file>:<line>: <reason>: <detail>` (`pavjax.tasks.base.DataError`);
-both exit with code 2.
+both exit with code 2. A run that fails for a reason its error names in full (a damaged
+checkpoint, non-finite values, a finite divergence: `failures()`) prints one line
+`pavjax: failed: <error>: <message>` and exits with code 1.
 
 Multi-host: set PAVJAX_DISTRIBUTED=1 (launch_tpu.sh does) and every process calls
 `jax.distributed.initialize()` before touching devices.
@@ -92,6 +94,28 @@ def main(argv) -> None:
   except tasks_base.DataError as e:
     print(f"pavjax: bad data: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  except failures() as e:
+    print(f"pavjax: failed: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+    _silence_teardown()
+    sys.exit(1)
+
+
+def failures() -> tuple[type[Exception], ...]:
+  """Errors that end a run for a reason its message names in full: the run stops
+  with that one line (exit code 1), not a traceback through the job's frames."""
+  from pavjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from pavjax import metrics  # pylint: disable=g-import-not-at-top
+  from pavjax import training  # pylint: disable=g-import-not-at-top
+  return (checkpoint.CorruptCheckpointError, metrics.NonFiniteError, training.DivergenceError)
+
+
+def _silence_teardown() -> None:
+  """After the one-line error: library threads that print while the interpreter
+  shuts down (orbax's closed event loops) write to /dev/null, not under it."""
+  sys.stderr.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.close(devnull)
 
 
 def one_line(error: Exception) -> str:

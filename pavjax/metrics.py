@@ -30,11 +30,12 @@ class MetricWriter:
   resume. On open, a torn last line left by a killed writer is dropped
   (`repair_jsonl`). TensorBoard gets the same treatment through tensorboardX's
   `purge_step`: its writer starts at the first write, purging events from a redone
-  step on.
+  step on (`tensorboard=False`: the JSONL file alone).
   """
 
-  def __init__(self, workdir: str, name: str = "metrics"):
+  def __init__(self, workdir: str, name: str = "metrics", tensorboard: bool = True):
     self.enabled = is_lead_process()
+    self._tensorboard = tensorboard
     self.path = os.path.join(workdir, f"{name}.jsonl")
     self._tb_dir = os.path.join(workdir, "tensorboard", name)
     self._tb = None
@@ -60,17 +61,27 @@ class MetricWriter:
       return
     step = int(step)
     redone = self._last_step is not None and step <= self._last_step
-    if self._tb is None:
+    if self._tb is None and self._tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(self._tb_dir, purge_step=step if redone else None)
     if redone:
       self._drop_from(step)
     clean = {k: float(v) for k, v in scalars.items()}
     for key, value in clean.items():
-      self._tb.add_scalar(key, value, step)
+      if self._tb is not None:
+        self._tb.add_scalar(key, value, step)
     self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
     self._jsonl.flush()
     self._last_step = step
+
+  def record(self, step: int) -> dict[str, float]:
+    """The scalars written for `step` ({} when none, and on processes other than 0)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return {}
+    for row in read_jsonl(self.path):
+      if int(row.get("step", -1)) == int(step):
+        return {k: v for k, v in row.items() if k != "step"}
+    return {}
 
   def close(self) -> None:
     if self.enabled:

@@ -1,19 +1,29 @@
 """report.md of a pipeline run: every number is read from the stages' own outputs.
 
-Sections: accuracies (SFT, RFT, best-of-N rules, beams, ORM-RL, PAV-RL), compute
-efficiency of search vs ORM best-of-N, sample efficiency of PAV-RL vs outcome RL,
-Pass@N of the RL policies vs their RFT start, verifier quality, prover
+Sections: accuracies (SFT, RFT, best-of-N rules, beams, ORM-RL, PAV-RL), each with
+its number of problems n and a 95% interval; paired comparisons of the methods the
+paper compares (on the same problems, the difference's interval and a verdict word);
+compute efficiency of search vs ORM best-of-N, sample efficiency of PAV-RL vs
+outcome RL, Pass@N of the RL policies vs their RFT start, verifier quality, prover
 diagnostics (Theorem 3.1 terms of BoK provers from the rollouts), sampled
 solutions with per-step Q^pi, and stage timings.
+
+Intervals and verdicts come from `pavjax.stats`. A comparison is paired when both
+sides stored their per-problem outcomes for the same problems (search: `rows.jsonl`;
+SFT, RFT, RL: `per_problem` in their evaluations); a workdir written before those
+were stored still gets a report, with intervals from accuracy and n alone and its
+comparisons marked unpaired (no verdict).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import platform
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -23,6 +33,7 @@ from pavjax import artifacts
 from pavjax import metrics
 from pavjax import models as models_lib
 from pavjax import prover_diagnostics
+from pavjax import stats
 from pavjax import trajectories
 from pavjax import tasks
 
@@ -37,6 +48,168 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def _last(curve: list[dict] | None) -> dict | None:
   return max(curve, key=lambda r: r["n"]) if curve else None
+
+
+# --- accuracies with their intervals ---------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Measure:
+  """An accuracy as the report shows it: its 95% interval over problems and, when the
+  stage stored them, the per-problem scores a paired comparison needs.
+
+  `interval.n` is 0 when the number of problems is unknown (no interval is shown).
+  """
+
+  accuracy: float
+  interval: stats.Interval
+  per_problem: tuple[float, ...] | None = None
+  uids: tuple[str, ...] | None = None
+
+
+def measure(accuracy: float, *, per_problem: Sequence[float] | None = None,
+            uids: Sequence[str] | None = None, n: int | None = None) -> Measure:
+  """The score interval of the per-problem scores when given (Wilson's for 0/1 outcomes),
+  else Wilson's from accuracy and n, else none (n unknown)."""
+  if per_problem is not None and len(per_problem):
+    per = tuple(float(x) for x in per_problem)
+    return Measure(float(np.mean(per)), stats.mean_interval(per), per,
+                   tuple(str(u) for u in uids) if uids is not None else None)
+  if n:
+    return Measure(float(accuracy), stats.proportion(accuracy, int(n)))
+  return Measure(float(accuracy), stats.Interval(float(accuracy), math.nan, math.nan, 0))
+
+
+def eval_measure(ev: Mapping[str, Any] | None, num_eval: int | None = None,
+                 key: str = "accuracy") -> Measure | None:
+  """The Measure of an evaluation dict (SFT, RFT, RL; `key` its accuracy).
+
+  n is the number of per-problem outcomes when the job stored them
+  (`evaluation.per_problem_outcomes`), else the count of graded responses of
+  `evaluation.summarize` (its `reason/*` counts: one greedy response per problem),
+  else `num_eval` (the stage's `sample.num_eval`).
+  """
+  if not ev or ev.get(key) is None:
+    return None
+  per = ev.get("per_problem") if key == "accuracy" else None
+  if per:
+    return measure(ev[key], per_problem=per, uids=ev.get("problem_uids"))
+  reasons = [v for k, v in ev.items() if k.startswith("reason/")]
+  n = int(round(sum(reasons))) if reasons else num_eval
+  return measure(ev[key], n=n)
+
+
+def _cell(m: Measure | None, digits: int = 3) -> str:
+  """'0.250 [0.102, 0.494]' (the interval left out when n is unknown)."""
+  if m is None:
+    return "n/a"
+  return m.interval.text(digits) if m.interval.n else _fmt(m.accuracy, digits)
+
+
+def paired(a: Measure | None, b: Measure | None) -> tuple[stats.Interval | None, str]:
+  """(interval of a - b, verdict) when both stored per-problem outcomes of the same
+  problems; else (None, why the comparison is unpaired)."""
+  if a is None or b is None:
+    return None, "n/a (not run)"
+  if a.per_problem is None or b.per_problem is None:
+    return None, "n/a (unpaired: per-problem outcomes not stored)"
+  same = (len(a.per_problem) == len(b.per_problem) and
+          (a.uids is None or b.uids is None or a.uids == b.uids))
+  if not same:
+    return None, "n/a (unpaired: not the same problems)"
+  diff = stats.paired_difference(a.per_problem, b.per_problem)
+  return diff, stats.verdict(diff)
+
+
+def comparison_table(rows: Sequence[tuple[str, Measure | None, Measure | None]]) -> list[str]:
+  """The paired comparisons: each (label, A, B) as A, B, A - B with its interval, verdict."""
+  lines = ["| comparison (A vs B) | n | A | B | A - B [95% interval] | verdict |",
+           "|---|---|---|---|---|---|"]
+  for label, a, b in rows:
+    diff, word = paired(a, b)
+    if diff is not None:
+      delta, n = diff.text(3, signed=True), str(diff.n)
+    else:
+      delta = ("n/a" if a is None or b is None else f"{a.accuracy - b.accuracy:+.3f} (point only)")
+      n = "/".join(str(m.interval.n or "?") for m in (a, b) if m is not None) or "n/a"
+    lines.append(f"| {label} | {n} | {_cell(a)} | {_cell(b)} | {delta} | {word} |")
+  return lines
+
+
+INTERVAL_NOTE = (
+    "Intervals are 95% score intervals of the mean over the n problems (`pavjax.stats`; "
+    "Wilson's for 0/1 outcomes). Where a stage kept only its accuracy and n (Pass@N, "
+    "older workdirs), the interval is Wilson's for accuracy x n of n, conservative when "
+    "the per-problem scores are fractions (best-of-N below max(N) averages random subsets "
+    "of the pool). Comparisons are paired on the same problems: the score interval of the "
+    "mean per-problem difference; the verdict is *ahead* or *behind* when the interval "
+    "excludes 0, else *no difference detected*.")
+
+
+def search_per_problem(workdir: str, curves: Mapping[str, list[dict]]
+                       ) -> dict[tuple[str, int], list[float]]:
+  """Per-problem scores of each (method, N) of the search curves, from its `rows.jsonl`.
+
+  A rows file may also hold rows of an earlier config; a row is used only when its
+  scores average to the curve's accuracy (the last such row of a (method, N)).
+  """
+  rows = metrics.read_jsonl(os.path.join(workdir, "search", artifacts.SEARCH_ROWS))
+  out = {}
+  for method, curve in curves.items():
+    for point in curve:
+      for r in rows:
+        per = r.get("per_problem")
+        if (r.get("method") == method and r.get("n") == point["n"] and not r.get("variant")
+            and per and r.get("accuracy") == point["accuracy"]
+            and abs(float(np.mean(per)) - point["accuracy"]) < 1e-9):
+          out[(method, point["n"])] = [float(x) for x in per]
+  return out
+
+
+def search_measure(curves: Mapping[str, list[dict]], per_problem: Mapping, problems: Any,
+                   method: str, n: int | None = None) -> tuple[Measure | None, int | None]:
+  """(Measure, N) of a search method at N (its largest N when None)."""
+  rows = curves.get(method) or []
+  row = _last(rows) if n is None else next((r for r in rows if r["n"] == n), None)
+  if row is None:
+    return None, None
+  per = per_problem.get((method, row["n"]))
+  return measure(row["accuracy"], per_problem=per,
+                 n=problems if isinstance(problems, int) else None), row["n"]
+
+
+def _common_n(curves: Mapping[str, list[dict]], a: str, b: str) -> int | None:
+  ns = {r["n"] for r in curves.get(a) or []} & {r["n"] for r in curves.get(b) or []}
+  return max(ns) if ns else None
+
+
+def search_comparisons(curves: Mapping[str, list[dict]], per_problem: Mapping, problems: Any
+                       ) -> list[tuple[str, Measure | None, Measure | None]]:
+  """The search comparisons the paper makes (Sec. 4), at the largest N both methods have
+  (each at its own largest N when they share none): PAV beam vs ORM best-of-N,
+  PAV-as-ORM vs ORM best-of-N, PAV beam vs Q^pi beam."""
+  out = []
+  for a, b, label in (("pav_beam", "bon:orm", "PAV beam search vs ORM best-of-N"),
+                      ("bon:pav", "bon:orm", "PAV-as-ORM vs ORM best-of-N"),
+                      ("pav_beam", "q_beam", "PAV beam search vs Q^pi beam search")):
+    if not curves.get(a) or not curves.get(b):
+      continue
+    n = _common_n(curves, a, b)
+    ma, na = search_measure(curves, per_problem, problems, a, n)
+    mb, nb = search_measure(curves, per_problem, problems, b, n)
+    at = f"N={na}" if na == nb else f"N={na} vs N={nb}"
+    out.append((f"{label}, {at}", ma, mb))
+  return out
+
+
+def _wilson_band(points: Sequence[tuple[float, float]], n: int
+                 ) -> list[tuple[float, float, float]]:
+  """(x, low, high) of each (x, accuracy) measured on n problems (none when n is unknown)."""
+  if not n:
+    return []
+  out = []
+  for x, acc in points:
+    iv = stats.proportion(acc, n)
+    out.append((x, iv.low, iv.high))
+  return out
 
 
 def rl_sample_efficiency(pav: list[dict], outcome: list[dict], key: str = "eval/accuracy"
@@ -65,21 +238,28 @@ def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[st
 
   `evals` maps a label to a verifier's held-out metrics, which include
   `constant/mse` (the mean training label, scored on the same prefixes).
+  Both MSEs are point estimates: the verifier job keeps no per-prefix errors, so the
+  line says so instead of giving an interval for the comparison.
   """
   lines = []
   for label, ev in evals.items():
     if "constant/mse" in ev and ev["mse"] >= ev["constant/mse"]:
+      on = (f" on {int(ev['num_prefixes'])} held-out prefixes" if ev.get("num_prefixes")
+            else "")
       lines.append(f"**The {label} does not beat a constant:** held-out MSE {ev['mse']:.3f}, "
                    f"against {ev['constant/mse']:.3f} for predicting its mean training label "
-                   "everywhere. Read the search and RL results that use it with that in mind.")
+                   f"everywhere{on} (point estimates: no interval, the per-prefix errors are "
+                   "not stored). Read the search and RL results that use it with that in mind.")
   return lines
 
 
-def efficiency_section(search: Mapping[str, Any]) -> list[str]:
+def efficiency_section(search: Mapping[str, Any], target: Measure | None = None) -> list[str]:
   """The "Compute efficiency" section from the search stage's results (none without any).
 
   Speed-ups against ORM best-of-max(N), or, when the search gave none because the ORM
-  curve stays at accuracy 0 (`efficiency_note`), one line saying so instead.
+  curve stays at accuracy 0 (`efficiency_note`), one line saying so instead. `target`
+  (ORM best-of-max(N)'s accuracy with its interval) is named under the table: a
+  speed-up is a ratio of points on two curves, each as uncertain as its interval.
   """
   eff = search.get("efficiency_vs_orm") or {}
   zero_orm = not eff and search.get("efficiency_note")
@@ -101,8 +281,11 @@ def efficiency_section(search: Mapping[str, Any]) -> list[str]:
     lines += [f"| {m} | {_fmt(e['target_accuracy'])} | {_fmt(e['speedup'], 2)} |"
               for m, e in eff.items()]
     lines += [""]
-  return lines + ["![accuracy vs N](search/accuracy_vs_n.png)",
-                  "![accuracy vs FLOPs](search/accuracy_vs_flops.png)"]
+    if target is not None and target.interval.n:
+      lines += [f"The target, ORM best-of-max(N)'s accuracy, is {target.interval.text()} "
+                f"(n={target.interval.n}): a speed-up is a ratio of points on two curves, not "
+                "a tested difference; the paired comparisons above are the tests.", ""]
+  return lines
 
 
 def constant_label_verifiers(summaries: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
@@ -167,14 +350,27 @@ def _params(n) -> str:
   return f"{n / 1e6:.2f}M" if isinstance(n, (int, float)) else "?"
 
 
+def _stage_path(path: str, stages: Any) -> str:
+  """A path into one of the pipeline's stages shown as `<stage>/...`; others as given.
+
+  Stage configs record absolute paths of the directory they ran in: a workdir copied
+  or moved elsewhere still names its own stages the same way."""
+  parts = os.path.normpath(path).split(os.sep) if path else []
+  for i in range(len(parts) - 1, -1, -1):
+    if parts[i] in stages:
+      return "/".join(parts[i:])
+  return path
+
+
 def models_section(cfgs: Mapping[str, Any], summaries: Mapping[str, Any],
                    models: Any = None) -> list[str]:
   """The three models of the run (policy, prover, verifiers): what each is, where it
   started, its parameter count; read from the stages' configs and summaries."""
   rows = []
+  start = lambda cfg: _stage_path(cfg.init_from, cfgs) or "random init"
   if "sft" in cfgs:
     sft = cfgs["sft"]
-    rows.append(("policy", _model_name(sft.model), sft.init_from or "random init",
+    rows.append(("policy", _model_name(sft.model), start(sft),
                  _params(summaries.get("sft", {}).get("params"))))
   prover = (summaries.get("rollouts_prover_train") or {}).get("models", {}).get("prover")
   if prover:
@@ -189,8 +385,7 @@ def models_section(cfgs: Mapping[str, Any], summaries: Mapping[str, Any],
   for name, label in (("verifier_q", "verifier (PRM-Q)"), ("verifier_orm", "verifier (ORM)"),
                       ("verifier_prover", "verifier (prover's Q^mu)")):
     if name in cfgs:
-      rows.append((label, _model_name(cfgs[name].model) + " + value head",
-                   cfgs[name].init_from or "random init",
+      rows.append((label, _model_name(cfgs[name].model) + " + value head", start(cfgs[name]),
                    _params(summaries.get(name, {}).get("params"))))
   if not rows:
     return []
@@ -208,9 +403,12 @@ def rft_fallback_lines(summaries: Mapping[str, Any]) -> list[str]:
 
 
 def _stage_status(name: str, summary: Any, actions: Mapping[str, str]) -> str:
-  status = actions.get(name, "")
+  """A stage's outcome, the same however many attempts (kills, reruns) it took: what
+  this invocation did (ran, resumed, skipped) is in pipeline.json and the log."""
+  del actions
+  status = "complete"
   if name == "rft" and (summary or {}).get("fallback"):
-    status = f"{status} (fallback: initial policy kept)".strip()
+    status = f"{status} (fallback: initial policy kept)"
   return status
 
 
@@ -236,70 +434,134 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
   # --- accuracies -------------------------------------------------------------------
   search = summaries.get("search", {})
   curves = search.get("curves", {})
+  problems = search.get("problems")
+  search_per = search_per_problem(workdir, curves) if curves else {}
+  num_eval = {name: cfg.sample.num_eval for name, cfg in cfgs.items()
+              if "sample" in cfg and "num_eval" in cfg.sample}
+  evals: dict[str, Measure | None] = {}
   rows = []
   for name, label in (("sft", "SFT"), ("rft", "RFT")):
     if name in summaries:
       cfg = cfgs.get(name)
-      what = (f"{cfg.sample.method} decoding, {cfg.sample.num_eval} validation problems"
-              if cfg else "validation")
+      what = (f"{cfg.sample.method} decoding, validation problems" if cfg else "validation")
       if summaries[name].get("fallback"):  # RFT had no correct sample to train on
         label += " (fallback: initial policy kept)"
-      rows.append((label, summaries[name]["eval"]["accuracy"], what))
+      evals[name] = eval_measure(summaries[name]["eval"], num_eval.get(name))
+      rows.append((label, evals[name], what))
   labels = {"bon:orm": "ORM best-of-N", "bon:prm_min": "PRM-Q best-of-N (min over steps)",
             "bon:pav": "PAV-as-ORM best-of-N", "majority": "majority vote",
             "weighted:orm": "ORM-weighted vote", "pass": "Pass@N (oracle)",
             "q_beam": "Q^pi beam search", "pav_beam": "PAV beam search", "dvts": "PAV DVTS"}
   for method, label in labels.items():
-    r = _last(curves.get(method))
-    if r:
-      rows.append((f"{label}, N={r['n']}", r["accuracy"],
-                   f"{search.get('problems')} test problems, T=1 samples"))
+    m, n = search_measure(curves, search_per, problems, method)
+    if m is not None:
+      rows.append((f"{label}, N={n}", m, "test problems, T=1 samples"))
   for name, label in (("rl_outcome", "ORM-RL (outcome reward)"), ("rl_pav", "PAV-RL")):
     if name in summaries:
       s = summaries[name]
       if name == "rl_pav" and name in cfgs:
         rl_cfg = cfgs[name].rl
         label += f" (prover {rl_cfg.prover.kind}, alpha {rl_cfg.alpha:g})"
-      rows.append((f"{label}, {s['step']} iterations", s["eval"]["accuracy"],
+      evals[name] = eval_measure(s["eval"], num_eval.get(name))
+      evals[f"{name}/start"] = eval_measure(s.get("initial_eval"), num_eval.get(name))
+      rows.append((f"{label}, {s['step']} iterations", evals[name],
                    "greedy decoding, validation problems"))
-  lines += ["## Accuracy", "", "| policy / method | accuracy | evaluated on |", "|---|---|---|"]
-  lines += [f"| {a} | {_fmt(b)} | {c} |" for a, b, c in rows]
+  lines += ["## Accuracy", "",
+            "| policy / method | accuracy | 95% interval | n | evaluated on |",
+            "|---|---|---|---|---|"]
+  lines += [f"| {a} | {_fmt(m.accuracy)} | {m.interval.bounds() if m.interval.n else 'n/a'} | "
+            f"{m.interval.n or '?'} | {c} |" for a, m, c in rows if m is not None]
   lines += rft_fallback_lines(summaries)
   settings = search.get("settings", {})
   if settings:
     lines += ["", "Search settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()
                                                   if v not in ("", None)) + "."]
+  if rows:
+    lines += ["", INTERVAL_NOTE]
+
+  # --- paired comparisons ------------------------------------------------------------
+  compared = search_comparisons(curves, search_per, problems)
+  if "rl_pav" in summaries and "rl_outcome" in summaries:
+    compared.append(("PAV-RL vs ORM-RL (greedy)", evals["rl_pav"], evals["rl_outcome"]))
+  for name, label in (("rl_pav", "PAV-RL"), ("rl_outcome", "ORM-RL")):
+    if name in summaries and evals.get(f"{name}/start") is not None:
+      compared.append((f"{label} vs its start (RFT; greedy)", evals[name], evals[f"{name}/start"]))
+  if "sft" in summaries and "rft" in summaries:
+    compared.append(("RFT vs SFT", evals["rft"], evals["sft"]))
+  if compared:
+    lines += ["", "## Paired comparisons", "",
+              "Each comparison is on the same problems: the mean per-problem difference A - B "
+              "with its 95% interval. *no difference detected* means the interval covers 0; "
+              "*n/a (unpaired)* means a stage of this workdir kept no per-problem outcomes "
+              "(a run older than them), so only the two points are shown.", ""]
+    lines += comparison_table(compared)
 
   # --- compute efficiency -------------------------------------------------------------
-  lines += efficiency_section(search)
+  lines += efficiency_section(search, search_measure(curves, search_per, problems, "bon:orm")[0])
+  if curves:
+    # The methods the accuracy table names; bands on those the comparisons test (a band
+    # per curve would cover the plot).
+    shown = {m: rows_ for m, rows_ in curves.items() if m in labels}
+    banded = ("bon:orm", "bon:pav", "q_beam", "pav_beam", "dvts")
+    n_band = problems if isinstance(problems, int) else 0
+    for x_key, name, xlabel, log_base in (("n", "search_accuracy_vs_n.png", "N", 2),
+                                          ("flops", "search_accuracy_vs_flops.png",
+                                           "FLOPs per problem", 10)):
+      pts = {labels[m]: [(r[x_key], r["accuracy"]) for r in rows_ if x_key in r]
+             for m, rows_ in shown.items() if x_key == "n" or m != "pass"}
+      metrics.plot_series(
+          pts, os.path.join(workdir, name), xlabel=xlabel, log_base=log_base,
+          ylabel=f"accuracy ({n_band or '?'} problems; 95% bands)",
+          title=f"search: accuracy vs {'N' if x_key == 'n' else 'compute'}",
+          bands={labels[m]: _wilson_band(pts[labels[m]], n_band) for m in banded
+                 if labels.get(m) in pts})
+    lines += ["", f"Search curves; the compared methods carry their 95% bands over the "
+              f"{n_band or '?'} problems:", "", "![accuracy vs N](search_accuracy_vs_n.png)",
+              "![accuracy vs FLOPs](search_accuracy_vs_flops.png)"]
 
   # --- RL ------------------------------------------------------------------------------
   if "rl_pav" in summaries and "rl_outcome" in summaries:
     ev = {n: metrics.read_jsonl(os.path.join(workdir, n, artifacts.EVAL_LOG))
           for n in ("rl_pav", "rl_outcome")}
+    n_rl = {n: evals[n].interval.n if evals.get(n) is not None else 0 for n in ev}
     se = rl_sample_efficiency(ev["rl_pav"], ev["rl_outcome"])
+    target = (f"{stats.proportion(se['target'], n_rl['rl_outcome']).text()} "
+              f"(n={n_rl['rl_outcome']})" if se["target"] is not None and n_rl["rl_outcome"]
+              else _fmt(se["target"]))
     lines += ["", "## RL: sample efficiency and Pass@N", "",
-              f"Outcome-RL's final greedy accuracy {_fmt(se['target'])} at iteration "
+              f"Outcome-RL's final greedy accuracy {target} at iteration "
               f"{se['outcome_steps']}; PAV-RL first reached it at iteration "
               f"{_fmt(se['pav_steps'])} (evaluations every few iterations): ratio "
               f"**{_fmt(se['ratio'], 2)}**"
-              + (f" ({se['note']})." if se.get("note") else "."), ""]
+              + (f" ({se['note']})." if se.get("note") else ".")
+              + " The ratio reads points off two curves; whether the final policies differ "
+              "is the paired comparison above.", ""]
+    points = {n: [(r["step"], r["eval/accuracy"]) for r in ev[n] if "eval/accuracy" in r]
+              for n in ev}
     metrics.plot_series(
-        {n: [(r["step"], r["eval/accuracy"]) for r in ev[n] if "eval/accuracy" in r]
-         for n in ev}, os.path.join(workdir, "rl_accuracy.png"), xlabel="RL iteration",
-        ylabel="greedy accuracy (validation)", title="PAV-RL vs outcome-only RL")
+        points, os.path.join(workdir, "rl_accuracy.png"), xlabel="RL iteration",
+        ylabel="greedy accuracy (validation; 95% band)", title="PAV-RL vs outcome-only RL",
+        bands={n: _wilson_band(pts, n_rl[n]) for n, pts in points.items()})
     pass_rows = {"RFT (RL start)": summaries["rl_pav"].get("initial_eval") or {},
                  "ORM-RL": summaries["rl_outcome"]["eval"], "PAV-RL": summaries["rl_pav"]["eval"]}
+    pass_n = {"RFT (RL start)": n_rl["rl_pav"], "ORM-RL": n_rl["rl_outcome"],
+              "PAV-RL": n_rl["rl_pav"]}
     ns = sorted({int(k.split("_")[-1]) for d in pass_rows.values() for k in d
                  if k.startswith("pass_at_")})
     if ns:
-      lines += ["| policy | " + " | ".join(f"Pass@{n}" for n in ns) + " |",
-                "|---|" + "---|" * len(ns)]
+      lines += ["Pass@N with its 95% interval over the n validation problems (each problem's "
+                "Pass@N averages random size-N subsets of its samples):", "",
+                "| policy | n | " + " | ".join(f"Pass@{n}" for n in ns) + " |",
+                "|---|---|" + "---|" * len(ns)]
       for label, d in pass_rows.items():
-        lines.append(f"| {label} | " + " | ".join(_fmt(d.get(f"pass_at_{n}")) for n in ns) + " |")
-      metrics.plot_series({k: [(n, d[f"pass_at_{n}"]) for n in ns if f"pass_at_{n}" in d]
-                           for k, d in pass_rows.items()}, os.path.join(workdir, "pass_at_n.png"),
-                          xlabel="N", ylabel="Pass@N", log_base=2, title="Pass@N")
+        cells = [_cell(measure(d[f"pass_at_{n}"], n=pass_n[label]))
+                 if d.get(f"pass_at_{n}") is not None else "n/a" for n in ns]
+        lines.append(f"| {label} | {pass_n[label] or '?'} | " + " | ".join(cells) + " |")
+      pass_points = {k: [(n, d[f"pass_at_{n}"]) for n in ns if f"pass_at_{n}" in d]
+                     for k, d in pass_rows.items()}
+      metrics.plot_series(pass_points, os.path.join(workdir, "pass_at_n.png"),
+                          xlabel="N", ylabel="Pass@N (95% band)", log_base=2, title="Pass@N",
+                          bands={k: _wilson_band(pts, pass_n[k]) for k, pts in pass_points.items()})
     lines += ["", "![RL accuracy](rl_accuracy.png) ![Pass@N](pass_at_n.png)",
               "", f"Reward-hacking monitor alerts (PAV-RL): {summaries['rl_pav'].get('hacking_alerts')}"]
 
@@ -333,7 +595,9 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
     if samples:
       lines += ["", "## Sampled solutions (highest ORM score in the pool) with per-step Q^pi", ""]
       lines += samples
-  lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+  lines += ["", "## Stages", "", "Seconds are wall-clock over every attempt at a stage (a killed "
+            "attempt counts until the last file it wrote).", "",
+            "| stage | status | seconds |", "|---|---|---|"]
   lines += [f"| {n} | {_stage_status(n, summaries[n], actions)} | {timings.get(n, 0.0):.0f} |"
             for n in summaries]
   lines.append(f"| total | | {sum(timings.values()):.0f} |")

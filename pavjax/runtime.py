@@ -21,6 +21,7 @@ import ml_collections
 from pavjax import checkpoint as ckpt_lib
 from pavjax import config_lib
 from pavjax import models
+from pavjax import run_record
 from pavjax import sharding as shd
 from pavjax import tasks
 from pavjax import training
@@ -36,12 +37,15 @@ class JobEnv:
   rules: tuple
   model_cfg: models.ModelConfig  # TransformerConfig or MadeConfig (config.model.arch)
   model: nn.Module  # Transformer or Made: same call signature and ModelOutput
+  # Seconds over attempts and values computed once per workdir (`<workdir>/run.json`).
+  record: run_record.RunRecord | None = None
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
   """Validates the config against the task and devices, builds mesh and model."""
   workdir = config_lib.check_workdir(workdir)
   task = tasks.make_task(config.task, workdir)
+  config_lib.resolve_task_lengths(config, task, workdir)  # lengths at 0: from the task
   config_lib.validate(config, jax.device_count(), prompt_len=task.max_prompt_len)
   mesh = shd.make_mesh(dict(config.mesh))
   rules = shd.rules_from_config(config.rules)
@@ -53,7 +57,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
     raise config_lib.ConfigError("model.path", str(e)) from None
   logging.info("job %s: task %s, %s with %d params, mesh %s", config.job, task.name,
                models.arch_of(config.model), model_cfg.num_params(), dict(mesh.shape))
-  return JobEnv(config, workdir, task, mesh, rules, model_cfg, models.build_model(model_cfg))
+  return JobEnv(config, workdir, task, mesh, rules, model_cfg, models.build_model(model_cfg),
+                run_record.RunRecord(workdir))
 
 
 @dataclasses.dataclass
@@ -63,8 +68,10 @@ class Trainer:
   spec: Any  # training.StateSpec
   checkpointer: ckpt_lib.Checkpointer
   state: Any  # training.TrainState, restored or fresh
-  origin: str  # where the state came from (checkpoint step, init_from, scratch)
+  origin: str  # where this attempt's state came from (checkpoint step, init_from, scratch)
   step_fn: Callable  # (state, batch) -> (state, metrics), jitted with the state donated
+  # Where the run's first attempt started from: what its summary reports, resumed or not.
+  run_origin: str = ""
 
 
 def make_trainer(env: JobEnv, step: Callable) -> Trainer:
@@ -101,7 +108,11 @@ def make_trainer(env: JobEnv, step: Callable) -> Trainer:
                        out_shardings=(spec.shardings, None), donate_argnums=(0,))
     return jitted(state, batch)
 
-  return Trainer(spec, checkpointer, state, origin, step_fn)
+  run_origin = origin
+  if env.record is not None:
+    run_origin = env.record.once("origin", lambda: origin)
+    env.record.note_origin(origin)
+  return Trainer(spec, checkpointer, state, origin, step_fn, run_origin)
 
 
 is_hf_checkpoint = config_lib.is_hf_checkpoint

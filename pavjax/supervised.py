@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 
 import jax
 
@@ -45,7 +44,7 @@ def sft_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: s
                      "train/grad_norm": grad_norm}
 
 
-def train(env: runtime.JobEnv, data: tasks.SFTArrays | None, *, job: str, t0: float,
+def train(env: runtime.JobEnv, data: tasks.SFTArrays | None, *, job: str,
           extra: dict | None = None) -> dict:
   """Next-token training on `data` (SFT, or RFT on the policy's own correct samples).
 
@@ -66,7 +65,7 @@ def train(env: runtime.JobEnv, data: tasks.SFTArrays | None, *, job: str, t0: fl
 
   trainer = runtime.make_trainer(env, functools.partial(
       sft_train_step, logits_chunk=config.train.get("logits_chunk", 0)))
-  state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
+  state, checkpointer = trainer.state, trainer.checkpointer
 
   def batch_fn(step, _):
     idx = training.batch_indices(config.seed, step, len(data), config.train.batch_size)
@@ -107,6 +106,7 @@ def train(env: runtime.JobEnv, data: tasks.SFTArrays | None, *, job: str, t0: fl
           writer=writer, eval_fn=eval_fn, desc=job)
   step = int(jax.device_get(state.step))
   responses, summary = eval_fn(state, step)
+  summary = {**summary, **evaluation.per_problem_outcomes(responses)}  # paired comparisons
   checkpointer.close()
   writer.close()
   eval_writer.close()
@@ -117,10 +117,11 @@ def train(env: runtime.JobEnv, data: tasks.SFTArrays | None, *, job: str, t0: fl
       f.write(evaluation.sample_table(task, responses))
     metrics.plot_curves(metrics.read_jsonl(writer.path), ["train/loss", "train/token_accuracy"],
                         os.path.join(env.workdir, "loss.png"), title=f"{job} on {task.name}")
-  out = {**(extra or {}), "job": job, "task": task.name, "step": step, "origin": origin,
-         "params": env.model_cfg.num_params(), "seconds": time.time() - t0,
+  out = {**(extra or {}), "job": job, "task": task.name, "step": step, "origin": trainer.run_origin,
+         "params": env.model_cfg.num_params(), "seconds": env.record.seconds(),
          "final_train": last, "eval": summary, "data": task.data_report(),
          "halted": data is not None and step < config.train.num_steps}
   artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), out)
-  logging.info("%s done: %s", job, {k: out[k] for k in ("step", "eval")})
+  logging.info("%s done at step %d: %s", job, step,
+               {k: v for k, v in summary.items() if not isinstance(v, list)})
   return out

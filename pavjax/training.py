@@ -278,6 +278,87 @@ def sequence_cross_entropy(model: nn.Module, params, inputs: jax.Array, targets:
   return masked_cross_entropy(stats, mask)
 
 
+DIVERGENCE_ACTIONS = ("stop", "warn", "off")
+
+
+class DivergenceError(FloatingPointError):
+  """Raised by `DivergenceMonitor` under train.divergence='stop', naming the step."""
+
+
+class DivergenceMonitor:
+  """Divergence the non-finite guard cannot see, because every number stays finite.
+
+  Two signals, judged step by step on the host copies of the metrics the train
+  loop fetches anyway (a skipped non-finite step is not judged):
+
+  * a spike: a loss above `median + factor * max(|median|, MAD)` of the previous
+    `window` losses (MAD: median absolute deviation), judged once the history
+    holds min(window, 20) of them, and only while it has a scale (> 0). For a
+    positive loss (cross-entropy, MSE) the margin is at least `factor` times the
+    median; for a loss centred near 0 (the RL surrogate) it is `factor` MADs;
+  * a dead update: a gradient norm of exactly 0 for `zero_grad_steps` steps in a
+    row (AdamW at lr=1e3 saturates the network: finite loss, zero gradients).
+
+  Under 'stop' the first event raises `DivergenceError` (before a checkpoint of
+  that step is written); under 'warn' it is logged (a spike at most once per
+  window, a dead streak once) and kept in `events`. The history starts empty on
+  a resume, so the spike rule waits for its minimum history again.
+  """
+
+  def __init__(self, action: str, factor: float, window: int, zero_grad_steps: int):
+    self.action, self.factor, self.zero_grad_steps = action, factor, zero_grad_steps
+    self.window = window
+    self.min_history = min(window, 20)
+    self.losses: list[float] = []
+    self.zero_streak = 0
+    self.events: list[tuple[int, str]] = []
+    self._last_spike_warning = -window
+
+  @classmethod
+  def from_config(cls, train_cfg) -> "DivergenceMonitor":
+    action = train_cfg.get("divergence", "off")
+    if action == "off":
+      return cls("off", 1.0, 2, 1)
+    return cls(action, float(train_cfg.divergence_factor), int(train_cfg.divergence_window),
+               int(train_cfg.zero_grad_steps))
+
+  def _spike(self, loss: float) -> str | None:
+    if len(self.losses) < self.min_history:
+      return None
+    history = np.asarray(self.losses[-self.window:])
+    median = float(np.median(history))
+    scale = max(abs(median), float(np.median(np.abs(history - median))))
+    if scale <= 0 or loss <= median + self.factor * scale:
+      return None
+    return (f"loss {loss:.6g} is far above its running median {median:.6g} over the last "
+            f"{len(history)} steps (threshold median + {self.factor:g} x {scale:.4g})")
+
+  def update(self, step: int, loss: float, grad_norm: float) -> str | None:
+    """Judges one step; returns the event's message (None when the step looks sane)."""
+    if self.action == "off":
+      return None
+    message = self._spike(loss)
+    self.losses.append(loss)
+    del self.losses[:-self.window]
+    self.zero_streak = self.zero_streak + 1 if grad_norm == 0.0 else 0
+    if message is None and self.zero_streak == self.zero_grad_steps:
+      message = (f"gradient norm exactly 0 for {self.zero_streak} steps in a row: the update "
+                 "does nothing (a learning rate far too high saturates the network; so does "
+                 "a reward that is 0 for every sample)")
+    if message is None:
+      return None
+    message = f"training diverged at step {step}: {message}"
+    self.events.append((step, message))
+    if self.action == "stop":
+      raise DivergenceError(message + " (train.divergence='stop'; no checkpoint of this step "
+                            "was written; 'warn' logs and goes on)")
+    if "median" not in message or step - self._last_spike_warning >= self.window:
+      logging.warning("%s (train.divergence='warn')", message)
+      if "median" in message:
+        self._last_spike_warning = step
+    return message
+
+
 def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[str, Any]], *,
                train_cfg, checkpointer: ckpt_lib.Checkpointer, writer: metrics.MetricWriter,
                eval_fn: Callable[[Any, int], Any] | None = None,
@@ -293,7 +374,11 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
   'skip' the step function has already left params untouched, and the run stops
   after `max_skips` consecutive skipped steps.
 
-  Returns (state, last logged means).
+  Finite divergence is watched by `DivergenceMonitor` (`train.divergence`).
+
+  Returns (state, last logged means). When no step is left to run (a job rerun
+  after its final checkpoint), the means are the record the writer holds for the
+  state's step, so a rerun reports what the run that trained it logged.
   """
   start = int(jax.device_get(state.step))
   total = train_cfg.num_steps
@@ -301,6 +386,7 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
   pending: list[Mapping[str, Any]] = []
   consecutive_bad = 0
   last: dict[str, float] = {}
+  divergence = DivergenceMonitor.from_config(train_cfg)
   t_last = time.time()
   bar = metrics.progress(total, initial=start, desc=desc)
   in_flight = None  # metrics of the newest dispatched step the bar has not counted
@@ -309,7 +395,8 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
     nonlocal consecutive_bad, last, t_last
     if not pending:
       return
-    means, bad = metrics.reduce_metrics(pending)
+    host = jax.device_get(list(pending))
+    means, bad = metrics.reduce_metrics(host)
     first = step - len(pending) + 1
     if bad and train_cfg.nonfinite == "stop":
       raise metrics.NonFiniteError(
@@ -321,6 +408,9 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
         raise metrics.NonFiniteError(
             f"{consecutive_bad} consecutive non-finite steps ending at step {first + i} "
             f"(train.max_skips={train_cfg.max_skips})")
+    for i, m in enumerate(host):
+      if i not in bad and "train/loss" in m and "train/grad_norm" in m:
+        divergence.update(first + i, float(m["train/loss"]), float(m["train/grad_norm"]))
     if bad:  # every step in the window may have been skipped: log no NaN means
       means = {k: v for k, v in means.items() if math.isfinite(v)}
       means["train/skipped_steps"] = float(len(bad))
@@ -356,6 +446,8 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
     # Good checkpoints still being written must land even when the loop raises.
     bar.close()
     checkpointer.wait()
+  if not last:  # nothing ran (a rerun after the last step): the stored record of the end
+    last = writer.record(start)
   return state, last
 
 

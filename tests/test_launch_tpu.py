@@ -24,7 +24,7 @@ exit 0
 """
 
 
-def _launch(tmp_path, args, describe_rc=1):
+def _launch(tmp_path, args, describe_rc=1, extra_env=None):
   """Runs the script with the stub gcloud; returns (process, recorded gcloud argv lists)."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir(exist_ok=True)
@@ -33,7 +33,8 @@ def _launch(tmp_path, args, describe_rc=1):
   stub.chmod(0o755)
   log = tmp_path / "gcloud.log"
   env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-             GCLOUD_LOG=str(log), DESCRIBE_RC=str(describe_rc), TMPDIR=str(tmp_path))
+             GCLOUD_LOG=str(log), DESCRIBE_RC=str(describe_rc), TMPDIR=str(tmp_path),
+             **(extra_env or {}))
   proc = subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=60)
   calls = [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -117,3 +118,85 @@ def test_bad_arguments_exit_2_before_any_gcloud_call(tmp_path, args):
   proc, calls = _launch(tmp_path, args)
   assert proc.returncode == 2 and calls == []
   assert "usage" in proc.stderr or "unknown argument" in proc.stderr
+
+
+# --aot-check: a stub python records the AOT command and exits with a chosen code.
+PY_STUB = """#!/usr/bin/env bash
+printf '%q ' "$@" >> "$AOT_LOG"; echo >> "$AOT_LOG"
+exit "${AOT_RC:-0}"
+"""
+
+
+def _launch_aot(tmp_path, args, aot_rc=0):
+  stub = tmp_path / "fake_python"
+  stub.write_text(PY_STUB)
+  stub.chmod(0o755)
+  log = tmp_path / "aot.log"
+  proc, calls = _launch(tmp_path, args, extra_env=dict(
+      PAVJAX_PYTHON=str(stub), AOT_LOG=str(log), AOT_RC=str(aot_rc)))
+  aot = [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
+  return proc, calls, aot
+
+
+AOT_COMMAND = ["python", "-m", "pavjax.main", "--config=configs/pipeline.py:size=pod",
+               "--workdir=/mnt/shared/run", "--config.stages.sft.train.batch_size=64"]
+
+
+@pytest.mark.parametrize("accelerator, topology", [
+    ("v5litepod-16", "v5e:4x4"), ("v5litepod-256", "v5e:16x16"), ("v5p-16", "v5p:2x2x2"),
+    ("v4-32", "v4:2x2x4"), ("v6e-64", "v6e:8x8")])
+def test_aot_check_runs_first_for_the_slices_topology(tmp_path, accelerator, topology):
+  args = ["--name=pav-test", "--zone=z", f"--accelerator={accelerator}", "--aot-check", "--",
+          *AOT_COMMAND]
+  proc, calls, aot = _launch_aot(tmp_path, args)
+  assert proc.returncode == 0, proc.stderr
+  # The check gets the command's config and overrides (not its workdir), then the launch
+  # goes on as usual.
+  assert aot == [["-m", "pavjax.aot", f"--topology={topology}",
+                  "--config=configs/pipeline.py:size=pod",
+                  "--config.stages.sft.train.batch_size=64"]]
+  assert [c[4] for c in calls] == ["describe", "create", "scp", "ssh", "ssh"]
+
+
+def test_a_failed_aot_check_stops_before_any_gcloud_call(tmp_path):
+  args = ["--name=pav-test", "--zone=z", "--accelerator=v5litepod-16",
+          "--aot-topology=v5e:2x4", "--", *AOT_COMMAND]
+  proc, calls, aot = _launch_aot(tmp_path, args, aot_rc=1)
+  assert proc.returncode == 1 and calls == []
+  assert aot[0][2] == "--topology=v5e:2x4"  # given explicitly: it wins over the default
+  assert "AOT check failed (exit 1) for v5e:2x4; no slice was created or used" in proc.stderr
+
+
+def test_aot_check_dry_run_prints_the_check_first(tmp_path):
+  args = ["--name=pav-test", "--zone=z", "--accelerator=v5p-16", "--aot-check", "--dry-run",
+          "--", *AOT_COMMAND]
+  proc, calls, aot = _launch_aot(tmp_path, args)
+  assert proc.returncode == 0 and calls == [] and aot == []  # nothing ran
+  lines = proc.stdout.splitlines()
+  assert shlex.split(lines[0])[1:4] == ["-m", "pavjax.aot", "--topology=v5p:2x2x2"]
+  assert lines[1].startswith("# only if the AOT check exits 0")
+  assert shlex.split(lines[2])[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"]
+
+
+@pytest.mark.parametrize("extra, command", [
+    (["--accelerator=v3-8", "--aot-check"], AOT_COMMAND),  # no default topology
+    (["--accelerator=v5p-16", "--aot-check"], ["python", "-c", "pass"]),  # no --config
+])
+def test_aot_check_that_cannot_run_exits_2(tmp_path, extra, command):
+  proc, calls, aot = _launch_aot(tmp_path, ["--name=a", "--zone=z", *extra, "--", *command])
+  assert proc.returncode == 2 and calls == [] and aot == []
+  assert "launch_tpu.sh:" in proc.stderr
+
+
+def test_aot_check_with_the_real_module_refuses_a_bad_config(tmp_path):
+  """End to end with this checkout's pavjax.aot: a mesh that 4 chips cannot take stops
+  the launch with the check's exit status 2, before any gcloud call."""
+  import sys
+  command = ["python", "-m", "pavjax.main", "--config=configs/pipeline.py:size=tiny",
+             "--workdir=/mnt/run", "--config.stages.sft.mesh.fsdp=3"]
+  proc, calls = _launch(tmp_path, ["--name=a", "--zone=z", "--accelerator=v5litepod-4",
+                                   "--aot-check", "--", *command],
+                        extra_env={"PAVJAX_PYTHON": sys.executable})
+  assert proc.returncode == 2 and calls == [], proc.stderr
+  assert "pavjax.aot: bad config: config.stages.sft.mesh" in proc.stderr
+  assert "AOT check failed (exit 2) for v5e:2x2" in proc.stderr

@@ -26,7 +26,7 @@ from typing import Iterable
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pavjax")
 
 # Everything in pavjax except these is library code (never reaches up into a job).
-ENTRY_POINTS = ("pavjax.jobs", "pavjax.main", "pavjax.bench")
+ENTRY_POINTS = ("pavjax.jobs", "pavjax.main", "pavjax.bench", "pavjax.aot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ RULES = (
          why="tasks are problems, tokens and grading; they never run a model"),
     Rule(importers=("pavjax",), exempt=ENTRY_POINTS,
          forbidden=("pavjax.jobs",),
-         why="library code never reaches up into a job (jobs, main and bench may)"),
+         why="library code never reaches up into a job (jobs, main, bench and aot may)"),
 )
 
 # Modules directly in these packages must not import one another; the package itself

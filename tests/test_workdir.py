@@ -15,6 +15,7 @@ recorded config, and no silent fresh start over checkpoints that lost their mark
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -254,7 +255,7 @@ def test_paths_that_moved_with_the_workdirs_parent_count_as_unchanged(tmp_path, 
 
 
 def test_resume_with_another_lr_is_refused_then_allowed_and_unchanged_resumes(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, caplog):
   """End to end on the SFT job: halt at step 2, then the three kinds of rerun."""
   monkeypatch.delenv(config_lib.RESUME_ALLOW_ENV, raising=False)
   workdir = str(tmp_path)
@@ -272,12 +273,16 @@ def test_resume_with_another_lr_is_refused_then_allowed_and_unchanged_resumes(
   assert not os.path.exists(workdir_lock.lock_path(workdir))
 
   # Unchanged but for the halt point (allowed): resumes from step 2.
-  second = run_job(_sft_config(train__num_steps=4, train__halt_at_step=3), workdir)
-  assert second["origin"] == "checkpoint step 2" and second["step"] == 3
+  with caplog.at_level("INFO"):
+    second = run_job(_sft_config(train__num_steps=4, train__halt_at_step=3), workdir)
+  assert "sft state from checkpoint step 2" in caplog.text and second["step"] == 3
+  assert second["origin"] == first["origin"] == "scratch"  # where the run began
 
   monkeypatch.setenv(config_lib.RESUME_ALLOW_ENV, "optim.lr")
-  third = run_job(_sft_config(train__num_steps=4, optim__lr=0.01), workdir)
-  assert third["origin"] == "checkpoint step 3" and third["step"] == 4
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    third = run_job(_sft_config(train__num_steps=4, optim__lr=0.01), workdir)
+  assert "sft state from checkpoint step 3" in caplog.text and third["step"] == 4
   assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.01
   kept = [n for n in os.listdir(workdir) if n.startswith("config.") and n != "config.json"]
   assert len(kept) == 1
@@ -319,3 +324,50 @@ def test_job_on_a_workdir_without_any_finalized_step_exits_2(tmp_path):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
   assert not os.path.exists(workdir / "summary.json")
   assert not os.path.exists(workdir_lock.lock_path(str(workdir)))
+
+
+# --- floats, file workdirs, finite divergence -------------------------------------------
+
+
+@pytest.mark.parametrize("section,field", [("optim", "weight_decay"), ("optim", "b2"),
+                                           ("train", "divergence_factor")])
+def test_a_non_finite_float_anywhere_is_named_at_validation(section, field):
+  for bad in (float("nan"), float("inf")):
+    config = _sft_config()
+    config[section][field] = bad
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf"^config\.{section}\.{field}: {bad} is not a finite number"):
+      sft_job.validate(config, 8)
+
+
+def test_a_workdir_that_is_a_file_is_one_bad_config_line(tmp_path):
+  path = tmp_path / "not_a_dir"
+  path.write_text("x")
+  proc = subprocess.run([sys.executable, "-m", "pavjax.main", test_faults.SFT_FLAGS[0],
+                         f"--workdir={path}"], cwd=ROOT, env=test_faults._env(),  # pylint: disable=protected-access
+                        capture_output=True, text=True, timeout=test_faults.TIMEOUT_S)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"pavjax: bad config: config.workdir: {path} exists and is not a directory")
+
+
+def test_adamw_at_lr_1e3_stops_at_its_dead_gradients_naming_the_step(tmp_path):
+  """The issue's run: mean loss in the millions, then a finite plateau with gradient
+  norm exactly 0. The job stops with one line naming the step, before checkpointing it."""
+  workdir = str(tmp_path / "run")
+  flags = [*test_faults.SFT_FLAGS, "--config.train.num_steps=300", "--config.optim.lr=1000.0",
+           "--config.train.log_every=10", "--config.checkpoint.every=20",
+           "--config.train.zero_grad_steps=50"]
+  proc = subprocess.run([sys.executable, "-m", "pavjax.main", *flags, f"--workdir={workdir}"],
+                        cwd=ROOT, env=test_faults._env(), capture_output=True, text=True,  # pylint: disable=protected-access
+                        timeout=test_faults.TIMEOUT_S)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  match = re.match(r"pavjax: failed: DivergenceError: training diverged at step (\d+): gradient "
+                   r"norm exactly 0 for 50 steps in a row", last)
+  assert match, last
+  step = int(match.group(1))
+  assert 50 <= step < 300
+  saved = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
+  assert saved and max(saved) < step
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))

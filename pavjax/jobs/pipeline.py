@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ from pavjax import artifacts
 from pavjax import config_lib
 from pavjax import jobs
 from pavjax import metrics
+from pavjax import run_record
 from pavjax import tasks
 
 
@@ -198,6 +200,18 @@ def _relative_to(value: Any, workdir: str) -> Any:
   return value
 
 
+def _from_workdir(value: Any, workdir: str) -> Any:
+  """`_relative_to` undone: `<workdir>/...` paths made absolute under `workdir`."""
+  if isinstance(value, dict):
+    return {k: _from_workdir(v, workdir) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_from_workdir(v, workdir) for v in value]
+  if isinstance(value, str) and (value == WORKDIR_PLACEHOLDER
+                                 or value.startswith(WORKDIR_PLACEHOLDER + os.sep)):
+    return workdir.rstrip(os.sep) + value[len(WORKDIR_PLACEHOLDER):]
+  return value
+
+
 def check_task_lengths(resolved: dict[str, tuple[Any, str]], num_devices: int) -> None:
   """Builds each distinct task once (tokenizer included) and checks every stage's lengths."""
   built = {}
@@ -206,7 +220,8 @@ def check_task_lengths(resolved: dict[str, tuple[Any, str]], num_devices: int) -
     if key not in built:
       built[key] = tasks.make_task(cfg.task, cfg.task.get("cache_dir") or None)
     try:
-      config_lib.validate(cfg, num_devices, prompt_len=built[key].max_prompt_len)
+      config_lib.validate(cfg, num_devices, prompt_len=built[key].max_prompt_len,
+                          response_len=built[key].max_response_len)
     except config_lib.ConfigError as e:
       raise _stage_error(name, e) from None
 
@@ -224,7 +239,7 @@ def run_stage(name: str, cfg, chash: str, workdir: str, legacy_hash: str | None 
     state = {**state, "hash": chash}
     artifacts.write_marker(sdir, state)
   if state is not None and state["hash"] == chash and state.get("complete"):
-    return state["summary"], state["seconds"], "skipped (complete)"
+    return _from_workdir(state["summary"], workdir), state["seconds"], "skipped (complete)"
   # The new config must pass its job's checks before a finished stage is moved aside
   # for it: a bad override leaves the stage directory as it was.
   try:
@@ -232,6 +247,7 @@ def run_stage(name: str, cfg, chash: str, workdir: str, legacy_hash: str | None 
   except config_lib.ConfigError as e:
     raise _stage_error(name, e) from None
   action = "ran"
+  before = 0.0  # seconds of earlier attempts at this stage (killed ones included)
   if state is not None and state["hash"] != chash:
     stale = f"{sdir}.stale-{int(time.time())}"
     logging.warning("stage %s: its config or an input changed; moving %s to %s", name, sdir,
@@ -242,13 +258,20 @@ def run_stage(name: str, cfg, chash: str, workdir: str, legacy_hash: str | None 
     action = "reran (changed)"
   elif state is not None:
     action = "resumed"
-  artifacts.write_marker(sdir, {"hash": chash, "complete": False})
+    # A killed attempt ran until the newest file it left in the stage directory.
+    before = state.get("seconds", 0.0) + run_record.attempt_seconds(
+        sdir, state.get("started"), exclude=(os.path.join(sdir, artifacts.STAGE_STATE),))
   t0 = time.time()
+  artifacts.write_marker(sdir, {"hash": chash, "complete": False, "started": t0,
+                                "seconds": before})
   summary = jobs.run_job(cfg, sdir)
-  seconds = time.time() - t0 + (state or {}).get("seconds", 0.0)
+  seconds = time.time() - t0 + before
+  # Kept relative to the workdir (a copied workdir's report names its own paths), and
+  # handed on in its JSON form, as a skipped stage's summary is.
+  kept = json.loads(json.dumps(_relative_to(summary, workdir), sort_keys=True, default=float))
   artifacts.write_marker(sdir, {"hash": chash, "complete": True, "seconds": seconds,
-                                "summary": summary})
-  return summary, seconds, action
+                                "summary": kept})
+  return _from_workdir(kept, workdir), seconds, action
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import jax
 import ml_collections
@@ -86,7 +85,6 @@ def correct_pairs(pool: trajectories.Trajectories) -> tuple[list, dict]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   env = runtime.setup(config, workdir)
-  t0 = time.time()
   pool_dir = os.path.join(env.workdir, artifacts.RFT_POOL)
   # on_no_correct does not change what is sampled: a pool made before it existed is reused.
   made_by = {k: config[k].to_dict() for k in ("rft", "task", "model")}
@@ -106,7 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           "the initial policy)")
     note = f"no correct sample among {stats['samples']}: RFT kept the initial policy"
     logging.warning("%s (%s; rft.on_no_correct='fallback')", note, config.init_from)
-    return supervised.train(env, None, job="rft", t0=t0,
+    return supervised.train(env, None, job="rft",
                             extra={"rft_data": stats, "fallback": note})
   data = tasks.sequence_arrays(pairs, config.model.max_len, env.task.pad_id)
-  return supervised.train(env, data, job="rft", t0=t0, extra={"rft_data": stats})
+  return supervised.train(env, data, job="rft", extra={"rft_data": stats})

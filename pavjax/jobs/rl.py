@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -190,15 +189,41 @@ def dense_terms(kind: str, q_mu: np.ndarray, step_mask: np.ndarray) -> np.ndarra
 
 
 class HackingMonitor:
-  """Warns when the dense reward rises over a window while outcome accuracy does not."""
+  """Warns when the dense reward rises over a window while outcome accuracy does not.
 
-  def __init__(self, window: int, min_rise: float):
+  With `path`, each step's (accuracy, dense reward) is also written to a JSONL file
+  (`metrics.MetricWriter`, idempotent per step), and `resume(step)` replays the
+  steps up to a resumed checkpoint, so a resumed run keeps the alerts and the
+  windows an uninterrupted one has.
+  """
+
+  def __init__(self, window: int, min_rise: float, path: str | None = None):
     self.window, self.min_rise = window, min_rise
     self.acc: list[float] = []
     self.dense: list[float] = []
     self.alerts: list[int] = []
+    self._writer = (metrics.MetricWriter(os.path.dirname(path),
+                                         os.path.basename(path).removesuffix(".jsonl"),
+                                         tensorboard=False) if path else None)
+
+  def resume(self, step: int) -> None:
+    """Replays the recorded steps 1..`step` (quietly): the history of the checkpoint."""
+    if self._writer is None or not self._writer.enabled:
+      return
+    for row in metrics.read_jsonl(self._writer.path):
+      if int(row["step"]) <= step:
+        self._judge(int(row["step"]), row["accuracy"], row["dense"], log=False)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
 
   def update(self, step: int, accuracy: float, dense: float) -> bool:
+    if self._writer is not None:
+      self._writer.write(step, {"accuracy": accuracy, "dense": dense})
+    return self._judge(step, accuracy, dense)
+
+  def _judge(self, step: int, accuracy: float, dense: float, log: bool = True) -> bool:
     self.acc.append(accuracy)
     self.dense.append(dense)
     w = self.window
@@ -207,9 +232,10 @@ class HackingMonitor:
     d_now, d_before = np.mean(self.dense[-w:]), np.mean(self.dense[-2 * w:-w])
     a_now, a_before = np.mean(self.acc[-w:]), np.mean(self.acc[-2 * w:-w])
     if d_now - d_before > self.min_rise and a_now <= a_before:
-      logging.warning("step %d: dense verifier reward rose %.4f -> %.4f while outcome accuracy "
-                      "went %.3f -> %.3f: the policy may be exploiting the verifier",
-                      step, d_before, d_now, a_before, a_now)
+      if log:
+        logging.warning("step %d: dense verifier reward rose %.4f -> %.4f while outcome "
+                        "accuracy went %.3f -> %.3f: the policy may be exploiting the verifier",
+                        step, d_before, d_now, a_before, a_now)
       self.alerts.append(step)
       return True
     return False
@@ -220,7 +246,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   env = runtime.setup(config, workdir)
   cfg, task, mesh, rules, model = config.rl, env.task, env.mesh, env.rules, env.model
   rows = cfg.num_prompts * cfg.group_size
-  t0 = time.time()
   prover = ProverValues(env, cfg.prover) if cfg.reward != "outcome" else None
   trainer = runtime.make_trainer(env, functools.partial(
       rl_train_step, estimator=cfg.estimator, group_size=cfg.group_size, kl_coef=cfg.kl_coef,
@@ -242,7 +267,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   prompt_width = max(len(task.encode_prompt(p)) for p in train_problems[:4096])
   width = prompt_width + max_new
   max_steps = cfg.max_steps or max_new
-  monitor = HackingMonitor(cfg.monitor_window, cfg.monitor_min_rise)
+  monitor = HackingMonitor(cfg.monitor_window, cfg.monitor_min_rise,
+                           path=os.path.join(env.workdir, "rl_steps.jsonl"))
+  monitor.resume(int(jax.device_get(state.step)))
   method = Temperature(cfg.temperature)
 
   def batch_fn(step, st):
@@ -306,12 +333,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       result.update({f"pass_at_{r['n']}": r["accuracy"] for r in curve})
       result["sample_accuracy"] = float(correct.mean())
     eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+    # Per-problem outcomes (lists: not for the metric writer) pair RL runs in the report.
+    result.update(evaluation.per_problem_outcomes(greedy))
     return result
 
   writer = metrics.MetricWriter(env.workdir, "metrics")
   with shd.activate(mesh, rules):
-    resumed = origin.startswith("checkpoint")
-    first = None if resumed else eval_fn(state, int(jax.device_get(state.step)))
+    # The evaluation before the first update is stored when first made (run.json) and
+    # reused by every resumed attempt; a workdir older than that record has none.
+    if origin.startswith("checkpoint"):
+      first = env.record.get("initial_eval")
+    else:
+      first = env.record.once("initial_eval",
+                              lambda: eval_fn(state, int(jax.device_get(state.step))))
     state, last = training.train_loop(state, trainer.step_fn, batch_fn, train_cfg=config.train,
                                     checkpointer=checkpointer, writer=writer, eval_fn=eval_fn,
                                     desc=f"rl/{cfg.reward}")
@@ -320,13 +354,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer.close()
   writer.close()
   eval_writer.close()
+  monitor.close()
   if metrics.is_lead_process():
     metrics.plot_curves(metrics.read_jsonl(writer.path),
                         ["rl/accuracy", "rl/dense_reward", "rl/kl", "rl/entropy"],
                         os.path.join(env.workdir, "rl.png"), title=f"RL ({cfg.reward})")
   out = {"job": "rl", "reward": cfg.reward, "alpha": cfg.alpha, "estimator": cfg.estimator,
-         "step": step, "origin": origin, "initial_eval": first, "eval": final,
-         "final_train": last, "hacking_alerts": monitor.alerts, "seconds": time.time() - t0,
+         "step": step, "origin": trainer.run_origin, "initial_eval": first, "eval": final,
+         "final_train": last, "hacking_alerts": monitor.alerts, "seconds": env.record.seconds(),
          "halted": step < config.train.num_steps,
          "models": {"policy": {"checkpoint": config.init_from,
                                "params": env.model_cfg.num_params()}}}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Sequence
 
 import jax
@@ -410,7 +409,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if manifest.get("complete"):
     logging.info("rollouts: %s is complete; nothing to do", out_dir)
     return manifest
-  t0 = time.time()
   runner = RolloutRunner(env, config)
   key = jax.random.PRNGKey(config.seed)
   bar = metrics.progress(len(shards), initial=len(done), desc=f"rollouts/{cfg.split}")
@@ -439,7 +437,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if {"policy", "prover"} <= set(manifest["models"]):
     manifest["flops"] = rollout_flops(manifest["budget"], manifest["models"])
   manifest["complete"] = len(manifest["shards_done"]) == len(shards)
-  manifest["seconds"] = manifest.get("seconds", 0.0) + time.time() - t0
+  manifest["seconds"] = env.record.seconds()  # every attempt's, killed ones included
   if metrics.is_lead_process():
     trajectories.write_manifest(out_dir, manifest)
     if manifest["complete"]:

@@ -327,7 +327,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   beam_methods = config_lib.parse_list(cfg.beam_methods, "search.beam_methods", str)
   alphas = config_lib.parse_list(cfg.alphas, "search.alphas", float)
   bok_ks = config_lib.parse_list(cfg.bok_ks, "search.bok_ks")
-  t0 = time.time()
   runner = SearchRunner(env, config)
   rng = jax.random.PRNGKey(config.seed)
   out_dir = env.workdir
@@ -402,7 +401,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = summarize(done, ns, beam_ns, cfg, runner.num_params,
                       prover_checkpoint=config.verifiers.prover)
   results.update({"job": "search", "problems": len(runner.problems), "params": runner.num_params,
-                  "models": runner.models(), "seconds": time.time() - t0})
+                  "models": runner.models(), "seconds": env.record.seconds()})
   artifacts.write_json(os.path.join(out_dir, "results.json"), results)
   if metrics.is_lead_process():
     write_report(results, out_dir)

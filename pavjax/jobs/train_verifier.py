@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +117,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the verifier named by `config.verifier.kind` on `config.verifier.train_data`."""
   env = runtime.setup(config, workdir)
   vcfg = config.verifier
-  t0 = time.time()
   train = examples(trajectories.load(vcfg.train_data), vcfg.kind)
   width = train["tokens"].shape[1]
   if width > config.model.max_len:
@@ -132,7 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh, rules, model = env.mesh, env.rules, env.model
   trainer = runtime.make_trainer(env, functools.partial(
       verifier_train_step, loss=vcfg.loss, balance=vcfg.balance))
-  state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
+  state, checkpointer = trainer.state, trainer.checkpointer
 
   def batch_fn(step, _):
     idx = training.batch_indices(config.seed, step, len(train["tokens"]), config.train.batch_size)
@@ -172,11 +170,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if metrics.is_lead_process():
     metrics.plot_curves(metrics.read_jsonl(writer.path), ["train/loss", "train/mse"],
                         os.path.join(env.workdir, "loss.png"), title=f"verifier ({vcfg.kind})")
-  out = {"job": "train_verifier", "kind": vcfg.kind, "step": step, "origin": origin,
+  out = {"job": "train_verifier", "kind": vcfg.kind, "step": step, "origin": trainer.run_origin,
          "train_data": vcfg.train_data, "eval_data": vcfg.eval_data,
          "budget": (trajectories.read_manifest(vcfg.train_data) or {}).get("budget", {}),
          "final_train": last, "eval": result, "constant_labels": constant,
          "params": env.model_cfg.num_params(),
-         "seconds": time.time() - t0}
+         "seconds": env.record.seconds()}
   artifacts.write_json(os.path.join(env.workdir, artifacts.SUMMARY), out)
   return out

@@ -78,7 +78,7 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
           max_prompt_chars=cfg.max_prompt_chars, seed=cfg.seed, val_fraction=cfg.val_fraction)
     # self.data_dir is the temporary directory renamed into place once all splits
     # are written, so the summary appears together with the data.
-    summary = dict(result.summary, fingerprint=cfg.name)
+    summary = stored_summary(result, cfg.name)
     with open(os.path.join(self.data_dir, jsonl_reader.SUMMARY_FILE), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
     return {split: self._generate_examples(records)
@@ -87,6 +87,11 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, records):
     for rec in records:
       yield rec["index"], {key: rec[key] for key in (*_TEXT_FEATURES, "steps", "index")}
+
+
+def stored_summary(result: jsonl_reader.ValidationResult, config_name: str) -> dict[str, Any]:
+  """The validation summary as it is stored next to the prepared data."""
+  return dict(result.summary, fingerprint=config_name)
 
 
 def make_builder(data_dir: str, fingerprint: str, *, fmt: str, strict: bool,

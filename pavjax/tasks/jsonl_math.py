@@ -47,11 +47,18 @@ Tokenizer, one of three:
     pad and newline id, the same line convention (`pavjax.tasks.hf_tokenizer`).
 Prompts are `[BOS] question NL` (BOS only when the tokenizer has one); references
 are `step1 NL step2 NL .. stepK EOS`.
-Problems whose prompt or reference exceeds `max_prompt_len` / `max_response_len`
-tokens, or whose tokenized reference is not judged correct (a lossy tokenizer),
-raise `base.DataError('<path>:<line>: <reason>: <detail>')` in strict mode and are
-dropped and counted (`token_filter_counts`, with their `file:line` in
-`token_filter_lines`) in lenient mode.
+Token limits. `max_prompt_len` / `max_response_len` left at 0 (the default) come from
+the data: the longest tokenized prompt / reference (EOS included) over all three
+splits, in the chosen tokenizer, times 1.25 and rounded up to a multiple of 16
+(`derived_length`), so no problem is over a derived limit. The jobs follow them
+(`config_lib.resolve_task_lengths`: `sample.max_new_tokens` and `model.max_len` at 0).
+The longest lengths and the derived limits are kept per tokenizer next to the prepared
+data (`jsonl_math_lengths.json`) and reported in `data_report()['token_lengths']`.
+Problems whose prompt or reference exceeds a limit the user set, or whose tokenized
+reference is not judged correct (a lossy tokenizer), raise
+`base.DataError('<path>:<line>: <reason>: <detail>')` in strict mode and are dropped and
+counted (`token_filter_counts`, with their `file:line` in `token_filter_lines`) in
+lenient mode. These checks run before any ArrayRecord file is written.
 
 Grading (`is_correct`): the response's final answer, extracted and normalized like the
 reference's, is compared with `pavjax.tasks.grading.answers_equivalent`. Plain numbers
@@ -66,9 +73,11 @@ the string comparison. The grading module's docstring lists the decisions (`50\\
 
 from __future__ import annotations
 
+import fractions
 import hashlib
 import json
 import logging
+import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -101,6 +110,19 @@ _TOKENIZER_VERSION = 1
 TOKENIZER_COVERAGE = "".join(chr(c) for c in range(33, 127))
 ANSWER_MARKERS = ("####", "\\boxed", "Answer:")
 _MAX_TOKENIZER_LINES = 200_000  # sentencepiece trains on at most this many lines
+# Limits left at 0 come from the data: the longest tokenized prompt (reference) of all
+# splits times LENGTH_HEADROOM, rounded up to a multiple of LENGTH_MULTIPLE.
+# 5/4: room for a model's response to run longer than the references.
+LENGTH_HEADROOM = fractions.Fraction(5, 4)
+LENGTH_MULTIPLE = 16
+LENGTHS_FILE = "jsonl_math_lengths.json"  # derived lengths per tokenizer, next to the data
+
+
+def derived_length(longest: int) -> int:
+  """`ceil(1.25 * longest)` rounded up to a multiple of 16, in exact arithmetic: a limit
+  with headroom over the longest sequence of the data (at least 16)."""
+  with_headroom = math.ceil(LENGTH_HEADROOM * int(longest))
+  return max(math.ceil(fractions.Fraction(with_headroom, LENGTH_MULTIPLE)), 1) * LENGTH_MULTIPLE
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -115,8 +137,11 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.tokenizer_path = ""  # user-given SentencePiece .model file ('' = train one, cached)
   cfg.hf_tokenizer = ""  # Hugging Face checkpoint dir whose tokenizer to use instead ('' = off)
   cfg.sp_vocab_size = 4096  # target pieces of the trained tokenizer (soft; unused when given)
-  cfg.max_prompt_len = 512  # max prompt tokens (BOS and trailing newline included)
-  cfg.max_response_len = 1024  # max response tokens, EOS included
+  # max prompt tokens (BOS and trailing newline included); 0 = from the data: the longest
+  # prompt of all splits with headroom (`derived_length`: x1.25, up to a multiple of 16)
+  cfg.max_prompt_len = 0
+  # max response tokens, EOS included; 0 = from the data: the longest reference, likewise
+  cfg.max_response_len = 0
   cfg.seed = 0  # seed of the train -> validation carve when validation.jsonl is absent
   cfg.val_fraction = 0.05  # fraction of train carved out as validation (if no validation.jsonl)
   cfg.grader = "math_verify"  # math_verify (symbolic, time-limited) | exact (normalised strings)
@@ -161,19 +186,48 @@ def prepare(manual_dir: str, data_dir: str, *, fmt: str = "auto", strict: bool =
     `(builder, summary)`: the prepared `jsonl_builder.JsonlMath` builder (read it with
     `builder.as_data_source()`), and the validation summary stored next to the data.
   """
-  from pavjax.tasks import jsonl_builder  # pylint: disable=g-import-not-at-top
-  opts = dict(fmt=fmt, strict=strict, max_prompt_chars=max_prompt_chars, seed=seed,
-              val_fraction=val_fraction)
-  builder = jsonl_builder.make_builder(
-      data_dir, fingerprint(manual_dir, **opts), **opts)
-  summary_path = os.path.join(builder.data_dir, jsonl_reader.SUMMARY_FILE)
-  if not builder.is_prepared():
-    result = jsonl_reader.validate_manual_dir(manual_dir, **opts)  # may raise: nothing written yet
-    builder.prevalidated = result
-    jsonl_builder.download_and_prepare(builder, manual_dir)
-  with open(summary_path) as f:
-    summary = json.load(f)
+  builder, _, summary, pending = validated_records(
+      manual_dir, data_dir, fmt=fmt, strict=strict, max_prompt_chars=max_prompt_chars,
+      seed=seed, val_fraction=val_fraction)
+  write_prepared(builder, manual_dir, pending)
   return builder, summary
+
+
+def validated_records(manual_dir: str, data_dir: str, **opts):
+  """The records of the manual directory, validated, before anything is written.
+
+  Prepared data (same fingerprint) is read back from its ArrayRecord files; otherwise
+  the JSONL files are validated in memory (`jsonl_reader.validate_manual_dir`, which
+  may raise) and nothing is written until `write_prepared`.
+
+  Args:
+    manual_dir: directory with the user's JSONL files.
+    data_dir: tfds data_dir.
+    **opts: fmt, strict, max_prompt_chars, seed, val_fraction (see `prepare`).
+
+  Returns:
+    `(builder, records, summary, pending)`: the builder, split -> records, the validation
+    summary (as stored next to the data), and the validation result still to be written
+    (None when the data was prepared already).
+  """
+  from pavjax.tasks import jsonl_builder  # pylint: disable=g-import-not-at-top
+  builder = jsonl_builder.make_builder(data_dir, fingerprint(manual_dir, **opts), **opts)
+  if builder.is_prepared():
+    with open(os.path.join(builder.data_dir, jsonl_reader.SUMMARY_FILE)) as f:
+      summary = json.load(f)
+    return builder, {split: load_split(builder, split) for split in base.SPLITS}, summary, None
+  result = jsonl_reader.validate_manual_dir(manual_dir, **opts)  # may raise: nothing written yet
+  summary = jsonl_builder.stored_summary(result, builder.builder_config.name)
+  return builder, result.records, summary, result
+
+
+def write_prepared(builder, manual_dir: str, pending) -> None:
+  """Writes the ArrayRecord files of a validation result (`validated_records`); None: no-op."""
+  if pending is None:
+    return
+  from pavjax.tasks import jsonl_builder  # pylint: disable=g-import-not-at-top
+  builder.prevalidated = pending
+  jsonl_builder.download_and_prepare(builder, manual_dir)
 
 
 def load_split(builder, split: str) -> list[dict[str, Any]]:
@@ -275,8 +329,26 @@ class JsonlMathTask(TextTask):
     self.grade_timeout_s = float(grade_timeout_s)
     self.tokenizer = tokenizer
     self.pad_id = tokenizer.pad_id  # 0 for SentencePiece; a pretrained vocabulary's own
-    self._max_prompt_len = int(max_prompt_len)
-    self._max_response_len = int(max_response_len)
+    for field, value in (("max_prompt_len", max_prompt_len),
+                         ("max_response_len", max_response_len)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        from pavjax import config_lib  # pylint: disable=g-import-not-at-top  (imports tasks)
+        raise config_lib.ConfigError(f"task.{field}", f"{value!r} must be an int >= 0 "
+                                     "(0 = from the data)")
+    # One pass of the tokenizer over every problem: the limits left at 0 are derived from
+    # these lengths, then every problem is checked against the limits.
+    encoded = {split: [(problem, len(self.encode_prompt(problem)),
+                        self.encode_solution(problem)) for problem in splits.get(split, ())]
+               for split in base.SPLITS}
+    self.longest_prompt = max((n for rows in encoded.values() for _, n, _ in rows), default=0)
+    self.longest_solution = max((len(sol) for rows in encoded.values() for _, _, sol in rows),
+                                default=0)
+    # The limits that came from the data (config value 0), not from the user.
+    self.derived_limits = tuple(name for name, value in (("max_prompt_len", max_prompt_len),
+                                                         ("max_response_len", max_response_len))
+                                if value == 0)
+    self._max_prompt_len = int(max_prompt_len) or derived_length(self.longest_prompt)
+    self._max_response_len = int(max_response_len) or derived_length(self.longest_solution)
     self.token_filter_counts = {reason: 0 for reason in TOKEN_FILTER_REASONS}
     # reason -> `file:line` (or `split/uid`) of the first dropped problems, capped like the
     # validation summary's skipped_lines.
@@ -288,8 +360,8 @@ class JsonlMathTask(TextTask):
     self._splits = {}
     for split in base.SPLITS:
       kept = []
-      for problem in splits.get(split, ()):
-        reason, detail = self._check(problem)
+      for problem, n_prompt, solution in encoded[split]:
+        reason, detail = self._check(problem, n_prompt, solution)
         if reason:
           where = sources.get(problem.uid)
           if strict:
@@ -310,16 +382,16 @@ class JsonlMathTask(TextTask):
     if any(self.token_filter_counts.values()):
       logging.warning("jsonl_math: dropped problems: %s", self.token_filter_counts)
 
-  def _check(self, problem: base.Problem) -> tuple[str, str]:
-    n_prompt = len(self.encode_prompt(problem))
+  def _check(self, problem: base.Problem, n_prompt: int, solution: list[int]
+             ) -> tuple[str, str]:
     if n_prompt > self._max_prompt_len:
-      return PROMPT_TOO_MANY_TOKENS, (f"prompt has {n_prompt} tokens > max_prompt_len="
-                                      f"{self._max_prompt_len}; raise config.task.max_prompt_len")
-    solution = self.encode_solution(problem)
+      return PROMPT_TOO_MANY_TOKENS, (
+          f"prompt has {n_prompt} tokens > max_prompt_len={self._max_prompt_len}; raise "
+          "config.task.max_prompt_len, or set it to 0 to derive it from the data")
     if len(solution) > self._max_response_len:
       return SOLUTION_TOO_MANY_TOKENS, (
           f"reference has {len(solution)} tokens > max_response_len={self._max_response_len}; "
-          "raise config.task.max_response_len")
+          "raise config.task.max_response_len, or set it to 0 to derive it from the data")
     outcome = self.is_correct(solution, problem)
     if outcome.reason != base.CORRECT:
       return REFERENCE_NOT_CORRECT, (
@@ -332,11 +404,21 @@ class JsonlMathTask(TextTask):
     body, has_eos = base.response_until_eos(tokens, self.eos_id)
     return self.tokenizer.decode(body) + ("</s>" if has_eos else "")
 
+  def token_lengths(self) -> dict:
+    """The longest tokenized prompt and reference over all splits, the limits in use, and
+    which of them were derived from those lengths (`derived_length`)."""
+    return {"longest_prompt": self.longest_prompt, "longest_solution": self.longest_solution,
+            "max_prompt_len": self._max_prompt_len, "max_response_len": self._max_response_len,
+            "derived": list(self.derived_limits), "headroom": float(LENGTH_HEADROOM),
+            "multiple": LENGTH_MULTIPLE}
+
   def data_report(self) -> dict:
-    """Bad-line counts from validating the JSONL files, and problems dropped for token limits."""
+    """Bad-line counts from validating the JSONL files, problems dropped for token limits,
+    and the token lengths (`token_lengths`)."""
     return {"jsonl_validation": self.validation_summary,
             "token_filter_counts": dict(self.token_filter_counts),
-            "token_filter_lines": {k: list(v) for k, v in self.token_filter_lines.items()}}
+            "token_filter_lines": {k: list(v) for k, v in self.token_filter_lines.items()},
+            "token_lengths": self.token_lengths()}
 
   def is_correct(self, response: Sequence[int], problem: base.Problem) -> base.Outcome:
     """Outcome of a response: its final answer (`answers.extract_final_answer`) vs the
@@ -365,6 +447,42 @@ class JsonlMathTask(TextTask):
     return answers.extract_final_answer(self.tokenizer.decode(body))[0]
 
 
+def _tokenizer_key(task_cfg: ml_collections.ConfigDict, trained_path: str | None) -> str:
+  """Names the tokenizer whose lengths `record_lengths` keeps: a trained model by its
+  cache name, a given SentencePiece file by a hash of its bytes, an HF tokenizer by its
+  directory."""
+  if trained_path:
+    return f"trained:{os.path.basename(trained_path)}"
+  hf_dir = task_cfg.get("hf_tokenizer", "")
+  if hf_dir:
+    return f"hf:{os.path.abspath(hf_dir)}"
+  with open(task_cfg.tokenizer_path, "rb") as f:
+    return f"sentencepiece:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+
+
+def record_lengths(prepared_dir: str, tokenizer_key: str, step_delimiter: str,
+                   task: JsonlMathTask) -> dict:
+  """Keeps the data's token lengths next to the prepared data, per tokenizer.
+
+  `<prepared_dir>/jsonl_math_lengths.json` maps `<tokenizer> step_delimiter=<json>` to
+  the longest tokenized prompt and reference over all splits and the limits derived
+  from them (`derived_length`), whatever the config set: a property of the data and
+  its tokenizer, the same for every stage that reads it. Returns that entry.
+  """
+  entry = {"longest_prompt": task.longest_prompt, "longest_solution": task.longest_solution,
+           "derived_max_prompt_len": derived_length(task.longest_prompt),
+           "derived_max_response_len": derived_length(task.longest_solution)}
+  key = f"{tokenizer_key} step_delimiter={json.dumps(step_delimiter)}"
+  path = os.path.join(prepared_dir, LENGTHS_FILE)
+  kept = artifacts.read_json(path) or {}
+  if kept.get(key) != entry:
+    if key in kept:  # the same data and tokenizer gave other lengths: should not happen
+      logging.warning("jsonl_math: %s: lengths for %s were %s, now %s", path, key, kept[key],
+                      entry)
+    artifacts.write_json(path, {**kept, key: entry})
+  return entry
+
+
 def problems_from_records(records: Sequence[Mapping[str, Any]]) -> list[base.Problem]:
   """Problems of prepared records (as returned by `load_split`)."""
   return [base.Problem(uid=r["uid"], prompt=r["question"], steps=tuple(r["steps"]),
@@ -391,11 +509,14 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
   vocab_size = task_cfg.get("sp_vocab_size", 4096)
   if tokenizer is None and vocab_size < 1:
     raise ValueError(f"config.task.sp_vocab_size={vocab_size} must be positive")
-  builder, summary = prepare(task_cfg.manual_dir, data_dir, fmt=task_cfg.format,
-                       strict=task_cfg.strict, max_prompt_chars=task_cfg.max_prompt_chars,
-                       seed=task_cfg.seed, val_fraction=task_cfg.val_fraction)
-  records = {split: load_split(builder, split) for split in base.SPLITS}
-  splits = {split: problems_from_records(recs) for split, recs in records.items()}
+  # Validate the records, build the tokenizer and check every problem against the token
+  # limits before any ArrayRecord file is written: bad data stops the run with nothing
+  # half-prepared (the trained tokenizer is cached; it depends on the data only).
+  builder, records, summary, pending = validated_records(
+      task_cfg.manual_dir, data_dir, fmt=task_cfg.format, strict=task_cfg.strict,
+      max_prompt_chars=task_cfg.max_prompt_chars, seed=task_cfg.seed,
+      val_fraction=task_cfg.val_fraction)
+  splits = {split: problems_from_records(records[split]) for split in base.SPLITS}
   sources = {r["uid"]: os.path.join(task_cfg.manual_dir, r["source"])
              for recs in records.values() for r in recs}
   sp_path, cached = None, False
@@ -408,6 +529,8 @@ def make(task_cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Jso
   task = JsonlMathTask(splits, tokenizer, task_cfg.max_prompt_len, task_cfg.max_response_len,
                        strict=task_cfg.strict, grader=grader, grade_timeout_s=grade_timeout_s,
                        step_delimiter=step_delimiter, sources=sources)
+  write_prepared(builder, task_cfg.manual_dir, pending)
   task.validation_summary = summary
   task.tokenizer_path, task.tokenizer_cached = sp_path, cached
+  record_lengths(builder.data_dir, _tokenizer_key(task_cfg, sp_path), step_delimiter, task)
   return task

@@ -287,3 +287,67 @@ def test_a_finished_stage_is_untouched_by_a_bad_override_of_it(tmp_path):
     pipeline.run_stage("sft", cfg, chash, workdir)
   after = sorted(os.listdir(workdir)), sorted(os.listdir(tmp_path / "sft")), _states(workdir)
   assert after == before
+
+
+class _Killed(Exception):
+  """Stands in for a SIGKILL inside a stage (in-process: the stage's files stay as they are)."""
+
+
+def _without_timings(report: str, workdir: str) -> str:
+  """report.md with its wall-clock values blanked and the workdir written as <workdir>."""
+  out = []
+  in_stages = False
+  for line in report.replace(workdir, "<workdir>").splitlines():
+    if line.startswith("Written "):  # when and where the report was written
+      line = line.split(":", 2)[-1]
+    if line.startswith("## "):
+      in_stages = line.strip() == "## Stages"
+    if in_stages and line.startswith("| ") and not line.startswith("| stage"):
+      line = "|".join(line.split("|")[:-2] + ["<seconds>", ""])
+    out.append(line)
+  return "\n".join(out)
+
+
+def test_a_pipeline_killed_in_rl_reruns_to_the_uninterrupted_report(tmp_path, monkeypatch):
+  """The uninterrupted pipeline, and a copy of it that lost its RL stages and then was
+  killed in PAV-RL after its step-2 checkpoint: the rerun resumes RL there and writes
+  the same report.md, wall-clock values aside; the stage's seconds add both attempts."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from pavjax.jobs import rl as rl_job  # pylint: disable=g-import-not-at-top
+
+  def config():
+    c = _config()
+    for name in ("rl_pav", "rl_outcome"):
+      c.stages[name].checkpoint.every = 2
+    return c
+
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  run_job(config(), straight)
+  shutil.copytree(straight, killed)
+  for name in ("rl_pav", "rl_outcome"):
+    shutil.rmtree(os.path.join(killed, name))
+  os.remove(os.path.join(killed, "report.md"))
+
+  real_update = rl_job.HackingMonitor.update
+
+  def dying_update(self, step, accuracy, dense):
+    if step == 3:  # the batch of step 3: step 2 is checkpointed
+      raise _Killed()
+    return real_update(self, step, accuracy, dense)
+
+  monkeypatch.setattr(rl_job.HackingMonitor, "update", dying_update)
+  with pytest.raises(_Killed):
+    run_job(config(), killed)
+  monkeypatch.setattr(rl_job.HackingMonitor, "update", real_update)
+  marker = _states(killed)["rl_pav"]
+  assert not marker["complete"] and "started" in marker
+  assert sorted(os.listdir(os.path.join(killed, "rl_pav", "checkpoints"))) == ["2"]
+  out = run_job(config(), killed)
+  assert out["stages"]["rl_pav"] == "resumed" and out["stages"]["rl_outcome"] == "ran"
+  assert out["stages"]["sft"] == "skipped (complete)"
+  assert (_without_timings((tmp_path / "killed" / "report.md").read_text(), killed)
+          == _without_timings((tmp_path / "straight" / "report.md").read_text(), straight))
+  # The killed attempt ran at least until its step-2 checkpoint was written.
+  first_attempt = (os.path.getmtime(os.path.join(killed, "rl_pav", "checkpoints", "2"))
+                   - marker["started"])
+  assert out["seconds"]["rl_pav"] >= first_attempt > 0

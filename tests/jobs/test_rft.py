@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 
+from pavjax import run_record
 from pavjax import tasks
 from pavjax import trajectories
 from pavjax.jobs import rft
@@ -63,7 +64,8 @@ def test_rft_keeps_distinct_correct_samples_and_resumes_from_its_cache(tmp_path,
   pool_bytes = open(shard, "rb").read()
   monkeypatch.setenv("PAVJAX_RESUME_ALLOW", "train.num_steps")  # a resume refuses it otherwise
   again = run_job(_config(toy_policy, steps=6), str(tmp_path))
-  assert again["rft_data"] == stats and again["origin"] == "checkpoint step 4"
+  assert again["rft_data"] == stats and again["origin"] == out["origin"]
+  assert run_record.attempt_origins(str(tmp_path))[-1] == "checkpoint step 4"
   assert open(shard, "rb").read() == pool_bytes  # reused, not resampled
 
 
@@ -118,6 +120,7 @@ def test_rft_without_a_correct_sample_keeps_the_initial_policy(tmp_path, toy_pol
     np.testing.assert_array_equal(a, b)
   # A rerun finds the step-0 checkpoint and the cached pool: nothing sampled or saved again.
   again = run_job(config, workdir)
-  assert again["fallback"] == out["fallback"] and again["origin"] == "checkpoint step 0"
+  assert again["fallback"] == out["fallback"] and again["origin"] == out["origin"]
+  assert run_record.attempt_origins(workdir)[-1] == "checkpoint step 0"
   assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["0"]
   assert again["eval"] == out["eval"]

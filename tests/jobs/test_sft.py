@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from pavjax import run_record
 from pavjax import metrics
 from pavjax.main import run_job
 from pavjax.testing import poison_loss_on_steps, restore_state
@@ -62,7 +63,8 @@ def test_halt_and_resume_equals_uninterrupted_run_bitwise(tmp_path):
   bogus = os.path.join(interrupted, "checkpoints", "5")
   os.makedirs(os.path.join(bogus, "default"))
   second = run_job(_config(), interrupted)
-  assert second["origin"] == "checkpoint step 3" and second["step"] == 6
+  assert second["origin"] == first["origin"] == "scratch" and second["step"] == 6
+  assert run_record.attempt_origins(interrupted) == ["scratch", "checkpoint step 3"]
   assert not os.path.exists(bogus)
   assert any(n.startswith("incomplete_5_") for n in os.listdir(os.path.dirname(bogus)))
   _assert_bitwise_equal(restore_state(straight, 6), restore_state(interrupted, 6))
@@ -83,7 +85,8 @@ def test_a_killed_and_resumed_job_logs_each_step_once(tmp_path, monkeypatch):
     run_job(_config(checkpoint__every=3), str(tmp_path))
   monkeypatch.undo()
   out = run_job(_config(checkpoint__every=3), str(tmp_path))
-  assert out["origin"] == "checkpoint step 3" and out["step"] == 6
+  assert out["origin"] == "scratch" and out["step"] == 6
+  assert run_record.attempt_origins(str(tmp_path)) == ["scratch", "checkpoint step 3"]
   rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [2, 3, 4, 6]
   assert [r["step"] for r in metrics.read_jsonl(str(tmp_path / "eval.jsonl"))] == [6]

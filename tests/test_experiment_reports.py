@@ -1,0 +1,159 @@
+"""experiments/*/report.py on hand-made run directories: intervals, seed spreads, verdicts, bands."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+
+import pytest
+
+from pavjax import stats
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(f"{name}_report", _ROOT / name / "report.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _write(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    if str(path).endswith(".jsonl"):
+      f.write("".join(json.dumps(r) + "\n" for r in obj))
+    else:
+      json.dump(obj, f)
+
+
+@pytest.fixture
+def plots(monkeypatch):
+  calls = {}
+
+  def fake(series, path, **kw):
+    calls[os.path.basename(path)] = (series, kw.get("bands"))
+    return path
+
+  monkeypatch.setattr("pavjax.metrics.plot_series", fake)
+  return calls
+
+
+def _row(text, start):
+  (row,) = [line for line in text.splitlines() if line.startswith(start)]
+  return [c.strip() for c in row.strip("|").split("|")]
+
+
+def _t(diffs, lo, hi, signed=False):
+  """'mean [low, high]' of the t interval of `diffs`, cut to [lo, hi]."""
+  mean = sum(diffs) / len(diffs)
+  half = _t_half(diffs)
+  f = (lambda x: f"{x:+.3f}") if signed else (lambda x: f"{x:.3f}")
+  return f"{f(mean)} [{f(max(mean - half, lo))}, {f(min(mean + half, hi))}]"
+
+
+def _t_half(diffs):
+  """Half-width of the t interval of the mean of `diffs` (t quantile from scipy-free tables:
+  df 1 is the Cauchy quantile tan(0.475 pi))."""
+  n = len(diffs)
+  mean = sum(diffs) / n
+  sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+  assert n == 2
+  return math.tan(0.475 * math.pi) * sd / math.sqrt(n)
+
+
+def test_didactic_report_intervals_and_seed_comparisons(tmp_path, plots):
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  cfg = {"sample": {"num_eval": 4}, "rl": {"eval_pass_ns": "1,2"}}
+  batch = {("pav", 0): [0.5, 0.7], ("pav", 1): [0.7, 0.9],  # run averages 0.6, 0.8
+           ("outcome", 0): [0.1, 0.3], ("outcome", 1): [0.2, 0.4]}  # 0.2, 0.3
+  final = {("pav", 0): 0.5, ("pav", 1): 0.75, ("outcome", 0): 0.25, ("outcome", 1): 0.0}
+  for (reward, seed), accs in batch.items():
+    run = runs / f"{reward}_seed{seed}"
+    _write(run / "config.json", cfg)
+    _write(run / "metrics.jsonl", [{"step": s, "rl/accuracy": a} for s, a in zip((10, 20), accs)])
+    _write(run / "eval.jsonl", [{"step": 50, "eval/pass_at_1": 0.25, "eval/pass_at_2": 0.5}])
+    _write(run / "summary.json", {"eval": {"sample_accuracy": final[reward, seed]}})
+  for gamma, seed, accs in ((5, 0, [0.6, 0.8]), (5, 1, [0.5, 0.7]), (10, 0, [0.8, 0.8]),
+                            (10, 1, [0.7, 0.9])):
+    _write(runs / f"gamma{gamma}_seed{seed}" / "metrics.jsonl",
+           [{"step": s, "rl/accuracy": a} for s, a in zip((10, 20), accs)])
+  _script("didactic").main([f"--runs={runs}", f"--out={out}"])
+  text = (out / "results.md").read_text()
+  # (a): each seed's final sampled accuracy over 4 problems x 2 samples = 8 draws.
+  row = _row(text, "| pav | 2 |")
+  assert f"seed 0: {stats.wilson(4, 8).text()} (n=8)" in row[3]
+  assert f"seed 1: {stats.wilson(6, 8).text()} (n=8)" in row[3]
+  # Run averages 0.6, 0.8: mean 0.7 and the t interval over the two seeds.
+  assert row[4] == _t([0.6, 0.8], 0, 1) + " (min 0.600, max 0.800)"
+  assert row[4] == "0.700 [0.000, 1.000] (min 0.600, max 0.800)"  # t(1) = 12.7: cut to [0, 1]
+  # PAV - outcome per seed: +0.4, +0.5 -> mean +0.45, t(1) says little: no difference.
+  row = _row(text, "| PAV - outcome, batch accuracy averaged over the run |")
+  assert row[1:] == ["2", "0: +0.400, 1: +0.500", _t([0.4, 0.5], -1, 1, signed=True),
+                     "no difference detected"]
+  # (c): Pass@N cells with Wilson intervals over the 4 replicates; bands on the plot.
+  row = _row(text, "| pav_seed0 |")
+  assert row == ["pav_seed0", "4", stats.wilson(1, 4).text(), stats.wilson(2, 4).text()]
+  _, bands = plots["fig3c_pass_at_n_iter50.png"]
+  w = stats.wilson(2, 4)
+  assert bands["pav_seed0"][1] == (2, w.low, w.high)
+  # (b): gamma 5 (0.7, 0.6) vs outcome-only over the first 20 iterations (0.2, 0.3).
+  row = _row(text, "| 5 | 2 |")
+  assert row[5] == _t([0.5, 0.3], -1, 1, signed=True)
+  assert row[6] == "no difference detected"
+  assert "| gamma 5 - gamma 10 | 2 | 0: -0.100, 1: -0.200 |" in text
+  assert (out / "fig3b_gamma.png").exists()
+
+
+def test_rl_vs_orm_report_intervals_and_comparisons(tmp_path, plots):
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  cfg = {"sample": {"num_eval": 10}, "rl": {"alpha": 3.0}}
+  uids = [f"v{i}" for i in range(10)]
+  per_problem = {("outcome", 0): [1] * 2 + [0] * 8, ("pav_exact", 0): [1] * 9 + [0]}
+  final = {("outcome", 0): (0.2, 0.2), ("outcome", 1): (0.3, 0.3),
+           ("pav_exact", 0): (0.9, 0.9), ("pav_exact", 1): (0.6, 0.5)}  # (sampled, greedy)
+  for (prefix, seed), (sampled, greedy) in final.items():
+    run = runs / f"{prefix}_seed{seed}"
+    _write(run / "config.json", cfg)
+    _write(run / "eval.jsonl", [
+        {"step": 0, "eval/sample_accuracy": 0.2, "eval/accuracy": 0.2, "eval/pass_at_1": 0.2,
+         "eval/pass_at_4": 0.4},
+        {"step": 20, "eval/sample_accuracy": sampled, "eval/accuracy": greedy,
+         "eval/pass_at_1": sampled, "eval/pass_at_4": 0.5 + 0.1 * seed}])
+    ev = {"accuracy": greedy}
+    if (prefix, seed) in per_problem:
+      ev.update(per_problem=per_problem[prefix, seed], problem_uids=uids)
+    _write(run / "summary.json", {"eval": ev})
+  _write(runs / "pav_exact_alpha1" / "eval.jsonl", [{"step": 20, "eval/sample_accuracy": 0.3,
+                                                     "eval/accuracy": 0.3}])
+  _write(runs / "pav_exact_alpha1" / "config.json", cfg)
+  _script("rl_vs_orm").main([f"--runs={runs}", f"--out={out}"])
+  text = (out / "results.md").read_text()
+  # Every seed with its Wilson interval over 10 problems.
+  row = _row(text, "| PAV-RL, exact line prover (p = 0.8) | 1 |")
+  assert row[2:] == ["10", stats.wilson(6, 10).text(), stats.wilson(5, 10).text()]
+  # Over seeds, paired by seed: sampled +0.7, +0.3.
+  row = _row(text, "| PAV-RL, exact line prover (p = 0.8) - ORM-RL, final sampled accuracy |")
+  assert row[1:] == ["2", "0: +0.700, 1: +0.300", _t([0.7, 0.3], -1, 1, signed=True),
+                     "no difference detected"]
+  # Seed 0 stored greedy outcomes per problem: 7 gains, no loss of 10.
+  diff = stats.paired_difference(per_problem["pav_exact", 0], per_problem["outcome", 0])
+  row = _row(text, "| PAV-RL, exact line prover (p = 0.8) - ORM-RL | 0 |")
+  assert row[2:] == ["10", diff.text(3, signed=True), "ahead"]
+  assert not [l for l in text.splitlines() if l.startswith("| PAV-RL, exact line prover "
+                                                           "(p = 0.8) - ORM-RL | 1 |")]
+  # Pass@N: the RL start is one evaluation (Wilson); the final policies show the seeds' range.
+  row = _row(text, "| RFT (RL start) |")
+  assert row == ["RFT (RL start)", "10", stats.wilson(2, 10).text(), stats.wilson(4, 10).text()]
+  row = _row(text, "| ORM-RL (outcome reward) | 10 |")
+  assert row[3] == "0.550 (seeds 0.500-0.600)"
+  # Alpha sweep: the alpha-1 run and seed 0 at alpha 3, each with its interval.
+  assert f"| 1 | 10 | {stats.wilson(3, 10).text()} | 20 |" in text
+  assert f"| 3 | 10 | {stats.wilson(9, 10).text()} | 20 |" in text
+  _, bands = plots["alpha_sweep.png"]
+  w = stats.wilson(3, 10)
+  assert bands["PAV-RL (exact prover)"][0] == (1.0, w.low, w.high)
+  _, bands = plots["pass_at_n.png"]
+  assert bands["ORM-RL (outcome reward)"] == [(1, 0.2, 0.3), (4, 0.5, 0.6)]
