@@ -377,3 +377,17 @@ def seed_difference(a: Mapping | Sequence[float], b: Mapping | Sequence[float],
   """
   da, db = _as_seed_dict(a), _as_seed_dict(b)
   return seed_spread({k: da[k] - db[k] for k in da if k in db}, within)
+
+
+def seed_comparison_row(label: str, a: Mapping | Sequence[float],
+                        b: Mapping | Sequence[float]) -> str:
+  """A markdown row comparing accuracies a - b paired by seed: label, seeds, every
+  seed's difference, mean with its t interval, verdict (the experiment reports')."""
+  d = seed_difference(a, b, within=(-1.0, 1.0))
+  if not d.values:
+    return f"| {label} | 0 | n/a | n/a | n/a |"
+  per = ", ".join(f"{s}: {v:+.3f}" for s, v in d.values.items())
+  iv = (f"[{d.interval.low:+.3f}, {d.interval.high:+.3f}]" if len(d.values) > 1
+        else "n/a (one seed)")
+  return (f"| {label} | {len(d.values)} | {per} | {d.mean:+.3f} {iv} | "
+          f"{verdict(d.interval)} |")

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from tests import xla_flags
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
@@ -33,3 +35,16 @@ def pytest_configure(config):
     raise RuntimeError(
         f"tests expect 8 faked CPU devices, found {jax.device_count()}: jax was imported "
         "before tests/conftest.py could set XLA_FLAGS")
+
+
+@pytest.fixture
+def plots(monkeypatch):
+  """Every `metrics.plot_series` call, by file name: (series, bands); nothing drawn."""
+  calls = {}
+
+  def fake(series, path, **kw):
+    calls[os.path.basename(path)] = (series, kw.get("bands"))
+    return path
+
+  monkeypatch.setattr("pavjax.metrics.plot_series", fake)
+  return calls

@@ -6,8 +6,6 @@ import math
 import os
 import pathlib
 
-import pytest
-
 from pavjax import stats
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1] / "experiments"
@@ -27,18 +25,6 @@ def _write(path, obj):
       f.write("".join(json.dumps(r) + "\n" for r in obj))
     else:
       json.dump(obj, f)
-
-
-@pytest.fixture
-def plots(monkeypatch):
-  calls = {}
-
-  def fake(series, path, **kw):
-    calls[os.path.basename(path)] = (series, kw.get("bands"))
-    return path
-
-  monkeypatch.setattr("pavjax.metrics.plot_series", fake)
-  return calls
 
 
 def _row(text, start):

@@ -72,8 +72,6 @@ def test_rft_fallback_is_named_in_accuracy_and_stages(tmp_path):
 import json
 import os
 
-import pytest
-
 from pavjax import stats
 
 _Z2 = stats.Z95 ** 2
@@ -146,19 +144,6 @@ def _pipeline_workdir(root, per_problem: bool):
       "rl_outcome": {"step": 4, "eval": ev(rl_start, pass_at_1=0.3, pass_at_2=0.4),
                      "initial_eval": ev(rl_start, pass_at_1=0.3, pass_at_2=0.45)},
   }
-
-
-@pytest.fixture
-def plots(monkeypatch):
-  """Every plot_series call, by file name: (series, bands)."""
-  calls = {}
-
-  def fake(series, path, **kw):
-    calls[os.path.basename(path)] = (series, kw.get("bands"))
-    return path
-
-  monkeypatch.setattr(report.metrics, "plot_series", fake)
-  return calls
 
 
 def _table_row(text, start):

@@ -65,18 +65,6 @@ def _spread_cell(sp):
   return f"{sp.mean:.3f} {iv} (min {sp.min:.3f}, max {sp.max:.3f})"
 
 
-def seed_comparison_row(label, a, b):
-  """A table row: a - b seed by seed (paired by seed), mean, t interval, verdict."""
-  d = stats.seed_difference(a, b, within=(-1.0, 1.0))
-  if not d.values:
-    return f"| {label} | 0 | n/a | n/a | n/a |"
-  per = ", ".join(f"{s}: {v:+.3f}" for s, v in d.values.items())
-  iv = (f"[{d.interval.low:+.3f}, {d.interval.high:+.3f}]" if len(d.values) > 1
-        else "n/a (one seed)")
-  return (f"| {label} | {len(d.values)} | {per} | {d.mean:+.3f} {iv} | "
-          f"{stats.verdict(d.interval)} |")
-
-
 SEED_COMPARISON_HEADER = [
     "| comparison (A - B, paired by seed) | seeds | per seed | mean [95% t interval] | verdict |",
     "|---|---|---|---|---|"]
@@ -167,9 +155,9 @@ def main(argv=None):
                    f"{_spread_cell(stats.seed_spread(run_avg[reward], within=(0.0, 1.0)))} |")
     if "pav" in run_avg and "outcome" in run_avg:
       lines += ["", *SEED_COMPARISON_HEADER,
-                seed_comparison_row("PAV - outcome, batch accuracy averaged over the run",
+                stats.seed_comparison_row("PAV - outcome, batch accuracy averaged over the run",
                                     run_avg["pav"], run_avg["outcome"]),
-                seed_comparison_row("PAV - outcome, final sampled accuracy",
+                stats.seed_comparison_row("PAV - outcome, final sampled accuracy",
                                     {s: v for s, (v, _) in finals["pav"].items()},
                                     {s: v for s, (v, _) in finals["outcome"].items()})]
     lines += ["", "![fig3a](fig3a_accuracy.png)", ""]
@@ -251,7 +239,7 @@ def main(argv=None):
     best = max(gam, key=lambda ga: np.mean(list(ga[1].values())))
     lines += ["", f"Each gamma against the best mean (gamma {best[0]:g}), paired by seed:", "",
               *SEED_COMPARISON_HEADER]
-    lines += [seed_comparison_row(f"gamma {g:g} - gamma {best[0]:g}", accs, best[1])
+    lines += [stats.seed_comparison_row(f"gamma {g:g} - gamma {best[0]:g}", accs, best[1])
               for g, accs in gam if g != best[0]]
     _plot_gamma(gam, outcome, theory, horizon, os.path.join(args.out, "fig3b_gamma.png"))
     lines += ["", "![fig3b](fig3b_gamma.png)", ""]

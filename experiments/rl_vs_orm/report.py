@@ -78,18 +78,6 @@ def _spread_cell(values: dict) -> str:
   return f"{sp.mean:.3f}{iv} (min {sp.min:.3f}, max {sp.max:.3f})"
 
 
-def seed_comparison_row(label: str, a: dict, b: dict) -> str:
-  """A table row: a - b paired by seed, every seed's difference, mean, t interval, verdict."""
-  d = stats.seed_difference(a, b, within=(-1.0, 1.0))
-  if not d.values:
-    return f"| {label} | 0 | n/a | n/a | n/a |"
-  per = ", ".join(f"{s}: {v:+.3f}" for s, v in d.values.items())
-  iv = (f"[{d.interval.low:+.3f}, {d.interval.high:+.3f}]" if len(d.values) > 1
-        else "n/a (one seed)")
-  return (f"| {label} | {len(d.values)} | {per} | {d.mean:+.3f} {iv} | "
-          f"{stats.verdict(d.interval)} |")
-
-
 def per_problem_rows(label: str, a: dict, b: dict) -> list[str]:
   """Each common seed's paired greedy comparison over problems (runs that stored them)."""
   out = []
@@ -180,7 +168,7 @@ def main(argv=None):
         continue
       for key, what in (("final", "final sampled accuracy"), ("greedy", "final greedy accuracy"),
                         ("run_avg", "accuracy averaged over the run")):
-        lines.append(seed_comparison_row(f"{f['label']} - ORM-RL, {what}", f[key], o[key]))
+        lines.append(stats.seed_comparison_row(f"{f['label']} - ORM-RL, {what}", f[key], o[key]))
     paired = [row for prefix, f in finals.items() if prefix != "outcome"
               for row in per_problem_rows(f"{f['label']} - ORM-RL", f["per_problem"],
                                           o["per_problem"])]
