@@ -274,6 +274,7 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.train.divergence = "stop"  # 'stop' | 'warn' | 'off'
   c.train.divergence_factor = 10.0  # loss > median + factor * max(|median|, MAD) = diverged
   c.train.divergence_window = 100  # steps of history the median is taken over
+  c.train.divergence_patience = 10  # ... for this many steps in a row (one bad batch is not)
   c.train.zero_grad_steps = 200  # consecutive steps with gradient norm exactly 0
   # Positions per chunk of the LM head + log-softmax in the SFT/RFT and RL losses: no
   # [batch, length, vocab] logits at a large vocabulary (0 = the whole length at once).
@@ -575,6 +576,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
       _check(t.divergence_factor > 0, "train.divergence_factor", "must be > 0")
       _check(t.divergence_window >= 2, "train.divergence_window", "must be >= 2")
       _check(t.zero_grad_steps >= 1, "train.zero_grad_steps", "must be >= 1")
+      _check(t.get("divergence_patience", 1) >= 1, "train.divergence_patience", "must be >= 1")
     chunk = t.get("logits_chunk", 0)  # LM-head chunking (training.token_stats)
     _check(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0,
            "train.logits_chunk", f"{chunk!r} must be an int >= 0 (0 = no chunking)")
@@ -652,7 +654,7 @@ RESUME_SAFE_FIELDS = (
     "checkpoint.fallback_on_corrupt", "train.log_every", "train.halt_at_step",
     "rollouts.halt_after_shards", "mesh", "rules", "model.remat", "train.logits_chunk",
     "init_from", "train.divergence", "train.divergence_factor", "train.divergence_window",
-    "train.zero_grad_steps",
+    "train.zero_grad_steps", "train.divergence_patience",
 )
 # Paths inside the workdir's parent directory that only moved with it (a copied or
 # moved pipeline workdir) count as unchanged too (`_moved_along`).

@@ -291,23 +291,28 @@ class DivergenceMonitor:
   Two signals, judged step by step on the host copies of the metrics the train
   loop fetches anyway (a skipped non-finite step is not judged):
 
-  * a spike: a loss above `median + factor * max(|median|, MAD)` of the previous
-    `window` losses (MAD: median absolute deviation), judged once the history
-    holds min(window, 20) of them, and only while it has a scale (> 0). For a
-    positive loss (cross-entropy, MSE) the margin is at least `factor` times the
-    median; for a loss centred near 0 (the RL surrogate) it is `factor` MADs;
+  * a sustained spike: a loss above `median + factor * max(|median|, MAD)` of the
+    previous `window` losses (MAD: median absolute deviation) for `patience`
+    steps in a row. Judged once the history holds min(window, 20) losses, and
+    only while it has a scale (> 0). For a positive loss (cross-entropy, MSE) the
+    margin is at least `factor` times the median; for a loss centred near 0 (the
+    RL surrogate) it is `factor` MADs. One bad batch is not divergence: a small
+    verifier batch can read 13x its median once and train on;
   * a dead update: a gradient norm of exactly 0 for `zero_grad_steps` steps in a
     row (AdamW at lr=1e3 saturates the network: finite loss, zero gradients).
 
-  Under 'stop' the first event raises `DivergenceError` (before a checkpoint of
-  that step is written); under 'warn' it is logged (a spike at most once per
-  window, a dead streak once) and kept in `events`. The history starts empty on
-  a resume, so the spike rule waits for its minimum history again.
+  Under 'stop' the first event raises `DivergenceError`; the train loop writes no
+  periodic checkpoint while a spike streak is open (`holding`), so the newest
+  checkpoint predates the streak. Under 'warn' an event is logged (a spike at
+  most once per window, a dead streak once) and kept in `events`. The history
+  starts empty on a resume, so the spike rule waits for its minimum history again.
   """
 
-  def __init__(self, action: str, factor: float, window: int, zero_grad_steps: int):
+  def __init__(self, action: str, factor: float, window: int, zero_grad_steps: int,
+               patience: int = 1):
     self.action, self.factor, self.zero_grad_steps = action, factor, zero_grad_steps
-    self.window = window
+    self.window, self.patience = window, patience
+    self.spike_streak = 0  # consecutive steps above the threshold
     self.min_history = min(window, 20)
     self.losses: list[float] = []
     self.zero_streak = 0
@@ -320,7 +325,12 @@ class DivergenceMonitor:
     if action == "off":
       return cls("off", 1.0, 2, 1)
     return cls(action, float(train_cfg.divergence_factor), int(train_cfg.divergence_window),
-               int(train_cfg.zero_grad_steps))
+               int(train_cfg.zero_grad_steps), int(train_cfg.get("divergence_patience", 1)))
+
+  @property
+  def holding(self) -> bool:
+    """True while a spike streak is open under 'stop': checkpoints wait for its verdict."""
+    return self.action == "stop" and self.spike_streak > 0
 
   def _spike(self, loss: float) -> str | None:
     if len(self.losses) < self.min_history:
@@ -338,6 +348,11 @@ class DivergenceMonitor:
     if self.action == "off":
       return None
     message = self._spike(loss)
+    self.spike_streak = self.spike_streak + 1 if message else 0
+    if message and self.spike_streak < self.patience:
+      message = None
+    elif message and self.patience > 1:
+      message += f", {self.spike_streak} steps in a row since step {step - self.spike_streak + 1}"
     self.losses.append(loss)
     del self.losses[:-self.window]
     self.zero_streak = self.zero_streak + 1 if grad_norm == 0.0 else 0
@@ -435,7 +450,7 @@ def train_loop(state, step_fn: Callable, batch_fn: Callable[[int, Any], Mapping[
         flush(step)  # fetches every pending step's metrics: all have finished
         bar.update(1)
         in_flight = None
-      if checkpointer.should_save(step) or is_last:
+      if (checkpointer.should_save(step) and not divergence.holding) or is_last:
         checkpointer.save(step, state)
       if eval_fn is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
         eval_fn(state, step)  # writes its own metrics

@@ -112,8 +112,8 @@ def test_a_killed_and_resumed_run_has_one_record_per_logged_step(tmp_path, monke
 # --- finite divergence (training.DivergenceMonitor) -------------------------------------
 
 
-def _monitor(action="stop", factor=10.0, window=100, zero_grad_steps=5):
-  return training.DivergenceMonitor(action, factor, window, zero_grad_steps)
+def _monitor(action="stop", factor=10.0, window=100, zero_grad_steps=5, patience=1):
+  return training.DivergenceMonitor(action, factor, window, zero_grad_steps, patience)
 
 
 def test_a_loss_spike_far_above_the_running_median_stops_naming_its_step():
@@ -124,6 +124,21 @@ def test_a_loss_spike_far_above_the_running_median_stops_naming_its_step():
   assert mon.update(21, 22.0, 1.0) is None
   with pytest.raises(training.DivergenceError, match=r"diverged at step 22: loss 23 is far"):
     mon.update(22, 23.0, 1.0)
+
+
+def test_a_spike_must_last_patience_steps_in_a_row():
+  """One bad batch (13x the median, as a small verifier batch once read) trains
+  on; three spiking steps in a row with patience 3 stop, naming the streak."""
+  mon = _monitor(patience=3)
+  for step in range(1, 21):
+    mon.update(step, 0.1, 1.0)
+  assert mon.update(21, 1.37, 1.0) is None and mon.holding
+  assert mon.update(22, 0.1, 1.0) is None and not mon.holding  # the streak ends
+  assert mon.update(23, 5.0, 1.0) is None
+  assert mon.update(24, 5.0, 1.0) is None
+  with pytest.raises(training.DivergenceError,
+                     match=r"step 25: loss 5 is far .*, 3 steps in a row since step 23"):
+    mon.update(25, 5.0, 1.0)
 
 
 def test_no_spike_is_judged_before_twenty_steps_of_history():
@@ -171,12 +186,14 @@ def test_warn_logs_and_goes_on_and_off_judges_nothing(caplog):
 
 
 def test_the_loop_stops_a_finite_divergence_before_checkpointing_it(tmp_path, monkeypatch):
-  """Loss 1 for 30 steps, then 1e6 (finite): 'stop' raises naming step 31 at the
-  flush of step 32, and no checkpoint after step 28 is written."""
+  """Loss 1 for 30 steps, then 1e6 (finite): with patience 10 'stop' raises at
+  step 40 naming the streak from step 31, and the periodic checkpoints of steps
+  32 and 36 (inside the open streak) are held: none after step 28 is written."""
   monkeypatch.setattr(metrics, "progress", lambda *a, **k: _Bar(*a, **k))
   cfg = ml_collections.ConfigDict(dict(
       num_steps=60, halt_at_step=0, log_every=8, nonfinite="stop", max_skips=10, eval_every=0,
-      divergence="stop", divergence_factor=10.0, divergence_window=100, zero_grad_steps=200))
+      divergence="stop", divergence_factor=10.0, divergence_window=100, zero_grad_steps=200,
+      divergence_patience=10))
 
   def step_fn(state, batch):
     loss = jnp.float32(1.0 if batch["x"] < 30 else 1e6)
@@ -185,7 +202,7 @@ def test_the_loop_stops_a_finite_divergence_before_checkpointing_it(tmp_path, mo
 
   ckpt = _Checkpointer()
   writer = metrics.MetricWriter(str(tmp_path), "metrics")
-  with pytest.raises(training.DivergenceError, match="diverged at step 31"):
+  with pytest.raises(training.DivergenceError, match="diverged at step 40: .*since step 31"):
     training.train_loop(types.SimpleNamespace(step=jnp.int32(0)), step_fn,
                         lambda step, _: {"x": step}, train_cfg=cfg, checkpointer=ckpt,
                         writer=writer)
