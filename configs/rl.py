@@ -42,7 +42,11 @@ def get_config(arg=None):
   rl.group_size = group  # samples per problem (forked from one prefill)
   rl.temperature = 1.0  # sampling temperature of RL rollouts
   rl.kl_coef = 0.001  # KL penalty to the initial policy (paper: 0.001; 0 = off)
-  rl.value_coef = 0.5  # weight of the value-baseline regression (the head is detached)
+  rl.value_coef = 0.5  # weight of the value-baseline regression
+  # The baseline of reinforce_value: 'head' (a scalar head on the policy's detached
+  # trunk) or 'separate' (a second network initialised from the policy's checkpoint,
+  # the paper's setup; twice the parameters and optimizer state).
+  rl.value_model = "head"
   rl.log_ratio_clamp = 10.0  # |log pi - log ref| clamp inside the KL estimate
   rl.mask_truncated = False  # leave responses without EOS out of the loss
   rl.max_steps = 0  # steps scored per response (0 = sample.max_new_tokens)

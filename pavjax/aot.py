@@ -338,8 +338,10 @@ class _Job:
     cfg = model_cfg(section, self.vocab)
     return models.build_model(cfg), cfg, _describe_model(section, cfg)
 
-  def train_state(self, model):
+  def train_state(self, model, wrap_tx=None):
     tx = training.make_optimizer(self.config.optim, self.config.train.num_steps)
+    if wrap_tx is not None:
+      tx = wrap_tx(tx)
     dp = shd.data_parallel_size(self.mesh)
     spec = training.train_state_spec(model, tx, self.config.seed, jnp.zeros((dp, 8), jnp.int32),
                                      self.mesh, self.rules)
@@ -354,10 +356,19 @@ class _Job:
     dp = shd.data_parallel_size(self.mesh)
     return training.params_spec(model, jnp.zeros((dp, 8), jnp.int32), self.mesh, self.rules)
 
-  def hold_state(self, spec) -> None:
-    """The train state, held as parameters + the rest (optimizer state, step, key)."""
-    self.held["params"] = spec.abstract.params
+  def hold_state(self, spec) -> tuple[str, ...]:
+    """The train state, held as parameters + the rest (optimizer state, step, key).
+
+    RL's separate value network (params {'policy', 'value'}) is held apart from
+    the policy's parameters, which the sampling steps read. Returns the names.
+    """
+    params = spec.abstract.params
     self.held["optimizer state"] = spec.abstract.replace(params=None)
+    if isinstance(params, dict) and set(params) == {"policy", "value"}:
+      self.held["params"], self.held["value params"] = params["policy"], params["value"]
+      return ("params", "value params", "optimizer state")
+    self.held["params"] = params
+    return ("params", "optimizer state")
 
   # --- abstract inputs ----------------------------------------------------------------
 
@@ -398,13 +409,13 @@ class _Job:
     self.steps.append(Step(self.stage, name, model_desc, shapes, jitted, tuple(args),
                            dict(static or {}), tuple(held), key or ""))
 
-  def train_step(self, name, fn, spec, batch, model_desc, cfg):
+  def train_step(self, name, fn, spec, batch, model_desc, cfg,
+                 held=("params", "optimizer state")):
     jitted = jax.jit(fn, in_shardings=(spec.shardings, jax.tree.map(lambda x: x.sharding, batch)),
                      out_shardings=(spec.shardings, None), donate_argnums=(0,))
     first = next(iter(batch.values())).shape
     self.add(name, model_desc, f"B={first[0]} T={first[1]}", jitted, (spec.abstract, batch),
-             held=("params", "optimizer state"),
-             key=_key(name, fn, (cfg, self.optim_key()), (spec.abstract, batch)))
+             held=held, key=_key(name, fn, (cfg, self.optim_key()), (spec.abstract, batch)))
 
   def generate(self, name, model, cfg, desc, params_name, *, rows, num_samples, prompt,
                new, method):
@@ -601,8 +612,12 @@ def _rl_steps(job: _Job, prefixes: int) -> None:
   del prefixes
   c, r = job.config, job.config.rl
   model, cfg, desc = job.model()
-  spec, tx = job.train_state(model)
-  job.hold_state(spec)
+  separate = r.get("value_model", "head") == "separate"
+  if separate:  # policy and value network in one state, an optimizer each
+    spec, tx = job.train_state(models.PolicyAndValue(cfg), rl_job.per_network_optimizer)
+  else:
+    spec, tx = job.train_state(model)
+  state_held = job.hold_state(spec)
   if r.kl_coef:
     job.held["reference params"] = job.frozen_params(model)
   scored = r.reward != "outcome" and r.prover.kind in ("bok", "verifier")
@@ -630,8 +645,8 @@ def _rl_steps(job: _Job, prefixes: int) -> None:
   fn = functools.partial(rl_job.rl_train_step, model=model, tx=tx, nonfinite=c.train.nonfinite,
                          estimator=r.estimator, group_size=r.group_size, kl_coef=r.kl_coef,
                          value_coef=r.value_coef, log_ratio_clamp=r.log_ratio_clamp,
-                         logits_chunk=chunk)
-  job.train_step("update", fn, spec, batch, desc, cfg)
+                         logits_chunk=chunk, separate_value=separate)
+  job.train_step("update", fn, spec, batch, desc, cfg, held=state_held)
 
 
 BUILDERS: dict[str, Callable[[_Job, int], None]] = {

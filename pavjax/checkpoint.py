@@ -310,17 +310,30 @@ class Checkpointer:
     self._mgr.close()
 
 
+def _holds_policy_and_value(mgr, step: int, abstract_params: Any) -> bool:
+  """Whether step `step` stores {'policy', 'value'} parameters where a plain tree is wanted."""
+  if isinstance(abstract_params, dict) and "policy" in abstract_params:
+    return False
+  try:
+    stored = mgr.item_metadata(step)["params"]
+  except (KeyError, TypeError, ValueError, FileNotFoundError):
+    return False
+  return hasattr(stored, "keys") and set(stored.keys()) == {"policy", "value"}
+
+
 def restore_params(path: str, abstract_params: Any) -> Any:
   """Parameters of the latest finalized checkpoint under `path` (for `init_from`).
 
   `path` is either a checkpoint directory (latest step used) or one step directory.
+  A checkpoint of RL with a separate value network (params {'policy', 'value'},
+  `models.PolicyAndValue`) gives its policy.
   """
   path = os.path.abspath(path)
   if os.path.basename(path).isdigit():
     directory, step = os.path.dirname(path), int(os.path.basename(path))
   else:
     directory, step = path, None
-  mgr = ocp.CheckpointManager(directory)
+  mgr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
   steps = [s for s in mgr.all_steps() if is_finalized(os.path.join(directory, str(s)))]
   if step is None:
     if not steps:
@@ -329,12 +342,16 @@ def restore_params(path: str, abstract_params: Any) -> Any:
   elif step not in steps:
     raise FileNotFoundError(f"init_from={path}: step {step} is missing or not finalized")
   try:
+    policy_only = _holds_policy_and_value(mgr, step, abstract_params)
+    target = {"params": {"policy": abstract_params} if policy_only else abstract_params}
     restored = mgr.restore(step, args=ocp.args.PyTreeRestore(
-        item={"params": abstract_params},
+        item=target,
         restore_args=jax.tree.map(
             lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
-                                           dtype=a.dtype), {"params": abstract_params}),
+                                           dtype=a.dtype), target),
         partial_restore=True))
+    if policy_only:
+      restored = {"params": restored["params"]["policy"]}
   except (KeyboardInterrupt, SystemExit):
     raise
   except Exception as e:  # name the step, whatever orbax or tensorstore raised

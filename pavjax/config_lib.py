@@ -720,6 +720,15 @@ def _length_from_task(field: str, before, now) -> bool:
   return field in LENGTH_FIELDS and ints and FROM_TASK in (before, now)
 
 
+# Fields added after runs were recorded, with the value that behaves as their absence
+# did: a recorded config without the field resumes under that value.
+ADDED_FIELDS = {"rl.value_model": "head"}
+
+
+def _added_as_before(field: str, before, now) -> bool:
+  return field in ADDED_FIELDS and before is _ABSENT and now == ADDED_FIELDS[field]
+
+
 def has_checkpoints(workdir: str) -> bool:
   """True iff `<workdir>/checkpoints` holds a step directory (finalized or not)."""
   from pavjax import checkpoint  # pylint: disable=g-import-not-at-top
@@ -750,7 +759,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
   root = os.path.dirname(os.path.abspath(workdir))
   changes = {k: v for k, v in config_changes(saved, config).items()
              if not _allowed(k, RESUME_SAFE_FIELDS) and not _moved_along(*v, root)
-             and not _length_from_task(k, *v)}
+             and not _length_from_task(k, *v) and not _added_as_before(k, *v)}
   refused = {k: v for k, v in changes.items() if not _allowed(k, extra)}
   if refused:
     show = lambda v: repr(v) if v is _ABSENT else json.dumps(v)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from pavjax import checkpoint as ckpt_lib
 from pavjax import config_lib
@@ -74,26 +75,37 @@ class Trainer:
   run_origin: str = ""
 
 
-def make_trainer(env: JobEnv, step: Callable) -> Trainer:
+def make_trainer(env: JobEnv, step: Callable, *, state_model: nn.Module | None = None,
+                 wrap_init: Callable[[Any], Any] | None = None,
+                 wrap_tx: Callable[[optax.GradientTransformation], Any] | None = None
+                 ) -> Trainer:
   """Optimizer, sharded state (resumed if the workdir has a checkpoint), jitted step.
 
   Args:
     env: from `setup`.
     step: `step(state, batch, *, model, tx, nonfinite)` (extra keywords bound by
-      the caller with functools.partial).
+      the caller with functools.partial); `model` is `env.model`.
+    state_model: the module whose parameters the state holds, when it is not
+      `env.model` (RL's `models.PolicyAndValue`).
+    wrap_init: maps the parameters `init_from` gives (a tree of `env.model`) to
+      the state's.
+    wrap_tx: maps the config's optimizer to the one the state uses.
   """
   config = env.config
   tx = training.make_optimizer(config.optim, config.train.num_steps)
+  if wrap_tx is not None:
+    tx = wrap_tx(tx)
   dp = shd.data_parallel_size(env.mesh)
-  spec = training.train_state_spec(env.model, tx, config.seed, jnp.zeros((dp, 8), jnp.int32),
-                                   env.mesh, env.rules)
+  spec = training.train_state_spec(state_model or env.model, tx, config.seed,
+                                   jnp.zeros((dp, 8), jnp.int32), env.mesh, env.rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(env.workdir, "checkpoints"),
                                        every=config.checkpoint.every, keep=config.checkpoint.keep,
                                        async_save=config.checkpoint.async_save,
                                        fallback_on_corrupt=config.checkpoint.fallback_on_corrupt)
+  load = functools.partial(load_params, env, field="init_from")
   state, origin = training.restore_or_init(
       spec, checkpointer, config.init_from,
-      load_params=functools.partial(load_params, env, field="init_from"))
+      load_params=load if wrap_init is None else lambda path: wrap_init(load(path)))
   logging.info("%s state from %s", config.job, origin)
   bound = functools.partial(step, model=env.model, tx=tx, nonfinite=config.train.nonfinite)
   jitted = None

@@ -209,3 +209,20 @@ def test_a_step_the_compiler_refuses_is_a_step_that_does_not_fit(tmp_path, capsy
   err = capsys.readouterr().err
   assert "pavjax.aot: rl_pav/update does not fit on v5e:2x2: the TPU compiler ran out of HBM, " \
          f"at least {aot._gib(row['shortfall'])} short" in err
+
+
+def test_a_separate_value_network_doubles_the_rl_state_not_what_sampling_reads(topology):
+  """rl.value_model='separate': the update holds two networks, each with AdamW's two
+  moments and its own two counts; generation still reads the policy's params only."""
+  params = 4 * (_params(**DIMS, vocab=VOCAB) - 1) // 4 + ROW
+  state = 6 * params + 5 * ROW + ROW  # 2 x (params, mu, nu); step + 2 x 2 counts; the key
+  config = _tiny_pipeline()
+  with config.unlocked():
+    config.stages.rl_pav.rl.value_model = "separate"
+  rows = {r.step: r for r in aot.run(config, topology, vocab=VOCAB, prefixes=128,
+                                     log=lambda m: None,
+                                     steps=["rl_pav/generate", "rl_pav/update"])}
+  upd, gen = rows["update"], rows["generate"]
+  assert upd.alias == state and upd.resident == 2 * params  # reference + prover verifier
+  assert gen.resident == (state - params) + 2 * params
+  assert params < gen.args < params + 4096

@@ -254,6 +254,23 @@ def test_paths_that_moved_with_the_workdirs_parent_count_as_unchanged(tmp_path, 
     config_lib.check_resume(now, str(new_root / "rft"))
 
 
+def test_a_field_added_later_resumes_at_the_value_its_absence_meant(tmp_path, monkeypatch):
+  """An RL workdir recorded before `rl.value_model` existed had a value head: it
+  resumes under 'head' and is refused under 'separate' (another train state)."""
+  monkeypatch.delenv(config_lib.RESUME_ALLOW_ENV, raising=False)
+  sys.path.insert(0, ROOT)
+  from configs import rl as rl_config  # pylint: disable=g-import-not-at-top
+  old = rl_config.get_config("task=toy,size=test")
+  del old.rl["value_model"]
+  _fake_resumable(str(tmp_path), old)
+  now = rl_config.get_config("task=toy,size=test")
+  assert now.rl.value_model == "head"
+  assert config_lib.check_resume(now, str(tmp_path)) == {}
+  now.rl.value_model = "separate"
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.rl\.value_model: "):
+    config_lib.check_resume(now, str(tmp_path))
+
+
 def test_resume_with_another_lr_is_refused_then_allowed_and_unchanged_resumes(
     tmp_path, monkeypatch, caplog):
   """End to end on the SFT job: halt at step 2, then the three kinds of rerun."""

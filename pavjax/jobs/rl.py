@@ -13,7 +13,18 @@ Each iteration:
      every token of step h (`rewards.token_rewards`), never summed over later
      steps;
   5. one policy-gradient step with the named estimator (`pavjax.rl.estimators`),
-     an optional KL penalty to the initial policy and the value-head baseline.
+     an optional KL penalty to the initial policy and the learned value baseline.
+
+The value baseline (`rl.value_model`):
+  head      a scalar head on the policy's trunk, fitted on detached features, so
+            the baseline never changes the policy (cheap: one network);
+  separate  a second network of the policy's architecture, initialised from the
+            same checkpoint as the policy (the paper's choice, Sec. 5 / App. E),
+            whose whole trunk fits the returns. Both live in one train state
+            (`models.PolicyAndValue`: params {'policy', 'value'}) with an
+            optimizer each (own clipping and moments); samplers, evaluations,
+            the KL reference and later jobs read `params['policy']`. It costs a
+            second network's memory and a second forward/backward per update.
 
 Reward variants (`rl.reward`):
   outcome   alpha * 0: Rex only
@@ -37,10 +48,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from pavjax import artifacts
 from pavjax import config_lib
 from pavjax import metrics
+from pavjax import models
 from pavjax import rewards
 from pavjax import sharding as shd
 from pavjax import training
@@ -55,6 +68,9 @@ from pavjax.search import best_of_n
 
 REWARDS = ("outcome", "pav", "q_bonus")
 PROVERS = ("bok", "verifier", "procedural")
+VALUE_MODELS = ("head", "separate")
+# Estimators that subtract the learned value (the others never read it).
+VALUE_ESTIMATORS = ("reinforce_value",)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -63,6 +79,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   cfg = config.rl
   config_lib.check_choice(cfg.reward, REWARDS, "rl.reward")
   config_lib.check_choice(cfg.estimator, tuple(sorted(estimators.ESTIMATORS)), "rl.estimator")
+  value_model = cfg.get("value_model", "head")
+  config_lib.check_choice(value_model, VALUE_MODELS, "rl.value_model")
+  if value_model == "separate":
+    config_lib.check(cfg.estimator in VALUE_ESTIMATORS, "rl.value_model",
+                     f"'separate' trains a value network that rl.estimator={cfg.estimator!r} "
+                     f"never reads; use it with {VALUE_ESTIMATORS} or set 'head'")
   config_lib.check_finite(cfg.alpha, "rl.alpha")
   for field in ("temperature",):
     config_lib.check_finite(cfg[field], f"rl.{field}", minimum=1e-6)
@@ -91,7 +113,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 def rl_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: str,
                   estimator: str, group_size: int, kl_coef: float, value_coef: float,
-                  log_ratio_clamp: float, logits_chunk: int = 0):
+                  log_ratio_clamp: float, logits_chunk: int = 0, separate_value: bool = False):
   """One policy-gradient step on a [B, W] batch of sampled responses.
 
   Position t of the arrays describes token t: its return, whether the loss
@@ -99,14 +121,24 @@ def rl_train_step(state: training.TrainState, batch, *, model, tx, nonfinite: st
   of token t comes from the logits at t - 1, and so does its value baseline.
   The LM head runs `logits_chunk` positions at a time (`train.logits_chunk`; 0 =
   all at once): only the chosen tokens' log-probs and the entropies leave it.
+
+  With `separate_value`, `state.params` is {'policy', 'value'} (both trees of
+  `model`): the baseline comes from the value network, whose gradient is the
+  value loss's alone, and the policy's from the policy loss alone.
   """
   est = estimators.get(estimator)
 
   def loss_fn(params):
-    targets = batch["tokens"][:, 1:]
-    head, all_values = training.token_stats(
-        model, params, batch["tokens"], targets, chunk=logits_chunk, entropy=True,
-        values=True, detach_values=True)
+    tokens, targets = batch["tokens"], batch["tokens"][:, 1:]
+    if separate_value:
+      head, _ = training.token_stats(model, params["policy"], tokens, targets,
+                                     chunk=logits_chunk, entropy=True)
+      all_values = model.apply({"params": params["value"]}, tokens, logits=False,
+                               values=True).values
+    else:
+      head, all_values = training.token_stats(
+          model, params, tokens, targets, chunk=logits_chunk, entropy=True,
+          values=True, detach_values=True)
     logp = head.logp  # [B, W - 1]
     mask = batch["mask"][:, 1:]
     returns = batch["returns"][:, 1:]
@@ -178,6 +210,26 @@ class ProverValues:
     return np.where(mask, q, 0.0)
 
 
+def policy_and_value(policy_params):
+  """{'policy', 'value'} parameters with the value network a copy of the policy."""
+  return {"policy": policy_params, "value": jax.tree.map(jnp.copy, policy_params)}
+
+
+def per_network_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` applied to the 'policy' and the 'value' parameters apart: each network
+  clips its own gradient and keeps its own moments."""
+  return optax.multi_transform({"policy": tx, "value": tx},
+                               lambda params: {k: k for k in params})  # a prefix of the tree
+
+
+def separate_value_model(env: runtime.JobEnv) -> dict:
+  """`runtime.make_trainer`'s keywords for `rl.value_model='separate'`: the state
+  holds `models.PolicyAndValue`, `init_from` fills both networks, and each network
+  has its own optimizer (`per_network_optimizer`)."""
+  return {"state_model": models.PolicyAndValue(env.model_cfg), "wrap_init": policy_and_value,
+          "wrap_tx": per_network_optimizer}
+
+
 def dense_terms(kind: str, q_mu: np.ndarray, step_mask: np.ndarray) -> np.ndarray:
   """[B, H] the per-step term alpha multiplies: A^mu (pav), Q^mu (q_bonus) or 0 (outcome)."""
   if kind == "outcome":
@@ -247,17 +299,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg, task, mesh, rules, model = config.rl, env.task, env.mesh, env.rules, env.model
   rows = cfg.num_prompts * cfg.group_size
   prover = ProverValues(env, cfg.prover) if cfg.reward != "outcome" else None
+  separate = cfg.get("value_model", "head") == "separate"
   trainer = runtime.make_trainer(env, functools.partial(
       rl_train_step, estimator=cfg.estimator, group_size=cfg.group_size, kl_coef=cfg.kl_coef,
       value_coef=cfg.value_coef, log_ratio_clamp=cfg.log_ratio_clamp,
-      logits_chunk=config.train.get("logits_chunk", 0)))
+      logits_chunk=config.train.get("logits_chunk", 0), separate_value=separate),
+      **(separate_value_model(env) if separate else {}))
   state, checkpointer, origin = trainer.state, trainer.checkpointer, trainer.origin
   if origin == "scratch":
     logging.warning("RL starts from random weights: set config.init_from to an SFT checkpoint")
+    if separate:  # the value network starts as a copy of the policy, as from a checkpoint
+      state = state.replace(params=policy_and_value(state.params["policy"]))
+  policy = (lambda params: params["policy"]) if separate else (lambda params: params)
   ref_params = None
   if cfg.kl_coef:  # the reference is the initial policy, also when a run resumes
     ref_params = (runtime.load_params(env, config.init_from, "init_from") if config.init_from
-                  else jax.tree.map(jnp.copy, state.params))
+                  else jax.tree.map(jnp.copy, policy(state.params)))
   logp_fn = jax.jit(functools.partial(token_logprobs, model,
                                       logits_chunk=config.train.get("logits_chunk", 0)))
 
@@ -279,7 +336,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     prompts = [task.encode_prompt(p) for p in problems]
     tokens, lengths = left_pad(prompts, task.pad_id, buckets=(prompt_width,))
     out = sampler.generate(
-        st.params, jax.device_put(tokens, shd.batch_sharding(mesh, 2)),
+        policy(st.params), jax.device_put(tokens, shd.batch_sharding(mesh, 2)),
         jax.device_put(lengths, shd.batch_sharding(mesh, 1)),
         jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), max_new_tokens=max_new,
         method=method, stop_tokens=(task.eos_id,), num_samples=cfg.group_size)
@@ -316,13 +373,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def eval_fn(st, step):
     key = jax.random.PRNGKey(config.seed + 17)
     greedy = evaluation.sample_responses(
-        task, sampler, st.params, eval_problems, rng=key, mesh=mesh,
+        task, sampler, policy(st.params), eval_problems, rng=key, mesh=mesh,
         method=sampling_methods.from_config(config.sample), max_new_tokens=max_new,
         batch_size=config.sample.batch_size)
     result = {"accuracy": evaluation.summarize(greedy)["accuracy"]}
     if pass_ns:
       pool = evaluation.sample_responses(
-          task, sampler, st.params, eval_problems, rng=key, mesh=mesh, method=method,
+          task, sampler, policy(st.params), eval_problems, rng=key, mesh=mesh, method=method,
           max_new_tokens=max_new, batch_size=config.sample.batch_size * max(pass_ns),
           num_samples=max(pass_ns))
       correct = np.array([[r.outcome.reward > 0 for r in g] for g in pool])
@@ -365,6 +422,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
          "halted": step < config.train.num_steps,
          "models": {"policy": {"checkpoint": config.init_from,
                                "params": env.model_cfg.num_params()}}}
+  if separate:
+    out["models"]["value"] = {"checkpoint": config.init_from,
+                              "params": env.model_cfg.num_params()}
   if prover is not None and prover.kind != "procedural":
     out["models"]["prover_verifier"] = {"checkpoint": prover.verifier.path,
                                         "params": prover.verifier.num_params}

@@ -51,3 +51,26 @@ def model_config_from(model_cfg: Any, vocab_size: int) -> ModelConfig:
 def build_model(cfg: ModelConfig) -> nn.Module:
   """The flax module for static hyper-parameters from `model_config_from`."""
   return Made(cfg) if isinstance(cfg, MadeConfig) else Transformer(cfg)
+
+
+class PolicyAndValue(nn.Module):
+  """A policy and a separate value network of the same architecture, as one module.
+
+  RL's learned baseline (arXiv 2410.08146, Sec. 5: REINFORCE with a token-level
+  value baseline) is either the policy's own value head on its detached trunk
+  (`rl.value_model='head'`) or this: a second network, initialised from the same
+  checkpoint as the policy, whose whole trunk fits the returns
+  (`rl.value_model='separate'`). Its parameters are `{'policy': ..., 'value': ...}`,
+  each a full parameter tree of `net`, so one train state, optimizer and
+  checkpoint hold both, and `params['policy']` is what samplers and later jobs
+  read.
+  """
+
+  net: ModelConfig
+
+  def setup(self):
+    self.policy = build_model(self.net)
+    self.value = build_model(self.net)
+
+  def __call__(self, tokens, **kwargs):
+    return self.policy(tokens, **kwargs), self.value(tokens, logits=False, values=True)

@@ -1,8 +1,10 @@
 """RL job: a toy smoke run with every reward variant, exact resume, and 8 devices == 1."""
 
 import functools
+import os
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,21 +96,7 @@ def _one_rl_step(mesh_cfg, devices):
   spec = training.train_state_spec(model, tx, 0, jnp.zeros((2, 8), jnp.int32), mesh,
                                    shd.DEFAULT_RULES)
   state = spec.init()
-  task = tasks.make_task(tasks.default_task_config("toy"))
-  problems = task.split("train")[:4]
-  prompts = [task.encode_prompt(p) for p in problems for _ in range(2)]
-  rng = np.random.default_rng(0)
-  responses = [list(rng.integers(3, 15, 6)) + [task.eos_id] for _ in range(8)]
-  ro = trajectories.from_responses(task, prompts, responses,
-                                   [p for p in problems for _ in range(2)],
-                                   [i for i in range(4) for _ in range(2)], max_steps=8, width=16)
-  step_ids = trajectories.token_step_ids(ro)
-  returns = ro.outcome[:, None] + 0.1 * (step_ids >= 0) * (step_ids % 2)
-  batch = shd.shard_batch({
-      "tokens": ro.tokens, "mask": trajectories.loss_mask(ro, mask_unfinished=False),
-      "returns": returns.astype(np.float32),
-      "outcome": ro.outcome[:, None], "dense": np.zeros((8, 1), np.float32),
-      "ref_logp": np.full(ro.tokens.shape, -2.0, np.float32)}, mesh)
+  batch = shd.shard_batch(_toy_batch(), mesh)
   step = jax.jit(functools.partial(
       rl.rl_train_step, model=model, tx=tx, nonfinite="stop", estimator="reinforce_value",
       group_size=2, kl_coef=0.01, value_coef=0.5, log_ratio_clamp=10.0),
@@ -126,3 +114,124 @@ def test_one_rl_step_on_eight_devices_matches_one_device():
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
   for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+# --- rl.value_model='separate': a value network beside the policy -------------------------
+
+
+def _separate_step(policy, value, *, kl_coef=0.01, value_coef=0.5, grad_clip=0.0):
+  """One separate-value RL step (SGD, lr 0.1, no warm-up) from the given parameters."""
+  mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  optim = config_lib.base_config("rl").optim
+  optim.update(name="sgd", lr=0.1, warmup_steps=0, grad_clip=grad_clip)
+  tx = rl.per_network_optimizer(training.make_optimizer(optim, 10))
+  params = {"policy": policy, "value": value}
+  state = training.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                              rng=jax.random.PRNGKey(0))
+  batch = _toy_batch()
+  step = functools.partial(
+      rl.rl_train_step, model=Transformer(MODEL), tx=tx, nonfinite="stop",
+      estimator="reinforce_value", group_size=2, kl_coef=kl_coef, value_coef=value_coef,
+      log_ratio_clamp=10.0, separate_value=True)
+  with shd.activate(mesh, shd.DEFAULT_RULES):
+    return jax.jit(step)(state, batch)
+
+
+def _toy_batch():
+  """A hand-made batch: 8 random responses to 4 toy problems, returns with a step term."""
+  task = tasks.make_task(tasks.default_task_config("toy"))
+  problems = task.split("train")[:4]
+  prompts = [task.encode_prompt(p) for p in problems for _ in range(2)]
+  rng = np.random.default_rng(0)
+  responses = [list(rng.integers(3, 15, 6)) + [task.eos_id] for _ in range(8)]
+  ro = trajectories.from_responses(task, prompts, responses,
+                                   [p for p in problems for _ in range(2)],
+                                   [i for i in range(4) for _ in range(2)], max_steps=8, width=16)
+  step_ids = trajectories.token_step_ids(ro)
+  returns = ro.outcome[:, None] + 0.1 * (step_ids >= 0) * (step_ids % 2)
+  return {"tokens": ro.tokens, "mask": trajectories.loss_mask(ro, mask_unfinished=False),
+          "returns": returns.astype(np.float32), "outcome": ro.outcome[:, None],
+          "dense": np.zeros((8, 1), np.float32),
+          "ref_logp": np.full(ro.tokens.shape, -2.0, np.float32)}
+
+
+def _init(seed):
+  return nn.unbox(Transformer(MODEL).init(jax.random.PRNGKey(seed),
+                                          jnp.zeros((1, 8), jnp.int32))["params"])
+
+
+def _leaves_equal(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_a_separate_value_network_and_the_policy_update_independently():
+  """The policy's update does not depend on the value loss's weight, the value
+  network's not on the KL weight (each has its own gradient and, under a
+  clipping that binds, its own clipping), while the policy's does depend on the
+  value network (the baseline)."""
+  policy, value = _init(0), _init(1)
+  value["value_w"] = jnp.full_like(value["value_w"], 0.1)  # a baseline that is not all 0
+  base, m = _separate_step(policy, value)
+  heavier, _ = _separate_step(policy, value, value_coef=50.0)
+  assert _leaves_equal(base.params["policy"], heavier.params["policy"])
+  assert not _leaves_equal(base.params["value"], heavier.params["value"])
+  clipped, _ = _separate_step(policy, value, grad_clip=1e-4)  # binds on both networks
+  clipped_heavier, _ = _separate_step(policy, value, value_coef=50.0, grad_clip=1e-4)
+  assert _leaves_equal(clipped.params["policy"], clipped_heavier.params["policy"])
+  assert not _leaves_equal(clipped.params["policy"], base.params["policy"])
+  no_kl, _ = _separate_step(policy, value, kl_coef=0.0)
+  assert _leaves_equal(base.params["value"], no_kl.params["value"])
+  assert not _leaves_equal(base.params["policy"], no_kl.params["policy"])
+  other_baseline, _ = _separate_step(policy, {**value, "value_b": jnp.float32(0.5)})
+  assert not _leaves_equal(base.params["policy"], other_baseline.params["policy"])
+  # The value loss is the value network's: its head and trunk both move.
+  for name in ("value_w", "embedding"):
+    assert not np.array_equal(base.params["value"][name], value[name]), name
+  assert np.isfinite(float(m["rl/value_loss"]))
+
+
+def _capture_start(monkeypatch) -> list:
+  """Records the parameters each train loop starts from (host copies)."""
+  first, real_loop = [], training.train_loop
+
+  def loop(state, *args, **kwargs):
+    first.append(jax.device_get(state.params))
+    return real_loop(state, *args, **kwargs)
+
+  monkeypatch.setattr(training, "train_loop", loop)
+  return first
+
+
+def test_separate_value_model_is_a_copy_of_the_policy_and_rides_in_the_checkpoint(
+    tmp_path, toy_policy, monkeypatch):
+  config = _config(toy_policy)
+  config.rl.value_model = "separate"
+  config.train.num_steps = 2
+  first = _capture_start(monkeypatch)
+  out = run_job(config, str(tmp_path / "run"))
+  assert out["models"]["value"] == out["models"]["policy"]
+  sft = restore_state(os.path.dirname(toy_policy), 120)["params"]
+  assert _leaves_equal(first[0]["policy"], sft) and _leaves_equal(first[0]["value"], sft)
+  params = restore_state(str(tmp_path / "run"), 2)["params"]
+  assert set(params) == {"policy", "value"}
+  assert not _leaves_equal(params["policy"], params["value"])  # trained apart
+  config.rl.estimator = "rloo"
+  with pytest.raises(config_lib.ConfigError, match="rl.value_model: 'separate' trains a value"):
+    run_job(config, str(tmp_path / "rloo"))
+
+
+def test_a_later_job_reads_the_policy_of_a_separate_value_checkpoint(tmp_path, toy_policy,
+                                                                    monkeypatch):
+  """`init_from` an RL run with a separate value network takes its policy: a
+  second RL run (head baseline) starts from exactly the first run's policy."""
+  config = _config(toy_policy, reward="outcome")
+  config.rl.value_model = "separate"
+  config.train.num_steps = 2
+  run_job(config, str(tmp_path / "separate"))
+  trained = restore_state(str(tmp_path / "separate"), 2)["params"]["policy"]
+  again = _config(str(tmp_path / "separate" / "checkpoints"), reward="outcome")
+  again.train.num_steps = 1
+  first = _capture_start(monkeypatch)
+  run_job(again, str(tmp_path / "next"))
+  assert _leaves_equal(first[0], trained)
