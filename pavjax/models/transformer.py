@@ -70,6 +70,10 @@ class TransformerConfig:
   layer_windows: tuple[int, ...] = ()  # per layer: sliding window in tokens, 0 = global
   rope_scaling: tuple = ()  # () or ("llama3", factor, low_freq, high_freq, original_max_len)
   param_dtype: str = "float32"  # storage dtype of parameters (bfloat16 halves memory)
+  # With a KV cache, attention reads only the slots written so far, rounded up to a
+  # multiple of this many slots (one compiled branch per multiple, picked at run
+  # time); 0 reads every slot. Results equal full attention: unread slots are masked.
+  attn_block: int = 128
 
   @classmethod
   def from_config(cls, model_cfg: Any, vocab_size: int) -> "TransformerConfig":
@@ -85,6 +89,8 @@ class TransformerConfig:
     if self.layer_windows and len(self.layer_windows) != self.num_layers:
       raise ValueError(f"layer_windows has {len(self.layer_windows)} entries for "
                        f"{self.num_layers} layers")
+    if self.attn_block < 0:
+      raise ValueError(f"attn_block {self.attn_block} must be >= 0")
     if self.rope_scaling and self.rope_scaling[0] != "llama3":
       raise ValueError(f"rope_scaling type {self.rope_scaling[0]!r} is not implemented")
 
@@ -205,31 +211,95 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, cfg.rope_base, cfg.rope_scaling)
     kk = apply_rope(kk, positions, cfg.rope_base, cfg.rope_scaling)
 
-    if cache_kv is not None:
+    b, t = q.shape[:2]
+    q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
+    if cache_kv is None:
+      out = _attend(cfg, q, kk, vv, mask)
+    else:
       # Only the T new slots of this layer are written. The stacked buffers are
       # loop-carried (layer scan, decode loop) and donated by the caller, so XLA
       # updates them in place; this layer's keys are then read back out of them.
       all_k, all_v = cache_kv
-      at = (layer, 0, write_index, 0, 0)
-      all_k = jax.lax.dynamic_update_slice(all_k, kk[None].astype(all_k.dtype), at)
-      all_v = jax.lax.dynamic_update_slice(all_v, vv[None].astype(all_v.dtype), at)
+      all_k, all_v = write_cache(all_k, all_v, kk, vv, layer, write_index)
       all_k = nn.with_logical_constraint(all_k, KV_AXES)
       all_v = nn.with_logical_constraint(all_v, KV_AXES)
-      kk = jax.lax.dynamic_index_in_dim(all_k, layer, axis=0, keepdims=False)
-      vv = jax.lax.dynamic_index_in_dim(all_v, layer, axis=0, keepdims=False)
       cache_kv = (all_k, all_v)
-    kk = nn.with_logical_constraint(kk, ("batch", "length", "kv_heads", "kv"))
-    vv = nn.with_logical_constraint(vv, ("batch", "length", "kv_heads", "kv"))
-
-    b, t = q.shape[:2]
-    q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk.astype(dt)).astype(jnp.float32)
-    logits = softcap(logits * (cfg.query_scale or h**-0.5), cfg.attn_softcap)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv.astype(dt)).reshape(b, t, n, h)
+      out = cached_attention(cfg, q, all_k, all_v, mask, layer,
+                             jnp.max(write_index) + t)
+    out = out.reshape(b, t, n, h)
     y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
     return y, cache_kv
+
+
+def _attend(cfg: TransformerConfig, q: Array, kk: Array, vv: Array, mask: Array) -> Array:
+  """Grouped-query attention of q [B, T, K, G, H] over keys/values [B, S, K, H]."""
+  dt = cfg.compute_dtype
+  kk = nn.with_logical_constraint(kk, ("batch", "length", "kv_heads", "kv"))
+  vv = nn.with_logical_constraint(vv, ("batch", "length", "kv_heads", "kv"))
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk.astype(dt)).astype(jnp.float32)
+  logits = softcap(logits * (cfg.query_scale or cfg.head_dim**-0.5), cfg.attn_softcap)
+  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+  return jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv.astype(dt))  # [B, T, K, G, H]
+
+
+def write_cache(all_k: Array, all_v: Array, kk: Array, vv: Array, layer, write_index):
+  """Writes one layer's T new keys/values [B, T, K, H] into the stacked caches.
+
+  `write_index` is a scalar (every row writes at the same slot: one
+  dynamic_update_slice) or [B] (each row at its own slot: a scatter, for
+  continuous batching where rows start at different times).
+  """
+  if jnp.ndim(write_index) == 0:
+    at = (layer, 0, write_index, 0, 0)
+    return (jax.lax.dynamic_update_slice(all_k, kk[None].astype(all_k.dtype), at),
+            jax.lax.dynamic_update_slice(all_v, vv[None].astype(all_v.dtype), at))
+  b, t = kk.shape[:2]
+  rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [B, 1]
+  slots = write_index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
+  return (all_k.at[layer, rows, slots].set(kk.astype(all_k.dtype), mode="drop"),
+          all_v.at[layer, rows, slots].set(vv.astype(all_v.dtype), mode="drop"))
+
+
+def attention_sizes(size: int, block: int, most: int = 32) -> tuple[int, ...]:
+  """The static key lengths a cached attention may read: multiples of a block, then `size`.
+
+  The block is `block` slots, widened so that there are at most `most` sizes (each
+  is one compiled branch); `block` 0 gives the single size `size`.
+  """
+  if block <= 0 or block >= size:
+    return (size,)
+  block = max(block, -(-size // most))
+  return tuple(range(block, size, block)) + (size,)
+
+
+def cached_attention(cfg: TransformerConfig, q: Array, all_k: Array, all_v: Array, mask: Array,
+                     layer, filled) -> Array:
+  """Attention of q [B, T, K, G, H] over the first slots of layer `layer`'s cache.
+
+  Slots at or past `filled` (a traced scalar: the highest written slot + 1 over
+  the batch) are masked for every query, so reading only the first
+  `attention_sizes` entry that covers `filled` gives the same result as reading
+  all of them, at the cost of the filled part: a row with 100 of 2,048 slots
+  filled reads one block, not the whole cache. `lax.switch` picks the length at
+  run time among compiled branches, so a growing cache never recompiles.
+  """
+  _, b, s, kv, h = all_k.shape
+  sizes = attention_sizes(s, cfg.attn_block)
+
+  def branch(size):
+    def run(q, all_k, all_v, mask):
+      start = (layer, 0, 0, 0, 0)
+      kk = jax.lax.dynamic_slice(all_k, start, (1, b, size, kv, h))[0]
+      vv = jax.lax.dynamic_slice(all_v, start, (1, b, size, kv, h))[0]
+      return _attend(cfg, q, kk, vv, mask[:, :, :size])
+    return run
+
+  if len(sizes) == 1:
+    return branch(s)(q, all_k, all_v, mask)
+  # The first size that holds every filled slot.
+  which = jnp.sum(jnp.asarray(sizes[:-1], jnp.int32) < filled).astype(jnp.int32)
+  return jax.lax.switch(which, [branch(size) for size in sizes], q, all_k, all_v, mask)
 
 
 class GatedMLP(nn.Module):
@@ -324,8 +394,9 @@ class Transformer(nn.Module):
 
   Call modes:
     * no cache: full causal forward over right-padded tokens [B, T] (training, scoring);
-    * with cache: the T new tokens are written at `cache.index`; positions and the
-      attention mask come from the cache (left-padded rows start at `cache.start`).
+    * with cache: the T new tokens are written at `cache.index` (one slot for all
+      rows, or one per row); positions and the attention mask come from the cache
+      (left-padded rows start at `cache.start`).
   """
 
   cfg: TransformerConfig
@@ -360,11 +431,12 @@ class Transformer(nn.Module):
       write_index = 0
       cache_kv = None
     else:
-      slots = cache.index + jnp.arange(t, dtype=jnp.int32)  # [T] slots being written
-      positions = jnp.maximum(slots[None, :] - cache.start[:, None], 0)  # [B, T]
+      # Slots being written: [1, T] with one index for all rows, [B, T] with one per row.
+      slots = jnp.reshape(cache.index, (-1, 1)) + jnp.arange(t, dtype=jnp.int32)[None, :]
+      positions = jnp.broadcast_to(jnp.maximum(slots - cache.start[:, None], 0), (b, t))
       keys = jnp.arange(cache.size, dtype=jnp.int32)
       allowed = (keys[None, None, :] >= cache.start[:, None, None]) & (
-          keys[None, None, :] <= slots[None, :, None])  # [B, T, S]
+          keys[None, None, :] <= slots[:, :, None])  # [B, T, S]
       key_positions = keys[None, None, :] - cache.start[:, None, None]  # [B, 1, S]
       write_index = cache.index
       cache_kv = (cache.k, cache.v)
