@@ -16,13 +16,15 @@ class KVCache:
 
   Rows are left-padded so all rows write at the same `index` (one
   dynamic_update_slice per layer per step); `start[b]` is row b's first real slot,
-  and slot s of row b holds position `s - start[b]`.
+  and slot s of row b holds position `s - start[b]`. Continuous batching
+  (`pavjax.sampling.continuous`) gives each row its own `index` [B] instead, as
+  rows there start and end at different steps (each step's write is a scatter).
   """
 
   k: jax.Array  # [L, B, S, K, H]
   v: jax.Array  # [L, B, S, K, H]
   start: jax.Array  # [B] int32
-  index: jax.Array  # [] int32, next slot to write
+  index: jax.Array  # [] or [B] int32, next slot to write
 
   @classmethod
   def create(cls, *, num_layers: int, batch: int, size: int, num_kv_heads: int,

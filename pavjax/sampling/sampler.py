@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pavjax import step_boundary
+from pavjax.sampling import continuous
 from pavjax.models import KVCache, Made, TokenCache, Transformer
 
 Array = jax.Array
@@ -295,6 +296,10 @@ class Sampler:
                                      static_argnames=("cache_size",))
     self.decode = jax.jit(functools.partial(decode, lm, pad_id=pad_id),
                           static_argnames=("method", "stop_tokens"), donate_argnames=("state",))
+    self._continuous = jax.jit(
+        self._continuous_impl,
+        static_argnames=("width", "num_samples", "max_new_tokens", "slots", "method",
+                         "stop_tokens"))
 
   def _generate_impl(self, params, prompts, lengths, rng, *, num_samples, max_new_tokens,
                      method, stop_tokens):
@@ -348,6 +353,34 @@ class Sampler:
     return self._fork(params, cache, logits, rows, ends, picks, rng, width=width,
                       num_samples=num_samples, max_new_tokens=max_new_tokens, method=method,
                       stop_tokens=tuple(int(t) for t in stop_tokens))
+
+  def _continuous_impl(self, params, cache, logits, rows, ends, picks, num_prefixes, rng, *,
+                       width, num_samples, max_new_tokens, slots, method, stop_tokens):
+    self.num_traces += 1
+    return continuous.fork_continuous(
+        self.lm, params, cache, logits, rows, ends, picks, num_prefixes, rng, width=width,
+        num_samples=num_samples, max_new_tokens=max_new_tokens, slots=slots, method=method,
+        stop_tokens=stop_tokens, pad_id=self.pad_id)
+
+  def fork_continuous(self, params, cache: KVCache, logits: Array, rows: Array, ends: Array,
+                      picks: Array, rng: Array, *, width: int, max_new_tokens: int, slots: int,
+                      method, stop_tokens: Sequence[int] = (), num_samples: int = 1,
+                      num_prefixes: int | Array | None = None) -> continuous.ContinuousOutput:
+    """`fork_prefixes` by continuous batching over `slots` decode rows.
+
+    Same arguments and row order as `fork_prefixes` (item r * num_samples + j),
+    and the same tokens; a row that stops takes the next pending item instead of
+    idling until the longest row ends. Only the first `num_prefixes` prefixes are
+    run (default all): pad `rows`, `ends` and `picks` to a fixed length and pass
+    the real count, and blocks of any size share one compilation. See
+    `pavjax.sampling.continuous`.
+    """
+    count = rows.shape[0] if num_prefixes is None else num_prefixes
+    return self._continuous(params, cache, logits, rows, ends, picks,
+                            jnp.asarray(count, jnp.int32), rng, width=width,
+                            num_samples=num_samples, max_new_tokens=max_new_tokens,
+                            slots=slots, method=method,
+                            stop_tokens=tuple(int(t) for t in stop_tokens))
 
   def generate(self, params, prompts: Array, lengths: Array, rng: Array, *,
                max_new_tokens: int, method, stop_tokens: Sequence[int] = (),
