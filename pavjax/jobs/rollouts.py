@@ -109,6 +109,11 @@ SEEDINGS = ("random", "first_pit")
 # rollouts written before first-pit existed keep their hash.
 PIT_FIELDS = ("seeding", "pit_threshold", "pit_prefixes", "pit_samples")
 PROVERS = ("policy", "checkpoint", "procedural")
+# How forked completions are decoded: fixed batches of fork_batch x n_mc rows, each
+# until its longest row stops, or one arena of that many rows refilled as rows stop
+# (`Sampler.fork_continuous`). Both give the same completions, so the choice is not
+# part of the data's identity.
+BATCHINGS = ("static", "continuous")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -129,6 +134,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                    "'policy' needs policy.kind='checkpoint'")
   config_lib.check_choice(cfg.split, base.SPLITS, "rollouts.split")
   config_lib.check_choice(cfg.get("seeding", "random"), SEEDINGS, "rollouts.seeding")
+  config_lib.check_choice(cfg.get("batching", "static"), BATCHINGS, "rollouts.batching")
   if cfg.get("seeding", "random") == "first_pit":
     config_lib.check_finite(cfg.pit_threshold, "rollouts.pit_threshold", minimum=0.0)
     config_lib.check(cfg.pit_threshold <= 1.0, "rollouts.pit_threshold", "must be <= 1")
@@ -349,24 +355,30 @@ class RolloutRunner:
           jax.device_put(lengths, shd.batch_sharding(self.env.mesh, 1)),
           cache_size=self.width + task.max_response_len,
           logits_at=jax.device_put(logits_at, shd.batch_sharding(self.env.mesh, 2)))
+      every = None
+      if cfg.get("batching", "static") == "continuous" and todo:
+        every = self._fork_continuous(cache, logits, todo_rows, todo_ends, picks, rng, call)
       for f in range(0, len(todo), self.fork_rows):
         fill = list(range(f, min(f + self.fork_rows, len(todo))))
         chunk = [todo[k] for k in fill]
         fill += [f] * (self.fork_rows - len(fill))
-        seq_rows = np.array([todo_rows[k] for k in fill], np.int32)
-        ends = np.array([todo_ends[k] for k in fill], np.int32)
-        out = self.sampler.fork_prefixes(
-            self.prover_params, cache, logits, jnp.asarray(seq_rows), jnp.asarray(ends),
-            jnp.asarray(picks[fill]), jax.random.fold_in(rng, call), width=self.width,
-            max_new_tokens=task.max_response_len, method=Temperature(cfg.temperature),
-            stop_tokens=(task.eos_id,), num_samples=cfg.n_mc)
+        if every is not None:  # the chunk's rows of the one continuous call
+          out, first = every, f * cfg.n_mc
+        else:
+          seq_rows = np.array([todo_rows[k] for k in fill], np.int32)
+          ends = np.array([todo_ends[k] for k in fill], np.int32)
+          out = self.sampler.fork_prefixes(
+              self.prover_params, cache, logits, jnp.asarray(seq_rows), jnp.asarray(ends),
+              jnp.asarray(picks[fill]), jax.random.fold_in(rng, call), width=self.width,
+              max_new_tokens=task.max_response_len, method=Temperature(cfg.temperature),
+              stop_tokens=(task.eos_id,), num_samples=cfg.n_mc)
+          out, first = shd.to_host(out), 0
         call += 1
-        out = shd.to_host(out)
         for k, (i, col, plen) in enumerate(chunk):
           done = [int(t) for t in table.tokens[i, table.prompt_len[i]:plen]]
           results = []
           for m in range(cfg.n_mc):
-            row = k * cfg.n_mc + m
+            row = first + k * cfg.n_mc + m
             cont = [int(t) for t in out.tokens[row, :int(out.lengths[row])]]
             self.budget["mc_tokens"] += len(cont)
             full = (done + cont)[:task.max_response_len + 1]
@@ -380,6 +392,32 @@ class RolloutRunner:
         count[j, col] = len(res)
         q_hat[j, col] = float(np.mean(res))
 
+  def _fork_continuous(self, cache, logits, todo_rows, todo_ends, picks, rng, call):
+    """Every prefix of a block in one continuous-batching call (`rollouts.batching`).
+
+    The decode arena has the static path's rows (fork_batch x n_mc), and item
+    (prefix k, sample m) draws with the key that the static path's call for k's
+    chunk gives that row, so both choices produce the same completions. The
+    prefix list is padded to a power of two with its real length passed as an
+    array: blocks of any size share a few compilations.
+    """
+    cfg, task = self.config.rollouts, self.env.task
+    n, count = cfg.n_mc, len(todo_rows)
+    padded = 1 << max(0, (count - 1).bit_length())
+    fill = list(range(count)) + [0] * (padded - count)
+    k = np.repeat(np.arange(padded), n)
+    chunk_calls = call + k // self.fork_rows
+    in_chunk = (k % self.fork_rows) * n + np.tile(np.arange(n), padded)
+    keys = jax.vmap(lambda c, r: jax.random.fold_in(jax.random.fold_in(rng, c), r))(
+        jnp.asarray(chunk_calls, jnp.int32), jnp.asarray(in_chunk, jnp.int32))
+    out = self.sampler.fork_continuous(
+        self.prover_params, cache, logits, jnp.asarray(np.array(todo_rows, np.int32)[fill]),
+        jnp.asarray(np.array(todo_ends, np.int32)[fill]), jnp.asarray(picks[fill]), rng,
+        width=self.width, max_new_tokens=task.max_response_len,
+        slots=self.fork_rows * n, method=Temperature(cfg.temperature),
+        stop_tokens=(task.eos_id,), num_samples=n, num_prefixes=count, item_keys=keys)
+    return shd.to_host(out)
+
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes (or completes) the rollout dataset of `config.rollouts.split`."""
@@ -387,7 +425,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.rollouts
   out_dir = os.path.join(env.workdir, artifacts.rollouts_dir(cfg.split))
   # What determines the data (halting early does not).
-  rollout_cfg = {k: v for k, v in cfg.to_dict().items() if k != "halt_after_shards"
+  rollout_cfg = {k: v for k, v in cfg.to_dict().items()
+                 if k not in ("halt_after_shards", "batching")
                  and (cfg.get("seeding", "random") != "random" or k not in PIT_FIELDS)}
   identity = {"task": config.task.to_dict(), "rollouts": rollout_cfg,
               "policy": config.policy.to_dict(), "prover": config.prover.to_dict(),

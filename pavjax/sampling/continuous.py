@@ -11,8 +11,8 @@ sharing is kept) and decoding goes on. All of it is one jitted `lax.while_loop`.
 Each arena row has its own write index (`KVCache.index` [B]): an item's prefix
 always ends at slot `width - 1` and its tokens go to `width`, `width + 1`, ...,
 the slots `fork_prefixes` gives it. Item i = prefix i // n, sample i % n, draws
-with `fold_in(fold_in(rng, i), k)` for its k-th token, as row i of
-`fork_prefixes` does. So an item's tokens do not depend on which row served it
+with `fold_in(item_keys[i], k)` for its k-th token; with `item_keys[i] =
+fold_in(rng, i)` that is what row i of `fork_prefixes(rng)` draws. So an item's tokens do not depend on which row served it
 or when: the outputs equal `fork_prefixes`' row for row (tested token for token),
 up to float rounding of batch-dependent matmuls.
 """
@@ -60,7 +60,7 @@ class _State:
 
 
 def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends: Array,
-                    picks: Array, num_prefixes: Array, rng: Array, *, width: int,
+                    picks: Array, num_prefixes: Array, item_keys: Array, *, width: int,
                     num_samples: int, max_new_tokens: int, slots: int, method,
                     stop_tokens: tuple[int, ...], pad_id: int = 0, boundary=None
                     ) -> ContinuousOutput:
@@ -70,7 +70,9 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
   over sequences [B', W] (cache size at least W + max_new_tokens); rows, ends,
   picks [R] name each prefix's sequence, last slot and logits entry. Only the
   first `num_prefixes` (a traced scalar <= R) are run, so a job can pad R to a
-  fixed bucket and keep one compilation. Item i is prefix i // num_samples.
+  fixed bucket and keep one compilation. Item i is prefix i // num_samples and
+  draws its k-th token with `fold_in(item_keys[i], k)` ([R * num_samples] keys;
+  `fold_in(rng, i)` reproduces `fork_prefixes(rng)`).
   """
   if not isinstance(cache, KVCache):
     raise TypeError(f"continuous batching needs a KVCache, not {type(cache).__name__}")
@@ -81,7 +83,8 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
     raise ValueError(f"cache of {size} slots cannot hold {width} + {max_new_tokens}")
   count = jnp.minimum(jnp.asarray(num_prefixes, jnp.int32), r) * num_samples
   stop = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
-  item_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n_items))
+  if item_keys.shape[0] != n_items:
+    raise ValueError(f"{item_keys.shape[0]} item keys for {r} prefixes x {num_samples}")
   vocab = logits.shape[-1]
   src_start = cache.start
 

@@ -354,30 +354,34 @@ class Sampler:
                       num_samples=num_samples, max_new_tokens=max_new_tokens, method=method,
                       stop_tokens=tuple(int(t) for t in stop_tokens))
 
-  def _continuous_impl(self, params, cache, logits, rows, ends, picks, num_prefixes, rng, *,
+  def _continuous_impl(self, params, cache, logits, rows, ends, picks, num_prefixes, keys, *,
                        width, num_samples, max_new_tokens, slots, method, stop_tokens):
     self.num_traces += 1
     return continuous.fork_continuous(
-        self.lm, params, cache, logits, rows, ends, picks, num_prefixes, rng, width=width,
+        self.lm, params, cache, logits, rows, ends, picks, num_prefixes, keys, width=width,
         num_samples=num_samples, max_new_tokens=max_new_tokens, slots=slots, method=method,
         stop_tokens=stop_tokens, pad_id=self.pad_id)
 
   def fork_continuous(self, params, cache: KVCache, logits: Array, rows: Array, ends: Array,
                       picks: Array, rng: Array, *, width: int, max_new_tokens: int, slots: int,
                       method, stop_tokens: Sequence[int] = (), num_samples: int = 1,
-                      num_prefixes: int | Array | None = None) -> continuous.ContinuousOutput:
+                      num_prefixes: int | Array | None = None,
+                      item_keys: Array | None = None) -> continuous.ContinuousOutput:
     """`fork_prefixes` by continuous batching over `slots` decode rows.
 
     Same arguments and row order as `fork_prefixes` (item r * num_samples + j),
     and the same tokens; a row that stops takes the next pending item instead of
     idling until the longest row ends. Only the first `num_prefixes` prefixes are
     run (default all): pad `rows`, `ends` and `picks` to a fixed length and pass
-    the real count, and blocks of any size share one compilation. See
+    the real count, and blocks of any size share one compilation. Item i draws
+    with `item_keys[i]` (default `fold_in(rng, i)`, as `fork_prefixes`). See
     `pavjax.sampling.continuous`.
     """
     count = rows.shape[0] if num_prefixes is None else num_prefixes
+    if item_keys is None:
+      item_keys = row_keys_for(rng, rows.shape[0] * num_samples)
     return self._continuous(params, cache, logits, rows, ends, picks,
-                            jnp.asarray(count, jnp.int32), rng, width=width,
+                            jnp.asarray(count, jnp.int32), item_keys, width=width,
                             num_samples=num_samples, max_new_tokens=max_new_tokens,
                             slots=slots, method=method,
                             stop_tokens=tuple(int(t) for t in stop_tokens))
