@@ -47,6 +47,17 @@ def test_rollouts_runs():
   (r,) = rollouts.main(TINY + args)
   assert r["rollouts"] == 2 * 8 * 2 and r["prefixes"] == 16
   assert r["forked_rollouts_s"] > 0 and r["ratio"] > 0 and r["ratio_per_prefix"] > 0
+  assert r["continuous_rollouts_s"] > 0 and r["lowerings_after_warmup"] == 0
+  # Length-skewed: the static batches idle some rows; the arena idles fewer.
+  assert 0 < r["useful_static"] < r["useful_continuous"] <= 1
+  assert 0 < r["mean_continuation"] < r["response_len"]
+
+
+def test_rollouts_continuous_check_can_fail():
+  args = ["--trajectories=2", "--prompt_len=3", "--step_len=2", "--n_mc=2", "--seq_batch=2",
+          "--fork_batch=4", "--skip_per_prefix", "--skip_independent", "--fault=keys"]
+  with pytest.raises(harness.CorrectnessError, match="continuous batching"):
+    rollouts.main(TINY + args)
 
 
 def test_rollouts_check_fails_on_a_wrong_model():

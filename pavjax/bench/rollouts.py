@@ -16,7 +16,19 @@ each continuation scored on the host by the task, as the rollouts job does.
     `fork_batch` x `n_mc` left-padded prefixes, one sample each), same decode
     batch, same prefill width, same host scoring;
   * per-prefix: in between, one prefill per prefix forked `n_mc` ways
-    (`generate(num_samples=n_mc)`).
+    (`generate(num_samples=n_mc)`);
+  * continuous: the same job code with `rollouts.batching=continuous`: one
+    `Sampler.fork_continuous` per block, an arena of `fork_batch` x `n_mc` rows
+    where a stopped row takes the next pending (prefix, sample) at once.
+
+Length skew (`--eos_hazard`, `--skew=0` for the old fixed workload): a random
+prover never stops by itself, so the bench's LM sets P(EOS) to `eos_hazard` at
+every token and to 1 once a continuation reaches the end of the seed response.
+A prefix after step h then continues for at most (8 - h) steps, and stops
+earlier at a geometric time, as MC rollouts of a trained policy end wherever
+its answer is written. Useful slots = the decode row-steps that produced a
+continuation token (the rollouts' tokens) / all row-steps run; a static batch
+idles its stopped rows until the longest stops.
 
 Check first (greedy, on the first prefixes): the continuations that
 `prefill_sequences` + `fork_prefixes` give, and those of an independent
@@ -30,6 +42,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from pavjax import sharding as shd
@@ -43,10 +56,10 @@ from pavjax.tasks import base
 
 GPU = {"size": ("125m",), "dtype": "bfloat16", "vocab": 32000,
        "trajectories": 512, "prompt_len": 64, "step_len": 16, "n_mc": 4,
-       "seq_batch": 64, "fork_batch": 128}
+       "seq_batch": 64, "fork_batch": 128, "eos_hazard": 0.02}
 CPU = {"size": ("test",), "dtype": "float32", "vocab": 512,
-       "trajectories": 16, "prompt_len": 8, "step_len": 4, "n_mc": 4,
-       "seq_batch": 8, "fork_batch": 16}
+       "trajectories": 16, "prompt_len": 8, "step_len": 8, "n_mc": 4,
+       "seq_batch": 8, "fork_batch": 16, "eos_hazard": 0.02}
 
 NUM_STEPS = 8
 PAD, EOS, DELIM = 0, 1, 2
@@ -115,19 +128,74 @@ def add_flags(p):
   p.add_argument("--seq_batch", type=int, default=None, help="trajectories prefilled per call")
   p.add_argument("--fork_batch", type=int, default=None, help="prefixes continued per call")
   p.add_argument("--skip_per_prefix", action="store_true", help="skip the per-prefix variant")
+  p.add_argument("--skip_independent", action="store_true", help="skip the independent variant")
+  p.add_argument("--eos_hazard", type=float, default=None,
+                 help="P(EOS) per token of the length-skewed workload")
+  p.add_argument("--skew", type=int, default=1,
+                 help="1: length-skewed stops (EOS hazard, end of response); 0: none")
 
 
-def make_runner(task, model, params, args) -> rollouts_job.RolloutRunner:
+class SkewedStopLM(TransformerLM):
+  """The transformer with EOS forced to probability `hazard`, and to ~1 at `end`.
+
+  The EOS logit is replaced by logsumexp(other logits) + logit(hazard): exactly
+  `hazard` of the mass, whatever the random weights say. `end` is the sequence
+  position (the seed response's last) from which EOS is all but certain.
+  """
+
+  def __init__(self, model, *, eos: int, hazard: float, end: int):
+    super().__init__(model)
+    self.eos, self.end = eos, end
+    self.log_odds = float(np.log(hazard / (1.0 - hazard)))
+
+  def _skew(self, logits, positions):
+    # logits [B, T, V] predict the token after positions [B, T].
+    others = jax.nn.logsumexp(logits.at[..., self.eos].set(-jnp.inf), axis=-1)
+    odds = jnp.where(positions + 1 >= self.end, 30.0, self.log_odds)
+    return logits.at[..., self.eos].set(others + odds)
+
+  def __call__(self, params, tokens, cache):
+    t = tokens.shape[1]
+    slots = jnp.reshape(cache.index, (-1, 1)) + jnp.arange(t)[None, :]
+    logits, new_cache = super().__call__(params, tokens, cache)
+    return self._skew(logits, slots - cache.start[:, None]), new_cache
+
+  def logits_at(self, params, tokens, cache, at):
+    logits, new_cache = super().logits_at(params, tokens, cache, at)
+    slots = jnp.reshape(cache.index, (-1, 1)) + at
+    return self._skew(logits, slots - cache.start[:, None]), new_cache
+
+
+class CountingSampler(Sampler):
+  """The job's sampler, also counting the decode row-steps each fork call ran."""
+
+  def __init__(self, lm, *, pad_id: int = 0):
+    super().__init__(lm, pad_id=pad_id)
+    self.row_steps = 0
+
+  def fork_prefixes(self, *args, **kw):
+    out = super().fork_prefixes(*args, **kw)
+    lengths = np.asarray(out.lengths)  # the loop ran until its longest row stopped
+    self.row_steps += int(lengths.max(initial=0)) * len(lengths)
+    return out
+
+  def fork_continuous(self, *args, **kw):
+    out = super().fork_continuous(*args, **kw)
+    self.row_steps += int(out.steps) * kw["slots"]
+    return out
+
+
+def make_runner(task, model, params, args, lm=None) -> rollouts_job.RolloutRunner:
   """The job's RolloutRunner around bench data (its __init__ wants checkpoints and a config)."""
   mesh = shd.make_mesh({"data": -1}, devices=jax.devices()[:1])
   runner = object.__new__(rollouts_job.RolloutRunner)
   runner.env = types.SimpleNamespace(task=task, mesh=mesh, rules=shd.DEFAULT_RULES)
-  runner.config = types.SimpleNamespace(
-      rollouts=types.SimpleNamespace(n_mc=args.n_mc, temperature=1.0))
+  runner.config = types.SimpleNamespace(rollouts=ml_collections.ConfigDict(
+      {"n_mc": args.n_mc, "temperature": 1.0, "batching": "static"}))
   runner.policy = None
   runner.prover_kind = "checkpoint"
   runner.prover_params = params
-  runner.sampler = Sampler(TransformerLM(model), pad_id=task.pad_id)
+  runner.sampler = CountingSampler(lm or TransformerLM(model), pad_id=task.pad_id)
   runner.max_steps = task.max_response_len
   runner.width = bucket_length(task.max_prompt_len + task.max_response_len)
   runner.seq_rows = shd.round_to_data_parallel(args.seq_batch, mesh)
@@ -166,8 +234,9 @@ def prefix_list(rows) -> list[tuple[int, int, int]]:
   return out
 
 
-def forked(runner, table, problems, rng):
+def forked(runner, table, problems, rng, batching="static"):
   """The job's Monte-Carlo Q: returns (successes, counts, q_hat) per prefix column."""
+  runner.config.rollouts.batching = batching
   n, h = len(table), runner.max_steps
   success, count = np.zeros((n, h + 1), np.int32), np.zeros((n, h + 1), np.int32)
   q_hat = np.full((n, h + 1), np.nan, np.float32)
@@ -249,34 +318,69 @@ def bench_one(args, size: str) -> dict:
                             + NUM_STEPS * args.step_len)
   model = Transformer(cfg)
   params = harness.cast_params(harness.init_params(model), args.dtype)
-  runner = make_runner(task, model,
-                       harness.perturbed(params) if args.fault == "params" else params, args)
+  run_params = harness.perturbed(params) if args.fault == "params" else params
+  plain = make_runner(task, model, run_params, args)
   table, problems = seed_table(task)
   rows = seed_rows(table, problems)
-  for msg in check(runner, rows, model, params, args, size):
+  for msg in check(plain, rows, model, params, args, size):
     print(msg, flush=True)
+  runner = plain
+  if args.skew:
+    lm = SkewedStopLM(model, eos=task.eos_id, hazard=args.eos_hazard,
+                      end=args.prompt_len + task.max_response_len - 1)
+    runner = make_runner(task, model, run_params, args, lm=lm)
 
   rng = jax.random.PRNGKey(1)
   timing = dict(warmup=args.warmup, runs=args.runs)
-  t_fork = harness.time_fn(lambda: forked(runner, table, problems, rng), **timing)
-  _, count, _ = forked(runner, table, problems, rng)
+  results = {}
+  for batching in ("static", "continuous"):
+    # (--fault=keys: the continuous run draws other keys, which the check must catch.)
+    key = jax.random.fold_in(rng, 1) if batching == "continuous" and args.fault == "keys" else rng
+    results[batching] = forked(runner, table, problems, key, batching)  # also the warm-up
+  # Continuous batching must give the static path's completions (same per-item keys).
+  for name, a, b in zip(("successes", "counts", "q_hat"), results["static"],
+                        results["continuous"]):
+    if not np.array_equal(a, b, equal_nan=True):
+      raise harness.CorrectnessError(f"continuous batching: MC {name} differ from static "
+                                    f"batching's at {int(np.sum(a != b))} prefix columns")
   num_prefixes = len(prefix_list(rows))
   total = num_prefixes * args.n_mc
+  count = results["static"][1]
   if int(count.sum()) != total:
     raise harness.CorrectnessError(f"forked rollouts: {int(count.sum())} continuations "
                                   f"counted, expected {total}")
-  t_ind = harness.time_fn(lambda: independent(runner, rows, rng, per_prefix=False), **timing)
+
+  def timed(batching):
+    """Time, useful-slot fraction and lowerings after warm-up of one batching."""
+    runner.budget["mc_tokens"], runner.sampler.row_steps = 0, 0
+    with harness.CompileCounter() as compiles:
+      t = harness.time_fn(lambda: forked(runner, table, problems, rng, batching),
+                          warmup=0, runs=args.runs)
+    useful = runner.budget["mc_tokens"] / max(runner.sampler.row_steps, 1)
+    return t, useful, compiles.lowerings, runner.budget["mc_tokens"] // args.runs
+
+  t_fork, useful_static, low_static, tokens = timed("static")
+  t_cont, useful_cont, low_cont, _ = timed("continuous")
+  t_ind = None if args.skip_independent else harness.time_fn(
+      lambda: independent(runner, rows, rng, per_prefix=False), **timing)
   t_pp = None if args.skip_per_prefix else harness.time_fn(
       lambda: independent(runner, rows, rng, per_prefix=True), **timing)
   rate = lambda t: total / t.median if t else None
   return {"size": size, "params": cfg.num_params(), "trajectories": len(rows),
           "prefixes": num_prefixes, "n_mc": args.n_mc, "rollouts": total,
           "prompt_len": args.prompt_len, "response_len": task.max_response_len,
+          "skew": bool(args.skew), "eos_hazard": args.eos_hazard if args.skew else 0.0,
+          "mc_tokens": tokens, "mean_continuation": tokens / total,
           "prefill_width": runner.width, "forked_rollouts_s": rate(t_fork),
+          "forked_tok_s": tokens / t_fork.median,
+          "continuous_rollouts_s": rate(t_cont), "continuous_tok_s": tokens / t_cont.median,
+          "useful_static": useful_static, "useful_continuous": useful_cont,
+          "continuous_ratio": t_fork.median / t_cont.median,
+          "lowerings_after_warmup": low_static + low_cont,
           "independent_rollouts_s": rate(t_ind), "per_prefix_rollouts_s": rate(t_pp),
-          "ratio": t_ind.median / t_fork.median,
+          "ratio": t_ind.median / t_fork.median if t_ind else None,
           "ratio_per_prefix": t_pp.median / t_fork.median if t_pp else None,
-          "spread": max(t.spread for t in (t_fork, t_ind, t_pp) if t)}
+          "spread": max(t.spread for t in (t_fork, t_cont, t_ind, t_pp) if t)}
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -284,19 +388,29 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   results = [bench_one(args, size) for size in args.size]
   rows = [[r["size"], harness.fmt_si(r["params"]),
            f"{r['trajectories']} x {r['prefixes'] // r['trajectories']} x {r['n_mc']}",
-           f"{r['prompt_len']}+{r['response_len']}", harness.fmt_si(r["forked_rollouts_s"]),
-           harness.fmt_si(r["independent_rollouts_s"]), harness.fmt_ratio(r["ratio"]),
-           harness.fmt_si(r["per_prefix_rollouts_s"]), harness.fmt_ratio(r["ratio_per_prefix"])]
+           f"{r['prompt_len']}+{r['response_len']}", f"{r['mean_continuation']:.1f}",
+           harness.fmt_si(r["forked_tok_s"]), harness.fmt_pct(r["useful_static"]),
+           harness.fmt_si(r["continuous_tok_s"]), harness.fmt_pct(r["useful_continuous"]),
+           harness.fmt_ratio(r["continuous_ratio"]), r["lowerings_after_warmup"],
+           harness.fmt_si(r["forked_rollouts_s"]), harness.fmt_si(r["independent_rollouts_s"]),
+           harness.fmt_ratio(r["ratio"]), harness.fmt_si(r["per_prefix_rollouts_s"]),
+           harness.fmt_ratio(r["ratio_per_prefix"])]
           for r in results]
+  skew = (f"EOS hazard {args.eos_hazard} per token, certain at the seed response's end"
+          if args.skew else "no length skew (continuations run to the budget)")
   harness.print_table(
-      f"rollouts: {harness.device_info().describe()}, {args.dtype}, temperature 1",
+      f"rollouts: {harness.device_info().describe()}, {args.dtype}, temperature 1, {skew}",
       ["model", "params", "trajectories x prefixes x samples", "prompt+response",
+       "mean tokens/rollout", "static tok/s", "static useful slots", "continuous tok/s",
+       "continuous useful slots", "continuous / static", "lowerings after warm-up",
        "forked rollouts/s", "independent rollouts/s", "forked / independent",
        "per-prefix rollouts/s", "forked / per-prefix"], rows,
-      notes=[f"forked = the rollouts job's RolloutRunner._mc_q (seq_batch {args.seq_batch}, "
-             f"fork_batch {args.fork_batch}); independent = one prefill per rollout; per-prefix "
-             "= one prefill per prefix, forked n_mc ways. Same decode batch (fork_batch x n_mc), "
-             "prefill width, continuation budget and host-side scoring in all three.",
+      notes=[f"static (= forked) and continuous = the rollouts job's RolloutRunner._mc_q with "
+             f"rollouts.batching static / continuous (seq_batch {args.seq_batch}, fork_batch "
+             f"{args.fork_batch}, decode rows fork_batch x n_mc in both; the same completions, "
+             "checked); independent = one prefill per rollout; per-prefix = one prefill per "
+             "prefix, forked n_mc ways. Same prefill width, continuation budget and host-side "
+             "scoring in all. Useful slots = continuation tokens / decode row-steps run.",
              harness.spread_note(results)])
   harness.write_json(args.json, {"bench": "rollouts", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
