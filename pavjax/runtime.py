@@ -51,7 +51,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> JobEnv:
   mesh = shd.make_mesh(dict(config.mesh))
   rules = shd.rules_from_config(config.rules)
   try:
-    model_cfg = models.model_config_from(config.model, task.vocab_size)
+    model_cfg = models.model_config_from(config.model, task.vocab_size, task.action_ids)
   except (ValueError, OSError) as e:
     if config.model.get("source", "") != "hf":
       raise
@@ -157,7 +157,7 @@ def load_model(env: JobEnv, path: str, field: str) -> LoadedModel:
     raise config_lib.ConfigError(field, "needs a checkpoint directory")
   section = config_lib.checkpoint_model_section(path, env.config.model)
   try:
-    model_cfg = models.model_config_from(section, env.task.vocab_size)
+    model_cfg = models.model_config_from(section, env.task.vocab_size, env.task.action_ids)
   except (ValueError, OSError) as e:
     raise config_lib.ConfigError(field, f"{path}: {e}") from None
   if model_cfg == env.model_cfg:

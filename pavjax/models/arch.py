@@ -25,9 +25,12 @@ def arch_of(model_cfg: Any) -> str:
   return model_cfg.get("arch", "transformer")
 
 
-def model_config_from(model_cfg: Any, vocab_size: int) -> ModelConfig:
+def model_config_from(model_cfg: Any, vocab_size: int,
+                      action_ids: tuple[int, ...] | None = None) -> ModelConfig:
   """The static hyper-parameters of `config.model` for a task's vocabulary.
 
+  `action_ids` (the task's `Task.action_ids`) restrict the MADE's softmax to the
+  ids a response may hold; the transformer ignores them (its behaviour is kept).
   A pretrained checkpoint (`model.source='hf'`) brings its own sizes and vocabulary;
   the task's token ids must fit in that vocabulary.
   """
@@ -42,7 +45,7 @@ def model_config_from(model_cfg: Any, vocab_size: int) -> ModelConfig:
     return dataclasses.replace(cfg, remat=bool(model_cfg.get("remat", False)))
   arch = arch_of(model_cfg)
   if arch == "made":
-    return MadeConfig.from_config(model_cfg, vocab_size)
+    return MadeConfig.from_config(model_cfg, vocab_size, action_ids)
   if arch == "transformer":
     return TransformerConfig.from_config(model_cfg, vocab_size)
   raise ValueError(f"unknown model.arch {arch!r}; known: {ARCHS}")

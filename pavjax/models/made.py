@@ -40,6 +40,11 @@ from pavjax.models.transformer import ModelOutput
 
 Array = jax.Array
 
+# Logit of an id outside `MadeConfig.action_ids`: finite, so log-softmax stays finite
+# (a 0 * -inf in a masked loss or an entropy would be NaN), and exp of it minus any
+# real logit is 0 in float32: such an id is never sampled and holds no probability.
+MASKED_LOGIT = -1e9
+
 
 @dataclasses.dataclass(frozen=True)
 class MadeConfig:
@@ -49,12 +54,30 @@ class MadeConfig:
   max_len: int  # L: positions the input covers; longer sequences are rejected
   hidden_sizes: tuple[int, ...] = (128, 128, 128)
   dtype: str = "float32"  # compute dtype; parameters stay float32
+  # Ids the policy may emit (the task's action vocabulary, `Task.action_ids`); the
+  # logits of every other id (pad, BOS) are pushed to MASKED_LOGIT, so the softmax
+  # covers these ids only. None: every id. Parameters do not depend on it.
+  action_ids: tuple[int, ...] | None = None
 
   @classmethod
-  def from_config(cls, model_cfg: Any, vocab_size: int) -> "MadeConfig":
+  def from_config(cls, model_cfg: Any, vocab_size: int,
+                  action_ids: tuple[int, ...] | None = None) -> "MadeConfig":
+    if action_ids is not None:
+      action_ids = tuple(sorted(int(i) for i in action_ids))
+      if not action_ids or action_ids[0] < 0 or action_ids[-1] >= vocab_size:
+        raise ValueError(f"action ids {action_ids} are not a non-empty subset of "
+                         f"0 .. {vocab_size - 1}")
     return cls(vocab_size=vocab_size, max_len=int(model_cfg.max_len),
                hidden_sizes=tuple(int(h) for h in model_cfg.hidden_sizes),
-               dtype=str(model_cfg.dtype))
+               dtype=str(model_cfg.dtype), action_ids=action_ids)
+
+  def action_mask(self) -> np.ndarray | None:
+    """[V] bool, True on the ids the policy may emit (None: every id)."""
+    if self.action_ids is None:
+      return None
+    mask = np.zeros(self.vocab_size, bool)
+    mask[list(self.action_ids)] = True
+    return mask
 
   @property
   def compute_dtype(self):
@@ -193,6 +216,9 @@ class Made(nn.Module):
       # per-row weight blocks instead ([B, R, H, V]) would move more than it saves.
       full = jnp.einsum("BH,HLV->BLV", h, (w_out * out_mask[:, :, None]).astype(dt))
       full = full.astype(jnp.float32) + b_out  # [B, L, V]
+      allowed = cfg.action_mask()
+      if allowed is not None:
+        full = jnp.where(jnp.asarray(allowed), full, MASKED_LOGIT)
       out_logits = jnp.take_along_axis(full, at[:, :, None], axis=1)  # [B, T, V]
       out_logits = nn.with_logical_constraint(out_logits, ("batch", "length", "vocab"))
     if values or self.is_initializing():

@@ -89,6 +89,13 @@ class Task(abc.ABC):
     """Tokens that end a step (the step delimiter); sampling for step-wise search stops on them."""
 
   @property
+  def action_ids(self) -> tuple[int, ...] | None:
+    """Ids a response may hold, when the task's action vocabulary is smaller than
+    `vocab_size` (pad and prompt-only ids excluded); None: any id. A policy that
+    honours it (the MADE, `MadeConfig.action_ids`) never samples the others."""
+    return None
+
+  @property
   @abc.abstractmethod
   def max_prompt_len(self) -> int:
     """Upper bound on `len(encode_prompt(p))` over this task's problems."""

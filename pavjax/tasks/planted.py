@@ -450,6 +450,11 @@ class PlantedTask(base.Task):
     return tuple(range(1, self.vocab_size))
 
   @property
+  def action_ids(self) -> tuple[int, ...]:
+    # The paper's 15 tokens (EOS included): ids 1 .. num_tokens; never pad or BOS.
+    return tuple(range(1, self.num_tokens + 1))
+
+  @property
   def max_prompt_len(self) -> int:
     return 1
 

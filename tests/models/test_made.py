@@ -1,5 +1,6 @@
 """MADE policy: autoregressive masks, cached decode == full forward, forking, jobs."""
 
+import dataclasses
 import os
 import sys
 
@@ -258,3 +259,66 @@ def test_sft_then_rl_smoke_on_planted(tmp_path):
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert all(np.isfinite(r["train/loss"]) for r in rows)
   assert os.path.isdir(str(tmp_path / "rl" / "checkpoints" / "3"))
+
+
+def test_action_ids_restrict_the_softmax_and_leave_the_rest_unchanged():
+  full_cfg = MadeConfig(vocab_size=17, max_len=16, hidden_sizes=(32, 32))
+  section = config_lib.made_model_config("made")
+  section.max_len, section.hidden_sizes = 16, (32, 32)
+  cfg = MadeConfig.from_config(section, 17, action_ids=range(15, 0, -1))
+  assert cfg == dataclasses.replace(full_cfg, action_ids=tuple(range(1, 16)))
+  assert cfg.action_ids == tuple(range(1, 16))
+  _, _, params = _init(full_cfg, seed=2)
+  params = _random_params(params, seed=3)  # pad and BOS logits as large as any other
+  tokens = np.random.default_rng(0).integers(1, 17, (4, 9)).astype(np.int32)
+  free = Made(full_cfg).apply({"params": params}, tokens, values=True)
+  held = Made(cfg).apply({"params": params}, tokens, values=True)
+  allowed = np.arange(17)[(np.arange(17) >= 1) & (np.arange(17) <= 15)]
+  np.testing.assert_array_equal(held.logits[..., allowed], free.logits[..., allowed])
+  np.testing.assert_array_equal(held.values, free.values)
+  assert np.all(np.asarray(held.logits[..., [0, 16]]) == made.MASKED_LOGIT)
+  probs = jax.nn.softmax(held.logits, axis=-1)
+  assert float(probs[..., [0, 16]].max()) == 0.0
+  np.testing.assert_allclose(probs[..., allowed].sum(-1), 1.0, atol=1e-5)
+  logp = jax.nn.log_softmax(held.logits, axis=-1)
+  assert np.all(np.isfinite(np.asarray(logp)))  # a masked loss term stays 0, not NaN
+  for bad in ((), (0, 17), (-1, 3)):
+    with pytest.raises(ValueError, match="action ids"):
+      MadeConfig.from_config(config_lib.made_model_config("made"), 17, action_ids=bad)
+
+
+def test_sampled_tokens_never_leave_the_action_ids():
+  full_cfg = MadeConfig(vocab_size=17, max_len=16, hidden_sizes=(32, 32))
+  cfg = dataclasses.replace(full_cfg, action_ids=tuple(range(1, 16)))
+  _, _, params = _init(full_cfg, seed=5)
+  # Push pad and BOS up so an unmasked policy samples them often.
+  params = dict(params, b_out=params["b_out"].at[:, jnp.array([0, 16])].set(3.0))
+  prompts, lengths = left_pad([[16]] * 8, buckets=(1,))
+  seen = {}
+  for name, c in (("free", full_cfg), ("held", cfg)):
+    out = Sampler(cached_lm(Made(c))).generate(
+        params, jnp.asarray(prompts), jnp.asarray(lengths), jax.random.PRNGKey(0),
+        max_new_tokens=10, method=Temperature(1.0), num_samples=32)
+    seen[name] = np.asarray(out.tokens)
+  assert np.isin(seen["free"], [0, 16]).mean() > 0.2  # the control: the test can fail
+  assert seen["held"].shape == (256, 10)
+  assert not np.isin(seen["held"], [0, 16]).any()
+  assert set(np.unique(seen["held"])) <= set(range(1, 16))
+
+
+def test_planted_jobs_build_the_made_on_the_task_action_ids_and_the_transformer_unchanged(
+    tmp_path):
+  from pavjax import runtime  # pylint: disable=g-import-not-at-top
+  from pavjax import tasks  # pylint: disable=g-import-not-at-top
+  from pavjax.models import arch  # pylint: disable=g-import-not-at-top
+  task = tasks.make_task(sft_config.get_config("task=planted,size=made").task)
+  assert task.action_ids == tuple(range(1, 16))
+  assert task.pad_id not in task.action_ids and task.bos_id not in task.action_ids
+  assert task.eos_id in task.action_ids
+  env = runtime.setup(sft_config.get_config("task=planted,size=made"), str(tmp_path / "m"))
+  assert env.model_cfg.action_ids == task.action_ids
+  section = sft_config.get_config("task=planted,size=test").model
+  assert (arch.model_config_from(section, 17, task.action_ids)
+          == arch.model_config_from(section, 17))
+  toy = tasks.make_task(sft_config.get_config("task=toy,size=made").task)
+  assert toy.action_ids is None
