@@ -20,12 +20,21 @@ HAS_TORCH = (importlib.util.find_spec("torch") is not None
 
 
 def test_decode_runs_and_prints_a_table(capsys):
-  # Ceilings included once here: the other smoke tests skip them for time.
+  # Ceilings included once here: the other smoke tests skip them for time. The cache of
+  # 40 slots with blocks of 128 would be one size: --cache=300 crosses two (128, 256).
   argv = [a for a in TINY if a != "--skip_ceilings"]
-  results = decode.main(argv + ["--batch=2", "--prompt_len=4", "--new_tokens=6"])
+  peer_flag = "--peer=1" if HAS_TORCH else "--peer=0"
+  results = decode.main(argv + ["--batch=2", "--cache=300", "--new_tokens=12", "--fill=0.43",
+                                peer_flag])
   (r,) = results
-  assert r["batch"] == 2 and r["generate_tok_s"] > 0 and r["decode_tok_s"] > 0
-  assert set(r["vs_naive"]) == {"python", "fori"} and r["floor_frac"] > 0
+  assert r["batch"] == 2 and r["decode_tok_s"] > 0 and r["full_decode_tok_s"] > 0
+  assert r["prompt_len"] == 123 and r["floor_frac"] > 0
+  # Steps fill slots 124..135: 5 steps read 128 slots, 7 read 256, none all 300.
+  assert r["slots_read"] == pytest.approx((5 * 128 + 7 * 256) / 12)
+  assert r["step_bytes"] < r["full_step_bytes"]
+  assert r["lowerings_after_warmup"] == 0 and r["same_rows_paths"] == 1.0
+  assert 0 < r["profile"]["attention"] and 0 < r["profile"]["head"]
+  assert (r["vs_hf"] > 0) if HAS_TORCH else r["vs_hf"] is None
   out = capsys.readouterr().out
   assert "Ceilings" in out and "matmul FLOP/s" in out
   lines = out.rstrip().splitlines()
@@ -37,8 +46,8 @@ def test_decode_runs_and_prints_a_table(capsys):
 
 def test_decode_check_fails_on_a_wrong_model():
   with pytest.raises(harness.CorrectnessError, match="not the uncached model's argmax"):
-    decode.main(TINY + ["--batch=2", "--prompt_len=4", "--new_tokens=6", "--skip_naive",
-                        "--fault=params"])
+    decode.main(TINY + ["--batch=2", "--cache=32", "--new_tokens=6", "--peer=0",
+                        "--skip_profile", "--fault=params"])
 
 
 def test_rollouts_runs():

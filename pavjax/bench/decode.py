@@ -1,25 +1,31 @@
-"""Decode throughput of the KV-cache sampler against the bandwidth floor and naive loops.
+"""Decode throughput against the bandwidth floor of the bytes read, and against transformers.
 
-  python -m pavjax.bench.decode                      # GPU: 25m,125m,350m x batch 256,1024
-  python -m pavjax.bench.decode --size=125m --batch=1024
+  python -m pavjax.bench.decode                      # GPU: 125m x batch 64,256 x cache 1024,2048
+  python -m pavjax.bench.decode --size=small --batch=32 --cache=256
 
-Per model size and batch: random prompts of `prompt_len` tokens, `new_tokens`
-greedy tokens (no stop token, so every row decodes the full length).
+Per model size, batch and cache size C: random prompts that leave the cache half
+empty on average over the decode (prompt P = fill x C - new/2), then `new_tokens`
+greedy tokens (no stop token, every row decodes the full length).
 
   * check: the sampler's greedy tokens against the uncached model
-    (`harness.check_greedy`), before anything is timed; the two naive loops'
-    tokens are checked the same way;
-  * generate tok/s: `Sampler.generate` end to end (prefill + decode, one program);
-  * decode tok/s, ms/step: `Sampler.decode` alone (the while loop), after a prefill;
-  * floor: one decode step must read every cache slot of every row (the cache is
-    not length-aware) and every weight once, so it takes at least
-    (batch x KV bytes per sequence + weight bytes) / bandwidth; % of floor is
-    floor / measured step time (bandwidth: datasheet when the device is known,
-    else the measured copy bandwidth);
-  * naive loops, end to end like `generate`, same full-length cache:
-    python: a jitted one-token step called from a Python loop, no buffer donation
-    (each step writes a fresh copy of the cache); fori: prefill and a
-    `lax.fori_loop` over the same step in one jitted program.
+    (`harness.check_greedy`, tie tolerance per dtype) before anything is timed;
+  * decode tok/s, ms/step: `Sampler.decode` alone (the while loop) after a
+    prefill into a cache of C slots, with length-aware attention (the model's
+    `attn_block`, 128) and with every slot read (`attn_block=0`), same tokens;
+  * bytes/step: what a step must read at least: every weight once, plus the KV
+    slots attention reads (length-aware: the filled slots rounded up to a block,
+    averaged over the steps; full: all C). floor = bytes / bandwidth (datasheet
+    when the device is known, else the measured copy), % of floor = floor / step;
+  * lowerings after warm-up: jit lowerings while timing (0 = no recompiles; the
+    cache fills through several attention sizes, all in one program);
+  * profile: where a step's time goes, by timing its parts alone at the mean
+    fill: attention over every layer's cache, the LM head, and the rest
+    (projections, MLP, norms, sampling, loop);
+  * transformers (`--peer=1`, needs torch and transformers): `generate()` of a
+    LlamaForCausalLM holding the same weights (`pavjax.bench.peer`), same
+    prompts, batch and new tokens, both frameworks on the same device; on a CPU
+    both get all cores unless `--torch_threads` says otherwise. Compared end to
+    end (prefill + decode) with pavjax's `prefill` + `decode`.
 
 Parameters are cast to the compute dtype once before timing (`--fp32_params`
 keeps them float32 as the jobs hold them; each step then reads 4-byte weights).
@@ -27,175 +33,244 @@ keeps them float32 as the jobs hold them; each step then reads 4-byte weights).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Sequence
+import os
 
-import jax
+# jax would otherwise reserve most of the GPU's memory at start-up and leave
+# torch too little; must be set before jax initializes its backend.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from typing import Sequence  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 
-from pavjax.bench import harness
-from pavjax.models import Transformer
+from pavjax.bench import harness, peer
+from pavjax.models import KVCache, Transformer
+from pavjax.models.transformer import attention_sizes, cached_attention, lm_head_logits
 from pavjax.sampling import Greedy, Sampler, TransformerLM
 from pavjax.sampling.sampler import init_state, row_keys_for
 
-GPU = {"size": ("25m", "125m", "350m"), "batch": (256, 1024), "dtype": "bfloat16",
-       "vocab": 32000, "prompt_len": 64, "new_tokens": 192}
-CPU = {"size": ("test", "tiny"), "batch": (8, 32), "dtype": "float32", "vocab": 512,
-       "prompt_len": 16, "new_tokens": 48}
+GPU = {"size": ("125m",), "batch": (64, 256), "cache": (1024, 2048), "dtype": "bfloat16",
+       "vocab": 32000, "new_tokens": 128, "fill": 0.5, "peer": 1, "torch_threads": 0}
+CPU = {"size": ("small",), "batch": (32,), "cache": (512,), "dtype": "float32", "vocab": 512,
+       "new_tokens": 32, "fill": 0.5, "peer": 1, "torch_threads": 0}
 
 
 def add_flags(p):
-  p.add_argument("--prompt_len", type=int, default=None, help="prompt tokens per row")
+  p.add_argument("--cache", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
+                 help="comma-separated cache sizes (slots per row)")
   p.add_argument("--new_tokens", type=int, default=None, help="generated tokens per row")
+  p.add_argument("--fill", type=float, default=None,
+                 help="mean fraction of the cache filled over the decode")
+  p.add_argument("--peer", type=int, default=None,
+                 help="1: also time transformers generate() on the same weights")
+  p.add_argument("--torch_threads", type=int, default=None,
+                 help="torch.set_num_threads on a CPU (0 = torch's default, all cores)")
   p.add_argument("--fp32_params", action="store_true",
                  help="feed float32 parameters to the sampler (as the jobs do)")
-  p.add_argument("--skip_naive", action="store_true", help="skip the naive baselines")
+  p.add_argument("--skip_profile", action="store_true", help="skip the step profile")
 
 
-def naive_python_generate(lm: TransformerLM, prefill_fn, step_fn, params, prompts, num_new):
-  """Greedy decoding, one jitted step per token from Python (no donation)."""
-  b, p = prompts.shape
-  cache, logits = prefill_fn(params, prompts, jnp.full((b,), p, jnp.int32),
-                             cache_size=p + num_new)
-  tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  out = []
-  for _ in range(num_new):
-    out.append(tok)
-    tok, cache = step_fn(params, cache, tok)
-  return jnp.stack(out, axis=1)
+def read_slots(cfg, prompt_len: int, new_tokens: int, cache: int) -> float:
+  """Mean KV slots a decode step's attention reads (the filled ones, rounded up to a size)."""
+  sizes = attention_sizes(cache, cfg.attn_block)
+  reads = [next(s for s in sizes if s >= prompt_len + i + 1) for i in range(new_tokens)]
+  return float(np.mean(reads))
 
 
-def make_naive(lm: TransformerLM):
-  """(python-loop generate, fori-loop generate), both greedy over a full-length cache."""
+def step_profile(cfg, params, batch: int, cache: int, fill: int, timing) -> dict:
+  """Seconds of a step's parts alone at `fill` filled slots: attention (all layers), LM head."""
+  dt = cfg.compute_dtype
+  rng = np.random.default_rng(0)
+  kv = KVCache.create(num_layers=cfg.num_layers, batch=batch, size=cache,
+                      num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                      start=jnp.zeros((batch,), jnp.int32), dtype=dt)
+  kv = kv.replace(k=jnp.asarray(rng.normal(size=kv.k.shape), dt),
+                  v=jnp.asarray(rng.normal(size=kv.v.shape), dt))
+  q = jnp.asarray(rng.normal(size=(batch, 1, cfg.num_kv_heads,
+                                   cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)), dt)
+  mask = (jnp.arange(cache) < fill)[None, None, :] & jnp.ones((batch, 1, 1), bool)
 
   @jax.jit
-  def step(params, cache, tok):
-    logits, cache = lm(params, tok[:, None], cache)
-    return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+  def attention(q, k, v, mask, filled):
+    def layer(carry, i):
+      return carry + cached_attention(cfg, q, k, v, mask, i, filled).sum(), None
+    return jax.lax.scan(layer, jnp.zeros((), dt), jnp.arange(cfg.num_layers))[0]
 
-  prefill_fn = jax.jit(functools.partial(_prefill, lm), static_argnames=("cache_size",))
+  x = jnp.asarray(rng.normal(size=(batch, 1, cfg.embed_dim)), dt)
 
-  @functools.partial(jax.jit, static_argnames=("num_new",))
-  def fori_generate(params, prompts, num_new):
-    b, p = prompts.shape
-    cache, logits = _prefill(lm, params, prompts, jnp.full((b,), p, jnp.int32),
-                             cache_size=p + num_new)
-    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  @jax.jit
+  def head(x, weight):
+    return jnp.argmax(lm_head_logits(cfg, x, weight), axis=-1)
 
-    def body(t, carry):
-      tok, cache, out = carry
-      out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, t))
-      logits, cache = lm(params, tok[:, None], cache)
-      return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache, out
-
-    out = jnp.zeros((b, num_new), jnp.int32)
-    return jax.lax.fori_loop(0, num_new, body, (tok, cache, out))[2]
-
-  python_generate = functools.partial(naive_python_generate, lm, prefill_fn, step)
-  return python_generate, fori_generate
+  filled = jnp.asarray(fill, jnp.int32)
+  t_attn = harness.time_fn(lambda: attention(q, kv.k, kv.v, mask, filled), **timing)
+  t_head = harness.time_fn(lambda: head(x, params["embedding"]), **timing)
+  return {"attention_s": t_attn.median, "head_s": t_head.median}
 
 
-def _prefill(lm, params, prompts, lengths, *, cache_size):
-  b, p = prompts.shape
-  cache = lm.init_cache(b, cache_size, p - lengths)
-  logits, cache = lm(params, prompts, cache)
-  return cache, logits[:, -1, :].astype(jnp.float32)
-
-
-def bench_one(args, size: str, batch: int, ceilings: harness.Ceilings | None) -> dict:
-  p, n = args.prompt_len, args.new_tokens
-  cfg = harness.model_config(size, args.vocab, args.dtype, max_len=p + n)
-  model = Transformer(cfg)
+def bench_one(args, size: str, batch: int, cache: int, ceilings, hf_libs) -> dict:
+  n = args.new_tokens
+  p = int(round(args.fill * cache - n / 2))
+  if p < 1 or p + n > cache:
+    raise ValueError(f"cache {cache}: fill {args.fill} with {n} new tokens leaves a prompt of {p}")
+  cfg = harness.model_config(size, args.vocab, args.dtype, max_len=cache)
+  full_cfg = dataclasses.replace(cfg, attn_block=0)
+  model, full_model = Transformer(cfg), Transformer(full_cfg)
   params = harness.init_params(model)
+  if hf_libs:
+    params = peer.with_random_norms(params)  # every weight of the port is exercised
+    torch, transformers = hf_libs
+    device = peer.torch_device(torch)
+    hf = peer.llama_from_pavjax(torch, transformers, cfg, params, args.dtype, device)
   if not args.fp32_params:
     params = harness.cast_params(params, args.dtype)
-  lm = TransformerLM(model)
-  sampler = Sampler(lm)
   run_params = harness.perturbed(params) if args.fault == "params" else params
-  prompts = jnp.asarray(harness.random_tokens(batch, (batch, p), args.vocab))
+  prompts_np = harness.random_tokens(batch, (batch, p), args.vocab)
+  prompts = jnp.asarray(prompts_np)
   lengths = jnp.full((batch,), p, jnp.int32)
   rng = jax.random.PRNGKey(0)
   method = Greedy()
-  generate = lambda: sampler.generate(run_params, prompts, lengths, rng, max_new_tokens=n,
-                                      method=method)
+  samplers = {"aware": Sampler(TransformerLM(model)), "full": Sampler(TransformerLM(full_model))}
 
-  # Correctness first: greedy tokens against the uncached model.
+  def setup(sampler):
+    c, logits = sampler.prefill(run_params, prompts, lengths, cache_size=cache)
+    return (init_state(c, logits, row_keys_for(rng, batch), n),)
+
+  def decode(sampler, state):
+    return sampler.decode(run_params, state, method=method, stop_tokens=())
+
+  def end_to_end(sampler):
+    return decode(sampler, *setup(sampler)).tokens
+
+  # Correctness first: greedy tokens against the uncached model, both attention paths.
   k = min(args.check_rows, batch)
-  ctx = np.asarray(prompts[:k])
-  tokens = np.asarray(generate().tokens)
-  print(harness.check_greedy(model, params, ctx, tokens[:k], dtype=args.dtype,
-                            what=f"decode {size} b{batch}"), flush=True)
-  naive = None
-  if not args.skip_naive:
-    python_generate, fori_generate = make_naive(lm)
-    naive = {"python": lambda: python_generate(run_params, prompts, n),
-             "fori": lambda: fori_generate(run_params, prompts, num_new=n)}
-    for name, fn in naive.items():
-      got = np.asarray(fn())
-      print(harness.check_greedy(model, params, ctx, got[:k], dtype=args.dtype,
-                                what=f"naive-{name} {size} b{batch}", literal_rows=0), flush=True)
+  ctx = prompts_np[:k]
+  tokens = {}
+  for name, sampler in samplers.items():
+    tokens[name] = np.asarray(end_to_end(sampler))
+    print(harness.check_greedy(model, params, ctx, tokens[name][:k], dtype=args.dtype,
+                              what=f"decode {name} {size} b{batch} c{cache}",
+                              literal_rows=2 if name == "aware" else 0), flush=True)
+  same_paths = float(np.mean(np.all(tokens["aware"] == tokens["full"], axis=1)))
+  if hf_libs:
+    ids = torch.from_numpy(prompts_np.astype(np.int64)).to(device)
+    mask = torch.ones_like(ids)
+
+    def hf_generate():
+      with torch.inference_mode():
+        return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
+                           min_new_tokens=n, do_sample=False, num_beams=1, use_cache=True)
+
+    def hf_sync(out):
+      if device.type == "cuda":
+        torch.cuda.synchronize()
+      return out
+
+    hf_tokens = hf_generate()[:, p:].cpu().numpy().astype(np.int32)
+    print(harness.check_greedy(model, params, ctx, hf_tokens[:k], dtype=args.dtype,
+                              what=f"transformers {size} b{batch} c{cache}", literal_rows=0),
+          flush=True)
 
   timing = dict(warmup=args.warmup, runs=args.runs)
-  t_gen = harness.time_fn(generate, **timing)
-
-  def setup():
-    cache, logits = sampler.prefill(run_params, prompts, lengths, cache_size=p + n)
-    return (init_state(cache, logits, row_keys_for(rng, batch), n),)
-
-  t_dec = harness.time_fn(lambda state: sampler.decode(run_params, state, method=method,
-                                                      stop_tokens=()), setup=setup, **timing)
-  t_naive = {name: harness.time_fn(fn, **timing) for name, fn in (naive or {}).items()}
+  t_dec, lowerings = {}, 0
+  for name, sampler in samplers.items():
+    decode(sampler, *setup(sampler))  # warm-up: compile outside the counted block
+    with harness.CompileCounter() as compiles:
+      t_dec[name] = harness.time_fn(functools.partial(decode, sampler),
+                                    setup=functools.partial(setup, sampler), **timing)
+    lowerings += compiles.lowerings
+  t_e2e = harness.time_fn(lambda: end_to_end(samplers["aware"]), **timing)
+  t_hf = harness.time_fn(hf_generate, sync=hf_sync, **timing) if hf_libs else None
 
   weight_bytes = harness.tree_bytes(params)
-  kv_seq = harness.kv_bytes_per_sequence(cfg, p + n)
-  step_bytes = batch * kv_seq + weight_bytes
+  slot_bytes = harness.kv_bytes_per_sequence(cfg, 1)
+  slots_aware = read_slots(cfg, p, n, cache)
+  bytes_aware = weight_bytes + batch * slot_bytes * slots_aware
+  bytes_full = weight_bytes + batch * slot_bytes * cache
   bw = ceilings.bandwidth if ceilings else None
-  step_s = t_dec.median / n
-  floor_s = step_bytes / bw if bw else None
-  # Mean live slots over the decode steps: what a length-aware attention would read.
-  live_bytes = batch * harness.kv_bytes_per_sequence(cfg, p + (n + 1) // 2) + weight_bytes
+  step = {name: t.median / n for name, t in t_dec.items()}
+  prof = None
+  if not args.skip_profile:
+    prof = step_profile(cfg, params, batch, cache, p + n // 2, timing)
+    prof = {"attention": prof["attention_s"] / step["aware"],
+            "head": prof["head_s"] / step["aware"]}
   return {
-      "size": size, "params": cfg.num_params(), "batch": batch, "prompt_len": p,
-      "new_tokens": n, "dtype": args.dtype, "param_dtype": str(jax.tree.leaves(params)[0].dtype),
-      "generate_tok_s": batch * n / t_gen.median, "decode_tok_s": batch * n / t_dec.median,
-      "decode_step_ms": 1e3 * step_s, "step_bytes": step_bytes, "kv_bytes_per_seq": kv_seq,
-      "weight_bytes": weight_bytes, "floor_ms": 1e3 * floor_s if floor_s else None,
-      "floor_frac": floor_s / step_s if floor_s else None,
-      "live_floor_frac": live_bytes / bw / step_s if bw else None,
-      "naive_tok_s": {k: batch * n / t.median for k, t in t_naive.items()},
-      "vs_naive": {k: t.median / t_gen.median for k, t in t_naive.items()},
-      "spread": max([t_gen.spread, t_dec.spread] + [t.spread for t in t_naive.values()]),
+      "size": size, "params": cfg.num_params(), "batch": batch, "cache": cache,
+      "prompt_len": p, "new_tokens": n, "dtype": args.dtype,
+      "param_dtype": str(jax.tree.leaves(params)[0].dtype),
+      "decode_tok_s": batch * n / t_dec["aware"].median,
+      "full_decode_tok_s": batch * n / t_dec["full"].median,
+      "aware_gain": t_dec["full"].median / t_dec["aware"].median,
+      "decode_step_ms": 1e3 * step["aware"], "full_step_ms": 1e3 * step["full"],
+      "slots_read": slots_aware, "step_bytes": bytes_aware, "full_step_bytes": bytes_full,
+      "weight_bytes": weight_bytes,
+      "floor_ms": 1e3 * bytes_aware / bw if bw else None,
+      "floor_frac": bytes_aware / bw / step["aware"] if bw else None,
+      "full_floor_frac": bytes_full / bw / step["full"] if bw else None,
+      "same_rows_paths": same_paths, "lowerings_after_warmup": lowerings,
+      "pavjax_e2e_tok_s": batch * n / t_e2e.median,
+      "hf_tok_s": batch * n / t_hf.median if t_hf else None,
+      "vs_hf": t_hf.median / t_e2e.median if t_hf else None,
+      "profile": prof,
+      "spread": max([t.spread for t in t_dec.values()] + [t_e2e.spread]
+                    + ([t_hf.spread] if t_hf else [])),
   }
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args, ceilings = harness.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  results = [bench_one(args, size, batch, ceilings) for size in args.size for batch in args.batch]
+  args = harness.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
+  hf_libs = None
+  if args.peer:
+    hf_libs = peer.import_peer()
+    if args.torch_threads:
+      hf_libs[0].set_num_threads(args.torch_threads)
+  ceilings = None if args.skip_ceilings else harness.measure_ceilings(args.dtype)
+  if ceilings:
+    harness.print_ceilings(ceilings)
+  results = [bench_one(args, size, batch, cache, ceilings, hf_libs)
+             for size in args.size for batch in args.batch for cache in args.cache]
   rows = []
   for r in results:
-    nv, vs = r["naive_tok_s"], r["vs_naive"]
+    prof = r["profile"]
     rows.append([
-        r["size"], harness.fmt_si(r["params"]), r["batch"], f"{r['prompt_len']}+{r['new_tokens']}",
-        harness.fmt_si(r["generate_tok_s"]), harness.fmt_si(r["decode_tok_s"]),
-        f"{r['decode_step_ms']:.3g}", f"{r['floor_ms']:.3g}" if r["floor_ms"] else "n/a",
-        harness.fmt_pct(r["floor_frac"]),
-        harness.fmt_si(nv.get("python")), harness.fmt_ratio(vs.get("python")),
-        harness.fmt_si(nv.get("fori")), harness.fmt_ratio(vs.get("fori"))])
+        r["size"], harness.fmt_si(r["params"]), r["batch"],
+        f"{r['cache']} ({r['prompt_len']}+{r['new_tokens']})",
+        harness.fmt_si(r["decode_tok_s"]), f"{r['decode_step_ms']:.3g}",
+        f"{r['slots_read']:.0f}", harness.fmt_si(r["step_bytes"], "B"),
+        f"{r['floor_ms']:.3g}" if r["floor_ms"] else "n/a", harness.fmt_pct(r["floor_frac"]),
+        harness.fmt_si(r["full_decode_tok_s"]), harness.fmt_pct(r["full_floor_frac"]),
+        harness.fmt_ratio(r["aware_gain"]), r["lowerings_after_warmup"],
+        harness.fmt_pct(prof and prof["attention"]), harness.fmt_pct(prof and prof["head"]),
+        harness.fmt_si(r["pavjax_e2e_tok_s"]), harness.fmt_si(r["hf_tok_s"]),
+        harness.fmt_ratio(r["vs_hf"])])
   bw_note = ("n/a" if ceilings is None else
              f"{harness.fmt_si(ceilings.bandwidth, 'B/s')} "
              f"({'datasheet' if ceilings.device.peak_bandwidth else 'measured copy'})")
+  peer_note = "transformers not run (--peer=0)"
+  if hf_libs:
+    torch, transformers = hf_libs
+    peer_note = (f"transformers {transformers.__version__} generate() on torch "
+                 f"{torch.__version__} ({torch.get_num_threads()} threads on a CPU), same "
+                 "weights, prompts, batch and new tokens; its tokens passed the same check")
   harness.print_table(
       f"decode: {harness.device_info().describe()}, {args.dtype} compute, "
-      f"{results[0]['param_dtype']} weights, greedy",
-      ["model", "params", "batch", "prompt+new", "generate tok/s", "decode tok/s", "ms/step",
-       "floor ms/step", "% of floor", "naive-python tok/s", "generate / naive-python",
-       "naive-fori tok/s", "generate / naive-fori"], rows,
-      notes=[f"floor = (batch x full-cache KV bytes per sequence + weight bytes) / {bw_note}; "
-             "% of floor = floor / measured decode step. Naive loops are end to end, like "
-             "generate. Correctness: greedy tokens checked against the uncached model first.",
+      f"{results[0]['param_dtype']} weights, greedy, caches {args.fill:.0%} full on average",
+      ["model", "params", "batch", "cache (prompt+new)", "decode tok/s", "ms/step",
+       "KV slots read", "bytes/step", "floor ms/step", "% of floor",
+       "full-read tok/s", "full-read % of floor", "length-aware / full", "lowerings after warm-up",
+       "attention % of step", "LM head % of step", "pavjax e2e tok/s", "transformers tok/s",
+       "pavjax / transformers"], rows,
+      notes=[f"floor = (weight bytes + batch x KV bytes of the slots read) / {bw_note}; "
+             "length-aware attention reads the filled slots rounded up to 128 (mean over the "
+             "steps shown), full-read (attn_block=0) every slot. Both paths' greedy tokens "
+             "were checked against the uncached model first.",
+             f"e2e = prefill + decode of the same prompts; {peer_note}.",
              harness.spread_note(results)]
-      + (["On a CPU these small caches and weights stay in the processor's caches, so the "
+      + (["On a CPU small caches and weights stay in the processor's caches, so the "
           "DRAM-copy floor is no bound there (% of floor can pass 100%); compare ratios."]
          if harness.on_cpu() else []))
   harness.write_json(args.json, {"bench": "decode", "ceilings": ceilings and ceilings.to_dict(),

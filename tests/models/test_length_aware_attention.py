@@ -106,3 +106,26 @@ def test_decode_program_has_one_branch_per_size():
                                 jax.random.PRNGKey(0), num_samples=1, max_new_tokens=40,
                                 method=Greedy(), stop_tokens=()).compile().as_text()
   assert "conditional" in hlo
+
+
+def test_no_recompiles_across_attention_sizes():
+  """Decoding at any fill level runs the one compiled program (sizes are switch branches)."""
+  from pavjax.bench.harness import CompileCounter  # pylint: disable=g-import-not-at-top
+  from pavjax.sampling.sampler import init_state, row_keys_for  # pylint: disable=g-import-not-at-top
+  model, params = _model(8)
+  sampler = Sampler(TransformerLM(model))
+  toks, lens = left_pad([[1, 2, 3], [4, 5]])
+  toks, lens = jnp.asarray(toks), jnp.asarray(lens)
+
+  def run(index):
+    cache, logits = sampler.prefill(params, toks, lens, cache_size=64)
+    cache = cache.replace(index=jnp.asarray(index, jnp.int32))  # as if more were decoded
+    state = init_state(cache, logits, row_keys_for(jax.random.PRNGKey(0), 2), 6)
+    return sampler.decode(params, state, method=Greedy(), stop_tokens=())
+
+  run(8)  # warm-up: fills 9..14 (sizes 16)
+  with CompileCounter() as counter:
+    for index in (20, 37, 58):  # sizes 24, 40/48, 64
+      out = run(index)
+      assert int(out.step) == 6
+  assert counter.lowerings == 0
