@@ -62,6 +62,22 @@ def test_rollouts_runs():
   assert 0 < r["mean_continuation"] < r["response_len"]
 
 
+def test_summary_reads_both_benches(tmp_path):
+  """gpu_run.sh's last table, from the JSON of tiny decode and rollouts runs."""
+  from pavjax.bench import summary  # pylint: disable=g-import-not-at-top
+  decode.main(TINY + ["--batch=2", "--cache=32", "--new_tokens=6", "--peer=0", "--skip_profile",
+                      f"--json={tmp_path / 'decode.json'}"])
+  lines = summary.summary_lines(str(tmp_path))
+  assert any(l.startswith("| decode | test b2 cache 32 (13+6) float32 |") for l in lines)
+  assert "| rollouts | - | did not finish (see rollouts.log) |" in lines
+  rollouts.main(TINY + ["--trajectories=2", "--prompt_len=3", "--step_len=2", "--n_mc=2",
+                        "--seq_batch=2", "--fork_batch=4", "--skip_per_prefix",
+                        "--skip_independent", f"--json={tmp_path / 'rollouts.json'}"])
+  lines = summary.summary_lines(str(tmp_path))
+  assert any(l.startswith("| rollouts | test 2 x 8 x 2") and "continuous / static" in l
+             for l in lines)
+
+
 def test_rollouts_continuous_check_can_fail():
   args = ["--trajectories=2", "--prompt_len=3", "--step_len=2", "--n_mc=2", "--seq_batch=2",
           "--fork_batch=4", "--skip_per_prefix", "--skip_independent", "--fault=keys"]
