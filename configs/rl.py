@@ -10,6 +10,11 @@ The paper's didactic run (exact mu_10 prover, no verifier needed):
 On the paper's MADE-style MLP policy instead of the transformer: size=made (SFT too).
 Variants: task=..., size=..., reward=outcome|pav|q_bonus, prover=bok|verifier|procedural
 (procedural: planted's mu_gamma, or arith's exact line prover, pavjax.tasks.arith.StepProver).
+setting=pavjax|paper (planted only): pavjax's defaults (KL 0.001 to the SFT policy and a
+learned value baseline, from the paper's MATH RL, arXiv 2410.08146 Sec. 5) or the didactic
+RL the paper states (Sec. 3.3 / App. B): REINFORCE with the effective reward, no KL penalty,
+the batch-mean outcome as baseline (one prompt x 64 samples, `group_mean` over all 64),
+Adam 1e-3 at a constant rate. Pair it with configs/sft.py:...,setting=paper.
 """
 
 import ml_collections
@@ -26,9 +31,17 @@ _TASK_DEFAULTS = {
 }
 
 
+SETTINGS = ("pavjax", "paper")
+
+
 def get_config(arg=None):
   v = config_lib.parse_arg(arg, {"task": "arith", "size": "tiny", "reward": "pav",
-                                 "prover": "bok", "difficulty": "", "hf": ""})
+                                 "prover": "bok", "difficulty": "", "hf": "",
+                                 "setting": "pavjax"})
+  if v["setting"] not in SETTINGS:
+    raise config_lib.ConfigError("setting", f"{v['setting']!r} is not one of {SETTINGS}")
+  if v["setting"] == "paper" and v["task"] != "planted":
+    raise config_lib.ConfigError("setting", "paper is the didactic task's RL (task=planted)")
   config = config_lib.base_config("rl", v["size"])
   config.task = config_lib.task_config(v["task"], v["difficulty"])
   config_lib.set_task_lengths(config, v["task"])
@@ -71,7 +84,19 @@ def get_config(arg=None):
   if v["task"] == "planted":
     config.sample.method = "temperature"  # one prompt: accuracy by sampling, not greedy
     config.sample.num_eval = 256
+    # The policy-gradient surrogate is not a loss that falls: it jumps when the policy
+    # takes off (a MADE run crossed the spike rule at iteration 105), and outcome-only
+    # RL with a batch-mean baseline has exactly zero gradient until its first success.
+    config.train.divergence = "warn"
   else:
     config.sample.num_eval = 64
+  if v["setting"] == "paper":
+    # Every planted problem is the same prompt [BOS], so 64 samples of one prompt are
+    # the paper's batch of 64, and group_mean over that group is the batch mean.
+    rl.kl_coef = 0.0
+    rl.estimator = "group_mean"
+    rl.num_prompts, rl.group_size = 1, prompts * group
+    config.optim.warmup_steps = 0
+    config.optim.end_lr_frac = 1.0
   config_lib.use_pretrained(config, v["hf"])
   return config

@@ -15,6 +15,8 @@ and the run ends with test accuracy:
     --workdir=runs/gsm_gpu --config.task.manual_dir=/data/gsm8k
 The didactic task on the paper's MADE policy:
   python -m pavjax.main --config=configs/sft.py:task=planted,size=made --workdir=runs/sft_made
+setting=paper (planted only): Adam at a constant 1e-3 from step 1 (pavjax's default schedule
+warms up over 50 steps, i.e. over the whole 50-step run, then has no room to decay).
 """
 
 from pavjax import config_lib
@@ -33,7 +35,11 @@ _TASK_DEFAULTS = {
 
 def get_config(arg=None):
   variant = config_lib.parse_arg(arg, {"task": "toy", "size": "tiny", "difficulty": "",
-                                       "hf": ""})
+                                       "hf": "", "setting": "pavjax"})
+  if variant["setting"] not in ("pavjax", "paper"):
+    raise config_lib.ConfigError("setting", f"{variant['setting']!r} is not pavjax or paper")
+  if variant["setting"] == "paper" and variant["task"] != "planted":
+    raise config_lib.ConfigError("setting", "paper is the didactic task's SFT (task=planted)")
   task_name, size = variant["task"], variant["size"]
   if task_name not in _TASK_DEFAULTS:
     raise config_lib.ConfigError("task.name", f"no SFT defaults for {task_name!r}")
@@ -56,6 +62,9 @@ def get_config(arg=None):
     config.train.num_steps = 600
     config.train.batch_size = 32
     config.optim.lr = 2e-3
+  if variant["setting"] == "paper":
+    config.optim.warmup_steps = 0
+    config.optim.end_lr_frac = 1.0
   config.train.log_every = max(1, min(50, config.train.num_steps // 10))
   config.checkpoint.every = max(1, config.train.num_steps // 4)
   config_lib.use_pretrained(config, variant["hf"])

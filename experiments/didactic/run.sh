@@ -3,6 +3,8 @@
 #   bash experiments/didactic/run.sh        # 2-core CPU
 #   SIZE=made RUNS=runs/didactic_made GAMMAS="" OUT=experiments/didactic/made \
 #     bash experiments/didactic/run.sh      # (a) and (c) with the MADE-style MLP policy
+#   SETTING=paper ...                       # the paper's didactic RL and SFT (configs/rl.py,
+#                                           # configs/sft.py: setting=paper) instead of pavjax's
 # Each run resumes from its checkpoints, so rerunning after an interruption is safe.
 set -euo pipefail
 R=${RUNS:-runs/didactic}
@@ -11,10 +13,11 @@ STEPS=${STEPS:-400}
 GAMMAS=${GAMMAS-"1 3 5 8 10 12 15 17"}  # GAMMAS="" skips (b)
 MAIN="python -m pavjax.main"
 SIZE=${SIZE:-test}  # made: the paper's MADE-style 3x128 MLP policy
-RL="configs/rl.py:task=planted,size=$SIZE,prover=procedural"
+SETTING=${SETTING:-pavjax}  # pavjax: KL 0.001 + value baseline; paper: KL 0 + batch mean
+RL="configs/rl.py:task=planted,size=$SIZE,prover=procedural,setting=$SETTING"
 
 # SFT init: 50 steps, batch 64, on 3,200 samples of mu_5 (the paper's setting).
-$MAIN --config=configs/sft.py:task=planted,size=$SIZE --workdir=$R/sft
+$MAIN --config=configs/sft.py:task=planted,size=$SIZE,setting=$SETTING --workdir=$R/sft
 common="--config.init_from=$R/sft/checkpoints --config.rl.eval_pass_ns=1,2,4,8,16,32,64"
 # (a) + (c): PAV (exact mu_10 prover, alpha 1) vs outcome-only, several seeds.
 for seed in $SEEDS; do
