@@ -72,9 +72,10 @@ def test_didactic_report_intervals_and_seed_comparisons(tmp_path, plots):
   row = _row(text, "| pav | 2 |")
   assert f"seed 0: {stats.wilson(4, 8).text()} (n=8)" in row[3]
   assert f"seed 1: {stats.wilson(6, 8).text()} (n=8)" in row[3]
-  # Run averages 0.6, 0.8: mean 0.7 and the t interval over the two seeds.
-  assert row[4] == _t([0.6, 0.8], 0, 1) + " (min 0.600, max 0.800)"
-  assert row[4] == "0.700 [0.000, 1.000] (min 0.600, max 0.800)"  # t(1) = 12.7: cut to [0, 1]
+  # Run averages 0.6, 0.8: each seed, then mean 0.7 and the t interval over the two seeds.
+  assert row[4] == "0: 0.600, 1: 0.800"
+  assert row[5] == _t([0.6, 0.8], 0, 1) + " (min 0.600, max 0.800)"
+  assert row[5] == "0.700 [0.000, 1.000] (min 0.600, max 0.800)"  # t(1) = 12.7: cut to [0, 1]
   # PAV - outcome per seed: +0.4, +0.5 -> mean +0.45, t(1) says little: no difference.
   row = _row(text, "| PAV - outcome, batch accuracy averaged over the run |")
   assert row[1:] == ["2", "0: +0.400, 1: +0.500", _t([0.4, 0.5], -1, 1, signed=True),
@@ -91,6 +92,50 @@ def test_didactic_report_intervals_and_seed_comparisons(tmp_path, plots):
   assert row[6] == "no difference detected"
   assert "| gamma 5 - gamma 10 | 2 | 0: -0.100, 1: -0.200 |" in text
   assert (out / "fig3b_gamma.png").exists()
+  assert "Setting (from the runs' config.json): policy transformer" in text
+
+
+def test_didactic_report_names_the_setting_and_averages_over_each_horizon(tmp_path, plots):
+  del plots
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  cfg = {"sample": {"num_eval": 4}, "rl": {"eval_pass_ns": "1", "num_prompts": 1,
+                                           "group_size": 64, "estimator": "group_mean",
+                                           "kl_coef": 0.0, "alpha": 1.0},
+         "optim": {"lr": 0.001, "warmup_steps": 0, "end_lr_frac": 1.0},
+         "model": {"arch": "made", "hidden_sizes": [128, 128, 128]}}
+  _write(runs / "sft" / "config.json", {"train": {"num_steps": 50},
+                                        "optim": {"lr": 0.001, "warmup_steps": 50,
+                                                  "end_lr_frac": 0.1}})
+  for reward, accs in (("pav", [0.0, 0.9, 1.0, 1.0]), ("outcome", [0.0, 0.0, 0.0, 0.5])):
+    run = runs / f"{reward}_seed0"
+    _write(run / "config.json", cfg)
+    _write(run / "metrics.jsonl", [{"step": s, "rl/accuracy": a}
+                                   for s, a in zip((10, 20, 30, 40), accs)])
+    _write(run / "eval.jsonl", [])
+    _write(run / "summary.json", {"eval": {"sample_accuracy": accs[-1]}})
+  gammas = {(1, 0): [0.0, 0.0, 0.2, 0.6], (1, 1): [0.0, 0.2, 0.4, 0.6],
+            (10, 0): [0.5, 0.5, 0.9, 0.9], (10, 1): [0.6, 0.6], (10, 2): [0.1, 0.3, 0.5, 0.7]}
+  for (gamma, seed), accs in gammas.items():  # gamma 10 seed 1 stopped at iteration 20
+    _write(runs / f"gamma{gamma}_seed{seed}" / "metrics.jsonl",
+           [{"step": 10 * (i + 1), "rl/accuracy": a} for i, a in enumerate(accs)])
+  _script("didactic").main([f"--runs={runs}", f"--out={out}", "--gamma_horizons=20,99"])
+  text = (out / "results.md").read_text()
+  assert ("policy MADE (128, 128, 128); RL batch 1 prompts x 64 samples, estimator "
+          "`group_mean`, KL coefficient 0.0, alpha 1.0, adamw lr 0.001 (constant); SFT 50 "
+          "steps at lr 0.001 (warm-up 50 steps, cosine to 0.1 x peak)") in text
+  assert _row(text, "| outcome | 1 |")[2] == "never"
+  assert _row(text, "| pav | 1 |")[2] == "20"
+  # Horizons 20 and the longest run's 40 (99 is past every run): two tables.
+  first, second = text.split("## (b) Batch accuracy averaged over the first 20 ")[1].split(
+      "## (b) Batch accuracy averaged over the first 40 ")
+  assert "first 99" not in text
+  assert _row(first, "| 1 | 2 |")[4] == "0: 0.000, 1: 0.100"
+  assert _row(first, "| 10 | 3 |")[4] == "0: 0.500, 1: 0.600, 2: 0.200"
+  assert _row(second, "| 1 | 2 |")[4] == "0: 0.200, 1: 0.300"
+  # Seed 1 never reached 40 iterations: left out, not averaged over fewer.
+  assert _row(second, "| 10 | 2 |")[4] == "0: 0.700, 2: 0.400"
+  assert "per seed 0: 0.000." in first and "per seed 0: 0.125." in second
+  assert (out / "fig3b_gamma.png").exists() and (out / "fig3b_gamma_40.png").exists()
 
 
 def test_rl_vs_orm_report_intervals_and_comparisons(tmp_path, plots):
