@@ -19,7 +19,9 @@ Two token conventions (keep them apart):
   take ids `1 .. vocab_size` (EOS id = `vocab_size`, 15 by default), and one more
   id `vocab_size + 1` (16) is BOS, the prompt. `PlantedTask.vocab_size` (the
   number of ids a model must cover) is `vocab_size + 2` = 17. Convert with
-  `PlantedTask.to_ids` / `PlantedTask.from_ids`.
+  `PlantedTask.to_ids` / `PlantedTask.from_ids`. A response may hold only the 15
+  raw tokens' ids (`PlantedTask.action_ids`); the MADE policy's softmax covers just
+  those, so it never emits pad or BOS (a transformer policy still covers all 17).
 
 Episode and reward conventions (decided here; the paper only says "sequences of
 length 10" and "occurs before EOS"):
