@@ -42,7 +42,8 @@ from pavjax import sharding as shd
 from pavjax import runtime
 from pavjax import trajectories
 from pavjax import evaluation
-from pavjax.sampling import Sampler, Temperature, bucket_length, cached_lm, left_pad
+from pavjax.sampling import (Sampler, Temperature, bucket_length, cached_lm, in_dtype,
+                             left_pad)
 from pavjax.sampling import sampler as sampler_lib
 from pavjax.tasks import base
 
@@ -135,6 +136,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   config_lib.check_choice(cfg.split, base.SPLITS, "rollouts.split")
   config_lib.check_choice(cfg.get("seeding", "random"), SEEDINGS, "rollouts.seeding")
   config_lib.check_choice(cfg.get("batching", "static"), BATCHINGS, "rollouts.batching")
+  config_lib.check_choice(cfg.get("dtype", ""), ("", "float32", "bfloat16"), "rollouts.dtype")
   if cfg.get("seeding", "random") == "first_pit":
     config_lib.check_finite(cfg.pit_threshold, "rollouts.pit_threshold", minimum=0.0)
     config_lib.check(cfg.pit_threshold <= 1.0, "rollouts.pit_threshold", "must be <= 1")
@@ -170,8 +172,10 @@ class RolloutRunner:
         self.prover = self.policy.loaded
       else:  # another policy, possibly of another family or size than the seed policy
         self.prover = runtime.load_model(env, config.prover.checkpoint, "prover.checkpoint")
-      self.prover_params = self.prover.params
-      self.sampler = Sampler(cached_lm(self.prover.model), pad_id=task.pad_id)
+      # rollouts.dtype: the prover samples with bf16 weights and KV cache (cast once).
+      prover_model, self.prover_params = in_dtype(self.prover.model, self.prover.params,
+                                                   config.rollouts.get("dtype", ""))
+      self.sampler = Sampler(cached_lm(prover_model), pad_id=task.pad_id)
     else:
       raise config_lib.ConfigError("prover.kind",
                                    f"{self.prover_kind!r} is not policy|checkpoint|procedural")
@@ -427,7 +431,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # What determines the data (halting early does not).
   rollout_cfg = {k: v for k, v in cfg.to_dict().items()
                  if k not in ("halt_after_shards", "batching")
-                 and (cfg.get("seeding", "random") != "random" or k not in PIT_FIELDS)}
+                 and (cfg.get("seeding", "random") != "random" or k not in PIT_FIELDS)
+                 and (k != "dtype" or v)}  # '' (the prover's own) keeps old hashes
   identity = {"task": config.task.to_dict(), "rollouts": rollout_cfg,
               "policy": config.policy.to_dict(), "prover": config.prover.to_dict(),
               "model": config.model.to_dict(), "seed": config.seed}

@@ -12,9 +12,10 @@ Each arena row has its own write index (`KVCache.index` [B]): an item's prefix
 always ends at slot `width - 1` and its tokens go to `width`, `width + 1`, ...,
 the slots `fork_prefixes` gives it. Item i = prefix i // n, sample i % n, draws
 with `fold_in(item_keys[i], k)` for its k-th token; with `item_keys[i] =
-fold_in(rng, i)` that is what row i of `fork_prefixes(rng)` draws. So an item's tokens do not depend on which row served it
-or when: the outputs equal `fork_prefixes`' row for row (tested token for token),
-up to float rounding of batch-dependent matmuls.
+fold_in(rng, i)` that is what row i of `fork_prefixes(rng)` draws. So an item's
+tokens do not depend on which row served it or when: the outputs equal
+`fork_prefixes`' row for row (tested token for token), up to float rounding of
+batch-dependent matmuls.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ bucket share one compilation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple, Protocol, Sequence
 
@@ -84,6 +85,30 @@ class MadeLM(TransformerLM):
 
   def init_cache(self, batch, size, start):
     return TokenCache.create(batch=batch, size=size, start=start)
+
+
+def in_dtype(model, params, dtype: str):
+  """(model, params) that sample in `dtype`: compute, KV cache and stored weights.
+
+  For bfloat16 sampling of a model trained and checkpointed in float32: the
+  parameters are cast once here (not at every decode step), halving the bytes
+  each step reads, and the cache (`TransformerLM.init_cache` uses the compute
+  dtype) halves too. '' or the model's own dtype returns both unchanged. Greedy
+  tokens then equal float32's except after near-ties, which bfloat16 rounding
+  may flip (`pavjax.bench.harness.check_greedy` bounds the logit shortfall).
+  """
+  if not dtype or not isinstance(model, Transformer):
+    if dtype and not isinstance(model, Transformer):
+      raise TypeError(f"sampling in {dtype} needs a Transformer, not {type(model).__name__}")
+    return model, params
+  cfg = model.cfg
+  if cfg.dtype == dtype and cfg.param_dtype == dtype:
+    return model, params
+  dt = jnp.dtype(dtype)
+  new = Transformer(dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype))
+  cast = jax.jit(lambda p: jax.tree.map(
+      lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, p))
+  return new, cast(params)
 
 
 def cached_lm(model) -> CachedLM:

@@ -102,6 +102,19 @@ def test_continuous_batching_gives_the_static_rollouts(tmp_path, toy_policy):
   assert len(np.unique(a["q_hat"][np.isfinite(a["q_hat"])])) > 2
 
 
+def test_bf16_rollouts_run(tmp_path, toy_policy):
+  """rollouts.dtype=bfloat16: every prefix gets its n_mc completions (from a bf16 prover)."""
+  out = run_job(_toy_rollouts(toy_policy, dtype="bfloat16", batching="continuous"),
+                str(tmp_path))
+  assert out["complete"]
+  data = trajectories.load(str(tmp_path / "rollouts" / "train"))
+  steps = trajectories.num_steps(data)
+  for i in range(len(data["outcome"])):
+    assert (data["mc_count"][i, :steps[i]] == 3).all()
+  with pytest.raises(config_lib.ConfigError, match="rollouts.dtype"):
+    run_job(_toy_rollouts(toy_policy, dtype="float16"), str(tmp_path / "bad"))
+
+
 def test_planted_procedural_rollouts_hold_exact_q(tmp_path):
   config = rollouts_config.get_config("task=planted,size=test,policy=procedural,prover=procedural")
   config.rollouts.num_problems = 6

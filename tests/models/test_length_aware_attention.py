@@ -102,16 +102,17 @@ def test_decode_program_has_one_branch_per_size():
   model, params = _model(8)
   sampler = Sampler(TransformerLM(model))
   toks, lens = left_pad([[1, 2, 3]])
-  hlo = sampler._generate.lower(params, jnp.asarray(toks), jnp.asarray(lens),  # pylint: disable=protected-access
-                                jax.random.PRNGKey(0), num_samples=1, max_new_tokens=40,
-                                method=Greedy(), stop_tokens=()).compile().as_text()
+  generate = sampler._generate  # pylint: disable=protected-access
+  hlo = generate.lower(params, jnp.asarray(toks), jnp.asarray(lens), jax.random.PRNGKey(0),
+                       num_samples=1, max_new_tokens=40, method=Greedy(),
+                       stop_tokens=()).compile().as_text()
   assert "conditional" in hlo
 
 
 def test_no_recompiles_across_attention_sizes():
   """Decoding at any fill level runs the one compiled program (sizes are switch branches)."""
-  from pavjax.bench.harness import CompileCounter  # pylint: disable=g-import-not-at-top
-  from pavjax.sampling.sampler import init_state, row_keys_for  # pylint: disable=g-import-not-at-top
+  from pavjax.bench.harness import CompileCounter  # pylint: disable=import-outside-toplevel
+  from pavjax.sampling import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
   model, params = _model(8)
   sampler = Sampler(TransformerLM(model))
   toks, lens = left_pad([[1, 2, 3], [4, 5]])
@@ -120,7 +121,8 @@ def test_no_recompiles_across_attention_sizes():
   def run(index):
     cache, logits = sampler.prefill(params, toks, lens, cache_size=64)
     cache = cache.replace(index=jnp.asarray(index, jnp.int32))  # as if more were decoded
-    state = init_state(cache, logits, row_keys_for(jax.random.PRNGKey(0), 2), 6)
+    keys = sampler_lib.row_keys_for(jax.random.PRNGKey(0), 2)
+    state = sampler_lib.init_state(cache, logits, keys, 6)
     return sampler.decode(params, state, method=Greedy(), stop_tokens=())
 
   run(8)  # warm-up: fills 9..14 (sizes 16)
