@@ -60,6 +60,7 @@ def test_rollouts_runs():
   # Length-skewed: the static batches idle some rows; the arena idles fewer.
   assert 0 < r["useful_static"] < r["useful_continuous"] <= 1
   assert 0 < r["mean_continuation"] < r["response_len"]
+  assert 0 < r["prefix_copy_bytes"] < r["arena_kv_bytes"] and 0 < r["shared_prefix_saving"] < 0.5
 
 
 def test_summary_reads_both_benches(tmp_path):

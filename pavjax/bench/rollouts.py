@@ -366,6 +366,14 @@ def bench_one(args, size: str) -> dict:
   t_pp = None if args.skip_per_prefix else harness.time_fn(
       lambda: independent(runner, rows, rng, per_prefix=True), **timing)
   rate = lambda t: total / t.median if t else None
+  # Memory of the decode rows' caches (both batchings hold fork_batch x n_mc dense rows of
+  # width + response slots). Each row holds its own copy of its prefix; cache blocks shared
+  # by a prefix's n_mc samples (a paged cache, not built) would store each prefix once.
+  slot = harness.kv_bytes_per_sequence(cfg, 1)
+  rows_kv = runner.fork_rows * args.n_mc
+  mean_prefix = float(np.mean([plen for _, _, plen in prefix_list(rows)]))
+  arena_bytes = rows_kv * (runner.width + task.max_response_len) * slot
+  copy_bytes = rows_kv * mean_prefix * slot
   return {"size": size, "params": cfg.num_params(), "trajectories": len(rows),
           "prefixes": num_prefixes, "n_mc": args.n_mc, "rollouts": total,
           "prompt_len": args.prompt_len, "response_len": task.max_response_len,
@@ -377,6 +385,8 @@ def bench_one(args, size: str) -> dict:
           "useful_static": useful_static, "useful_continuous": useful_cont,
           "continuous_ratio": t_fork.median / t_cont.median,
           "lowerings_after_warmup": low_static + low_cont,
+          "arena_kv_bytes": arena_bytes, "prefix_copy_bytes": copy_bytes,
+          "shared_prefix_saving": copy_bytes * (args.n_mc - 1) / args.n_mc / arena_bytes,
           "independent_rollouts_s": rate(t_ind), "per_prefix_rollouts_s": rate(t_pp),
           "ratio": t_ind.median / t_fork.median if t_ind else None,
           "ratio_per_prefix": t_pp.median / t_fork.median if t_pp else None,
@@ -411,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              "checked); independent = one prefill per rollout; per-prefix = one prefill per "
              "prefix, forked n_mc ways. Same prefill width, continuation budget and host-side "
              "scoring in all. Useful slots = continuation tokens / decode row-steps run.",
+             *[f"{r['size']}: decode rows' KV cache {harness.fmt_si(r['arena_kv_bytes'], 'B')}"
+               f", of which prefix copies {harness.fmt_si(r['prefix_copy_bytes'], 'B')} (mean "
+               "prefix; a row copies its prefix from the prefill, a gather, no forward pass); "
+               "prefix blocks shared by a prefix's samples would save "
+               f"{harness.fmt_pct(r['shared_prefix_saving'])} of it" for r in results],
              harness.spread_note(results)])
   harness.write_json(args.json, {"bench": "rollouts", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})

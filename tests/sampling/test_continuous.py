@@ -69,3 +69,23 @@ def test_padded_prefixes_are_not_run():
   assert int(part.busy) == int(np.asarray(full.lengths[:10]).sum())
   # The prefix count is traced: both calls ran one compiled program.
   assert sampler.num_traces == 1
+
+
+def test_sharded_over_eight_devices_equals_one_device():
+  """Length-aware attention (switch branches) and the arena under a data-parallel mesh."""
+  from pavjax import sharding as shd  # pylint: disable=import-outside-toplevel
+  sampler, params, cache, logits, rows, ends, picks = _setup(attn_block=4)
+  rng = jax.random.PRNGKey(3)
+  kw = dict(width=WIDTH, max_new_tokens=NEW, method=Temperature(1.0), stop_tokens=(STOP,),
+            num_samples=8)
+  want = sampler.fork_continuous(params, cache, logits, rows, ends, picks, rng, slots=8, **kw)
+  static = sampler.fork_prefixes(params, cache, logits, rows, ends, picks, rng, **kw)
+  mesh = shd.make_mesh({"data": -1})
+  assert mesh.devices.size == 8
+  with shd.activate(mesh, shd.DEFAULT_RULES):
+    sharded = Sampler(sampler.lm)
+    got = sharded.fork_continuous(params, cache, logits, rows, ends, picks, rng, slots=8, **kw)
+    got_static = sharded.fork_prefixes(params, cache, logits, rows, ends, picks, rng, **kw)
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_array_equal(got_static.tokens, static.tokens)
+  np.testing.assert_array_equal(got.tokens, static.tokens)
