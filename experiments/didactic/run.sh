@@ -11,6 +11,7 @@ R=${RUNS:-runs/didactic}
 SEEDS=${SEEDS:-"0 1 2"}
 STEPS=${STEPS:-400}
 GAMMAS=${GAMMAS-"1 3 5 8 10 12 15 17"}  # GAMMAS="" skips (b)
+GAMMA_STEPS=${GAMMA_STEPS:-$((STEPS / 2))}  # iterations of each (b) run
 MAIN="python -m pavjax.main"
 SIZE=${SIZE:-test}  # made: the paper's MADE-style 3x128 MLP policy
 SETTING=${SETTING:-pavjax}  # pavjax: KL 0.001 + value baseline; paper: KL 0 + batch mean
@@ -31,7 +32,7 @@ for seed in $SEEDS; do
   for gamma in $GAMMAS; do
     $MAIN --config=$RL,reward=pav --workdir=$R/gamma${gamma}_seed$seed $common \
       --config.seed=$seed --config.rl.prover.gamma=$gamma \
-      --config.train.num_steps=$((STEPS / 2)) --config.train.eval_every=50
+      --config.train.num_steps=$GAMMA_STEPS --config.train.eval_every=50
   done
 done
 python experiments/didactic/report.py --runs=$R --out=${OUT:-experiments/didactic}
