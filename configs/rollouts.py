@@ -41,6 +41,7 @@ def get_config(arg=None):
   config.rollouts.seq_batch = 32  # seed sequences prefilled per call
   config.rollouts.fork_batch = 32  # prefixes continued per call (x n_mc rows)
   config.rollouts.batching = "static"  # static | continuous (refill stopped rows; same data)
+  config.rollouts.continuous_blocks = 4  # continuous: seq_batch blocks decoded per call
   config.rollouts.dtype = ""  # '' = the prover's own; bfloat16: MC rollouts in bf16
   config.rollouts.halt_after_shards = 0  # stop after this many new shards (0 = off)
   # First-pit seeding (Sec. 4.2, App. D): also continue high-value prefixes with the policy

@@ -18,8 +18,9 @@ each continuation scored on the host by the task, as the rollouts job does.
   * per-prefix: in between, one prefill per prefix forked `n_mc` ways
     (`generate(num_samples=n_mc)`);
   * continuous: the same job code with `rollouts.batching=continuous`: one
-    `Sampler.fork_continuous` per block, an arena of `fork_batch` x `n_mc` rows
-    where a stopped row takes the next pending (prefix, sample) at once.
+    `Sampler.fork_continuous` per `continuous_blocks` prefill blocks, an arena
+    of `fork_batch` x `n_mc` rows where a stopped row takes the next pending
+    (prefix, sample) at once.
 
 Length skew (`--eos_hazard`, `--skew=0` for the old fixed workload): a random
 prover never stops by itself, so the bench's LM sets P(EOS) to `eos_hazard` at
@@ -129,6 +130,8 @@ def add_flags(p):
   p.add_argument("--fork_batch", type=int, default=None, help="prefixes continued per call")
   p.add_argument("--skip_per_prefix", action="store_true", help="skip the per-prefix variant")
   p.add_argument("--skip_independent", action="store_true", help="skip the independent variant")
+  p.add_argument("--continuous_blocks", type=int, default=4,
+                 help="prefill blocks (seq_batch each) decoded per continuous call")
   p.add_argument("--eos_hazard", type=float, default=None,
                  help="P(EOS) per token of the length-skewed workload")
   p.add_argument("--skew", type=int, default=1,
@@ -191,7 +194,8 @@ def make_runner(task, model, params, args, lm=None) -> rollouts_job.RolloutRunne
   runner = object.__new__(rollouts_job.RolloutRunner)
   runner.env = types.SimpleNamespace(task=task, mesh=mesh, rules=shd.DEFAULT_RULES)
   runner.config = types.SimpleNamespace(rollouts=ml_collections.ConfigDict(
-      {"n_mc": args.n_mc, "temperature": 1.0, "batching": "static"}))
+      {"n_mc": args.n_mc, "temperature": 1.0, "batching": "static",
+       "continuous_blocks": args.continuous_blocks}))
   runner.policy = None
   runner.prover_kind = "checkpoint"
   runner.prover_params = params
@@ -417,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
        "per-prefix rollouts/s", "forked / per-prefix"], rows,
       notes=[f"static (= forked) and continuous = the rollouts job's RolloutRunner._mc_q with "
              f"rollouts.batching static / continuous (seq_batch {args.seq_batch}, fork_batch "
-             f"{args.fork_batch}, decode rows fork_batch x n_mc in both; the same completions, "
+             f"{args.fork_batch}, continuous_blocks {args.continuous_blocks}, decode rows "
+             "fork_batch x n_mc in both; the same completions, "
              "checked); independent = one prefill per rollout; per-prefix = one prefill per "
              "prefix, forked n_mc ways. Same prefill width, continuation budget and host-side "
              "scoring in all. Useful slots = continuation tokens / decode row-steps run.",

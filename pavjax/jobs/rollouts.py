@@ -144,6 +144,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       config_lib.check(cfg[field] > 0, f"rollouts.{field}", f"{cfg[field]} must be > 0")
   for field in ("n_cov", "n_mc", "problems_per_shard", "seq_batch", "fork_batch"):
     config_lib.check(cfg[field] > 0, f"rollouts.{field}", f"{cfg[field]} must be > 0")
+  config_lib.check(cfg.get("continuous_blocks", 1) > 0, "rollouts.continuous_blocks",
+                   f"{cfg.get('continuous_blocks', 1)} must be > 0")
   config_lib.check(cfg.num_problems >= 0, "rollouts.num_problems", "must be >= 0 (0 = all)")
   config_lib.check_finite(cfg.temperature, "rollouts.temperature", minimum=1e-6)
 
@@ -336,8 +338,12 @@ class RolloutRunner:
       for col in range(1 if from_col is None else max(1, int(from_col[i])), int(steps[i])):
         prefixes.append((i, col, int(table.prefix_ends[i, col]) + 1))
     outcomes: dict[tuple[int, int], list[float]] = {}
+    continuous = cfg.get("batching", "static") == "continuous"
+    group = max(1, int(cfg.get("continuous_blocks", 1))) if continuous else 1
+    held = []  # continuous: prefilled blocks waiting for their one decode call
     call = 0
-    for start in range(0, len(table), self.seq_rows):
+    starts = list(range(0, len(table), self.seq_rows))
+    for b, start in enumerate(starts):
       block = list(range(start, min(start + self.seq_rows, len(table))))
       seqs = [table.tokens[i, :table.length[i]] for i in block]
       padded = seqs + [seqs[0]] * (self.seq_rows - len(seqs))  # fixed rows: one compile
@@ -359,36 +365,32 @@ class RolloutRunner:
           jax.device_put(lengths, shd.batch_sharding(self.env.mesh, 1)),
           cache_size=self.width + task.max_response_len,
           logits_at=jax.device_put(logits_at, shd.batch_sharding(self.env.mesh, 2)))
-      every = None
-      if cfg.get("batching", "static") == "continuous" and todo:
-        every = self._fork_continuous(cache, logits, todo_rows, todo_ends, picks, rng, call)
+      if continuous:
+        held.append(dict(todo=todo, rows=todo_rows, ends=todo_ends, picks=picks, cache=cache,
+                         logits=logits, call=call))
+        call += -(-len(todo) // self.fork_rows)
+        if len(held) == group or b == len(starts) - 1:
+          if any(h["todo"] for h in held):
+            out = self._fork_continuous(held, rng)
+            first = 0
+            for h in held:
+              self._score(table, problems, h["todo"], out, first, outcomes)
+              first += len(h["todo"]) * cfg.n_mc
+          held = []
+        continue
       for f in range(0, len(todo), self.fork_rows):
         fill = list(range(f, min(f + self.fork_rows, len(todo))))
         chunk = [todo[k] for k in fill]
         fill += [f] * (self.fork_rows - len(fill))
-        if every is not None:  # the chunk's rows of the one continuous call
-          out, first = every, f * cfg.n_mc
-        else:
-          seq_rows = np.array([todo_rows[k] for k in fill], np.int32)
-          ends = np.array([todo_ends[k] for k in fill], np.int32)
-          out = self.sampler.fork_prefixes(
-              self.prover_params, cache, logits, jnp.asarray(seq_rows), jnp.asarray(ends),
-              jnp.asarray(picks[fill]), jax.random.fold_in(rng, call), width=self.width,
-              max_new_tokens=task.max_response_len, method=Temperature(cfg.temperature),
-              stop_tokens=(task.eos_id,), num_samples=cfg.n_mc)
-          out, first = shd.to_host(out), 0
+        seq_rows = np.array([todo_rows[k] for k in fill], np.int32)
+        ends = np.array([todo_ends[k] for k in fill], np.int32)
+        out = self.sampler.fork_prefixes(
+            self.prover_params, cache, logits, jnp.asarray(seq_rows), jnp.asarray(ends),
+            jnp.asarray(picks[fill]), jax.random.fold_in(rng, call), width=self.width,
+            max_new_tokens=task.max_response_len, method=Temperature(cfg.temperature),
+            stop_tokens=(task.eos_id,), num_samples=cfg.n_mc)
         call += 1
-        for k, (i, col, plen) in enumerate(chunk):
-          done = [int(t) for t in table.tokens[i, table.prompt_len[i]:plen]]
-          results = []
-          for m in range(cfg.n_mc):
-            row = first + k * cfg.n_mc + m
-            cont = [int(t) for t in out.tokens[row, :int(out.lengths[row])]]
-            self.budget["mc_tokens"] += len(cont)
-            full = (done + cont)[:task.max_response_len + 1]
-            results.append(task.is_correct(full, problems[i]).reward)
-          self.budget["mc_rollouts"] += cfg.n_mc
-          outcomes[(i, col)] = results
+        self._score(table, problems, chunk, shd.to_host(out), 0, outcomes)
     for (i, col), res in outcomes.items():
       targets = [i] if col else np.flatnonzero(table.problem == table.problem[i])
       for j in targets:
@@ -396,27 +398,62 @@ class RolloutRunner:
         count[j, col] = len(res)
         q_hat[j, col] = float(np.mean(res))
 
-  def _fork_continuous(self, cache, logits, todo_rows, todo_ends, picks, rng, call):
-    """Every prefix of a block in one continuous-batching call (`rollouts.batching`).
+  def _score(self, table, problems, todo, out, first: int, outcomes) -> None:
+    """Scores the completions of prefixes `todo`: row first + k * n_mc + m is prefix k's m-th."""
+    cfg, task = self.config.rollouts, self.env.task
+    for k, (i, col, plen) in enumerate(todo):
+      done = [int(t) for t in table.tokens[i, table.prompt_len[i]:plen]]
+      results = []
+      for m in range(cfg.n_mc):
+        row = first + k * cfg.n_mc + m
+        cont = [int(t) for t in out.tokens[row, :int(out.lengths[row])]]
+        self.budget["mc_tokens"] += len(cont)
+        full = (done + cont)[:task.max_response_len + 1]
+        results.append(task.is_correct(full, problems[i]).reward)
+      self.budget["mc_rollouts"] += cfg.n_mc
+      outcomes[(i, col)] = results
 
-    The decode arena has the static path's rows (fork_batch x n_mc), and item
-    (prefix k, sample m) draws with the key that the static path's call for k's
-    chunk gives that row, so both choices produce the same completions. The
-    prefix list is padded to a power of two with its real length passed as an
-    array: blocks of any size share a few compilations.
+  def _fork_continuous(self, held: list[dict], rng):
+    """The prefixes of up to `rollouts.continuous_blocks` prefilled blocks in one call.
+
+    `rollouts.batching=continuous`. The blocks' caches are stacked into one source
+    (always `continuous_blocks` blocks: a short group repeats its first, whose
+    rows no item reads, so shapes stay fixed), and the decode arena has the
+    static path's rows (fork_batch x n_mc). The arena drains once per group, not
+    once per block. Item (prefix k, sample m) of a block draws with the key the
+    static path's call for k's chunk gives that row, so both choices produce the
+    same completions. The prefix list is padded to a power of two with its real
+    length passed as an array: groups of any size share a few compilations.
     """
     cfg, task = self.config.rollouts, self.env.task
-    n, count = cfg.n_mc, len(todo_rows)
+    n, group = cfg.n_mc, max(1, int(cfg.get("continuous_blocks", 1)))
+    blocks = held + [held[0]] * (group - len(held))
+    per_row = max(h["logits"].shape[1] for h in blocks)
+    logits = jnp.concatenate([jnp.pad(h["logits"], ((0, 0), (0, per_row - h["logits"].shape[1]),
+                                                    (0, 0))) for h in blocks])
+    cache = blocks[0]["cache"]
+    if group > 1:
+      cache = cache.replace(k=jnp.concatenate([h["cache"].k for h in blocks], axis=1),
+                            v=jnp.concatenate([h["cache"].v for h in blocks], axis=1),
+                            start=jnp.concatenate([h["cache"].start for h in blocks]))
+    rows, ends, picks, calls, in_chunk = [], [], [], [], []
+    for b, h in enumerate(held):
+      k = np.arange(len(h["todo"]))
+      rows.append(np.asarray(h["rows"], np.int32) + b * self.seq_rows)
+      ends.append(np.asarray(h["ends"], np.int32))
+      picks.append(np.asarray(h["picks"], np.int32))
+      calls.append(np.repeat(h["call"] + k // self.fork_rows, n))
+      in_chunk.append(((k % self.fork_rows)[:, None] * n + np.arange(n)[None, :]).ravel())
+    count = sum(len(h["todo"]) for h in held)
     padded = 1 << max(0, (count - 1).bit_length())
     fill = list(range(count)) + [0] * (padded - count)
-    k = np.repeat(np.arange(padded), n)
-    chunk_calls = call + k // self.fork_rows
-    in_chunk = (k % self.fork_rows) * n + np.tile(np.arange(n), padded)
+    calls = np.concatenate(calls + [np.zeros((padded - count) * n, np.int64)])
+    in_chunk = np.concatenate(in_chunk + [np.zeros((padded - count) * n, np.int64)])
     keys = jax.vmap(lambda c, r: jax.random.fold_in(jax.random.fold_in(rng, c), r))(
-        jnp.asarray(chunk_calls, jnp.int32), jnp.asarray(in_chunk, jnp.int32))
+        jnp.asarray(calls, jnp.int32), jnp.asarray(in_chunk, jnp.int32))
     out = self.sampler.fork_continuous(
-        self.prover_params, cache, logits, jnp.asarray(np.array(todo_rows, np.int32)[fill]),
-        jnp.asarray(np.array(todo_ends, np.int32)[fill]), jnp.asarray(picks[fill]), rng,
+        self.prover_params, cache, logits, jnp.asarray(np.concatenate(rows)[fill]),
+        jnp.asarray(np.concatenate(ends)[fill]), jnp.asarray(np.concatenate(picks)[fill]), rng,
         width=self.width, max_new_tokens=task.max_response_len,
         slots=self.fork_rows * n, method=Temperature(cfg.temperature),
         stop_tokens=(task.eos_id,), num_samples=n, num_prefixes=count, item_keys=keys)
@@ -430,7 +467,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out_dir = os.path.join(env.workdir, artifacts.rollouts_dir(cfg.split))
   # What determines the data (halting early does not).
   rollout_cfg = {k: v for k, v in cfg.to_dict().items()
-                 if k not in ("halt_after_shards", "batching")
+                 if k not in ("halt_after_shards", "batching", "continuous_blocks")
                  and (cfg.get("seeding", "random") != "random" or k not in PIT_FIELDS)
                  and (k != "dtype" or v)}  # '' (the prover's own) keeps old hashes
   identity = {"task": config.task.to_dict(), "rollouts": rollout_cfg,

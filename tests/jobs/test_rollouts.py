@@ -88,16 +88,36 @@ def test_mc_rollouts_and_exact_resume(tmp_path, toy_policy):
     run_job(_toy_rollouts(toy_policy, n_mc=5), str(tmp_path / "b"))
 
 
-def test_continuous_batching_gives_the_static_rollouts(tmp_path, toy_policy):
+def test_continuous_batching_gives_the_static_rollouts(tmp_path, toy_policy, monkeypatch):
   """rollouts.batching=continuous: the same completions (keys per item), so the same table."""
-  static = run_job(_toy_rollouts(toy_policy, fork_batch=2), str(tmp_path / "s"))
-  cont = run_job(_toy_rollouts(toy_policy, fork_batch=2, batching="continuous"),
-                 str(tmp_path / "c"))
-  assert static["budget"] == cont["budget"]
+  from pavjax.jobs import rollouts as rollouts_job  # pylint: disable=import-outside-toplevel
+  completions = {}  # run name -> {(row, column): the n_mc completions' tokens}
+  score = rollouts_job.RolloutRunner._score  # pylint: disable=protected-access
+
+  def recording(self, table, problems, todo, out, first, outcomes):
+    got = completions.setdefault(self.config.rollouts.batching + str(
+        self.config.rollouts.continuous_blocks), {})
+    for k, (i, col, _) in enumerate(todo):
+      rows = range(first + k * self.config.rollouts.n_mc,
+                   first + (k + 1) * self.config.rollouts.n_mc)
+      got[(i, col)] = [out.tokens[r, :int(out.lengths[r])].tolist() for r in rows]
+    return score(self, table, problems, todo, out, first, outcomes)
+
+  monkeypatch.setattr(rollouts_job.RolloutRunner, "_score", recording)
+  # Rows round up to the 8 devices: seq_batch 8 over a shard of 8 problems x 2 seeds is 2
+  # prefill blocks, decoded 1 by 1, together, or together in a group padded to 3 blocks.
+  kw = dict(fork_batch=8, seq_batch=8, problems_per_shard=8)
+  static = run_job(_toy_rollouts(toy_policy, **kw), str(tmp_path / "s"))
   a = trajectories.load(str(tmp_path / "s" / "rollouts" / "train"))
-  b = trajectories.load(str(tmp_path / "c" / "rollouts" / "train"))
-  for key in trajectories.CORE + tuple(sorted(a.columns)):
-    np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+  for blocks in (1, 2, 3):
+    cont = run_job(_toy_rollouts(toy_policy, batching="continuous", continuous_blocks=blocks,
+                                 **kw), str(tmp_path / f"c{blocks}"))
+    assert static["budget"] == cont["budget"]
+    b = trajectories.load(str(tmp_path / f"c{blocks}" / "rollouts" / "train"))
+    for key in trajectories.CORE + tuple(sorted(a.columns)):
+      np.testing.assert_array_equal(b[key], a[key], err_msg=f"{key}, {blocks} blocks")
+    assert completions[f"continuous{blocks}"] == completions["static4"], blocks
+  assert len(completions["static4"]) > 8
   # Q varies over prefixes: the comparison is not between two constant tables.
   assert len(np.unique(a["q_hat"][np.isfinite(a["q_hat"])])) > 2
 
