@@ -188,3 +188,24 @@ def test_rl_vs_orm_report_intervals_and_comparisons(tmp_path, plots):
   assert bands["PAV-RL (exact prover)"][0] == (1.0, w.low, w.high)
   _, bands = plots["pass_at_n.png"]
   assert bands["ORM-RL (outcome reward)"] == [(1, 0.2, 0.3), (4, 0.5, 0.6)]
+
+
+def test_didactic_settings_table_side_by_side(tmp_path):
+  runs = {"a": {(1, 0): [0.0, 0.2], (1, 1): [0.2, 0.4], (3, 0): [0.5, 0.5]},
+          "b": {(1, 0): [0.6, 0.8], (1, 1): [0.4, 0.6], (1, 2): [0.5]}}  # b seed 2 stopped early
+  for cell, gammas in runs.items():
+    for (gamma, seed), accs in gammas.items():
+      _write(tmp_path / cell / f"gamma{gamma}_seed{seed}" / "metrics.jsonl",
+             [{"step": 10 * (i + 1), "rl/accuracy": a} for i, a in enumerate(accs)])
+  out = tmp_path / "out"
+  _script("didactic").main([f"--out={out}", "--gamma_horizons=20",
+                            f"--settings=first={tmp_path / 'a'},second={tmp_path / 'b'}"])
+  text = (out / "settings.md").read_text()
+  assert "| gamma | first | second |" in text
+  # gamma 1: first averages 0.1, 0.3; second 0.7, 0.6 (seed 2 never reached 20 iterations).
+  a = stats.seed_spread({0: 0.1, 1: 0.3}, within=(0.0, 1.0))
+  b = stats.seed_spread({0: 0.7, 1: 0.5}, within=(0.0, 1.0))
+  assert _row(text, "| 1 |") == [
+      "1", f"0.200 [{a.interval.low:.3f}, {a.interval.high:.3f}] (2)",
+      f"0.600 [{b.interval.low:.3f}, {b.interval.high:.3f}] (2)"]
+  assert _row(text, "| 3 |") == ["3", "0.500 (1)", "n/a"]
