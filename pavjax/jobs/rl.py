@@ -370,6 +370,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_writer = metrics.MetricWriter(env.workdir, "eval")
   pass_ns = config_lib.parse_list(cfg.eval_pass_ns, "rl.eval_pass_ns")
 
+  evaluated = {}  # step -> result: the loop's evaluation of the last step is the final one
+
   def eval_fn(st, step):
     key = jax.random.PRNGKey(config.seed + 17)
     greedy = evaluation.sample_responses(
@@ -392,6 +394,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
     # Per-problem outcomes (lists: not for the metric writer) pair RL runs in the report.
     result.update(evaluation.per_problem_outcomes(greedy))
+    evaluated[step] = result
     return result
 
   writer = metrics.MetricWriter(env.workdir, "metrics")
@@ -407,7 +410,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     checkpointer=checkpointer, writer=writer, eval_fn=eval_fn,
                                     desc=f"rl/{cfg.reward}")
     step = int(jax.device_get(state.step))
-    final = eval_fn(state, step)
+    final = evaluated[step] if step in evaluated else eval_fn(state, step)
   checkpointer.close()
   writer.close()
   eval_writer.close()

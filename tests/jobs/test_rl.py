@@ -1,6 +1,7 @@
 """RL job: a toy smoke run with every reward variant, exact resume, and 8 devices == 1."""
 
 import functools
+import json
 import os
 import sys
 
@@ -235,3 +236,15 @@ def test_a_later_job_reads_the_policy_of_a_separate_value_checkpoint(tmp_path, t
   first = _capture_start(monkeypatch)
   run_job(again, str(tmp_path / "next"))
   assert _leaves_equal(first[0], trained)
+
+
+def test_the_last_steps_evaluation_is_the_final_one_not_a_second(tmp_path, toy_policy, caplog):
+  """With eval_every dividing num_steps, the loop's evaluation of the last step is
+  the summary's `eval`: evaluated once, no record of it rewritten."""
+  config = _config(toy_policy, reward="outcome", eval_every=2)
+  with caplog.at_level("INFO"):
+    out = run_job(config, str(tmp_path))
+  assert "redone step" not in caplog.text
+  lines = (tmp_path / "eval.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [0, 2, 4]
+  assert out["eval"]["accuracy"] == json.loads(lines[-1])["eval/accuracy"]
