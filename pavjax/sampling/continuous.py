@@ -26,9 +26,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from pavjax import step_boundary
 from pavjax.models import KVCache
 from pavjax.models.kv_cache import shift_slots
+from pavjax.sampling import decode_step
 
 Array = jax.Array
 
@@ -122,15 +122,8 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
     s = refill(s)
     live = s.live
     keys = jax.vmap(jax.random.fold_in)(s.row_keys, s.gen)
-    tok = method(s.next_logits, keys)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits, axis=-1), tok[:, None], 1)[:, 0]
-    tok = jnp.where(live, tok, pad_id)
-    is_stop = live & jnp.isin(tok, stop)
-    boundary_state = s.boundary_state
-    if boundary is not None:
-      after, ends_step = step_boundary.advance(boundary, boundary_state, tok)
-      is_stop = is_stop | (live & ends_step)
-      boundary_state = jnp.where(live, after, boundary_state)
+    tok, logp, is_stop, boundary_state = decode_step.choose_tokens(
+        method, s.next_logits, keys, live, pad_id, stop, boundary, s.boundary_state)
     out_row = jnp.where(live, s.item, n_items)  # idle rows write out of bounds: dropped
     tokens = s.tokens.at[out_row, s.gen].set(tok, mode="drop")
     logprobs = s.logprobs.at[out_row, s.gen].set(logp, mode="drop")

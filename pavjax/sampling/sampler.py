@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pavjax import step_boundary
 from pavjax.sampling import continuous
+from pavjax.sampling import decode_step
 from pavjax.models import KVCache, Made, TokenCache, Transformer
 
 Array = jax.Array
@@ -264,16 +264,9 @@ def decode(lm: CachedLM, params, state: SamplingState, *, method, stop_tokens: t
 
   def body(s: SamplingState):
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.row_keys, s.step)
-    tok = method(s.next_logits, keys)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits, axis=-1), tok[:, None], 1)[:, 0]
     live = ~s.done
-    tok = jnp.where(live, tok, pad_id)
-    is_stop = live & jnp.isin(tok, stop)
-    boundary_state = s.boundary_state
-    if boundary is not None:
-      after, ends_step = step_boundary.advance(boundary, boundary_state, tok)
-      is_stop = is_stop | (live & ends_step)
-      boundary_state = jnp.where(live, after, boundary_state)
+    tok, logp, is_stop, boundary_state = decode_step.choose_tokens(
+        method, s.next_logits, keys, live, pad_id, stop, boundary, s.boundary_state)
     logits, cache = lm(params, tok[:, None], s.cache)
     return s.replace(
         step=s.step + 1,
@@ -432,3 +425,4 @@ class Sampler:
     return self._generate(params, prompts, lengths, rng, num_samples=num_samples,
                           max_new_tokens=max_new_tokens, method=method,
                           stop_tokens=tuple(int(t) for t in stop_tokens))
+
