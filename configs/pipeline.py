@@ -1,7 +1,13 @@
 """The whole method in one command (README quick start):
 
-  python -m pavjax.main --config=configs/pipeline.py:size=tiny --workdir=runs/demo  # 2-core CPU
+  python -m pavjax.main --config=configs/pipeline.py:task=planted,size=tiny --workdir=runs/demo
+  python -m pavjax.main --config=configs/pipeline.py:size=tiny --workdir=runs/demo_arith
   python -m pavjax.main --config=configs/pipeline.py --workdir=runs/pipeline        # one GPU
+
+The first is README command 1 (2-core CPU, minutes): the planted task, where the
+verifiers learn and the report's "What this run shows" table tests the method's
+claims; the second runs the same stages on arith at a size that shows the machinery,
+not the gains (experiments/tiny_pipeline).
 
 Stages (each in <workdir>/<stage>/, skipped when complete, resumed when started,
 rerun with everything downstream when its config changes): sft, rft,
@@ -19,12 +25,14 @@ rollouts_prover_validation, verifier_prover) that PAV search and PAV-RL then use
 place of the closed-form Best-of-K(pi) prover. `--config.models.verifier=<dir>` starts
 the verifiers from that checkpoint's backbone instead of the RFT policy's.
 
-Variants: task=arith (default) or toy; size=tiny (CPU, ~10 minutes), gpu (default:
+Variants: task=arith (default), planted or toy; size=tiny (CPU, minutes), gpu (default:
 one GPU), pod (a TPU pod slice: FSDP over every chip, larger model and batches; launch
 with launch_tpu.sh); slice=<name of SLICES> with size=pod: the paper's setting on a
 named TPU slice (below); difficulty=default|easy (arith only; tiny uses `easy`, one-digit
 + and - problems, so that a 0.8M model trained for minutes is imperfect but not
-hopeless: see pavjax.tasks.arith.DIFFICULTIES); hf=<dir>: every stage runs a Hugging
+hopeless: see pavjax.tasks.arith.DIFFICULTIES; task=planted,size=tiny has its own
+setting, `_tiny_planted`); `--config.seed=<k>` shifts every stage's seed (the same run
+on another seed); hf=<dir>: every stage runs a Hugging
 Face checkpoint's architecture, SFT starts from its weights, and arith uses its
 tokenizer (README "Use a pretrained model"; size then sets only steps and budgets).
 """
@@ -81,6 +89,8 @@ def get_config(arg=None):
   level = v["difficulty"] or (("easy" if size == "tiny" else "default") if task == "arith"
                               else "")
   model, scale = SIZES[size]
+  if task == "planted" and size == "tiny":
+    model = "test"  # ~100k parameters: 10-token responses need no more
   spec = f"task={task},size={model},difficulty={level},hf={v['hf']}"
   s = ml_collections.ConfigDict()
   s.sft = _load("sft").get_config(spec)
@@ -97,7 +107,11 @@ def get_config(arg=None):
   s.rl_pav = _load("rl").get_config(spec + ",reward=pav,prover=bok")
   s.rl_outcome = _load("rl").get_config(spec + ",reward=outcome")
 
-  if size == "tiny":  # ~10 minutes on 2 CPU cores: README "Quick start" has the stage times
+  use_rft = True
+  if size == "tiny" and task == "planted":  # README command 1: the method's gains in minutes
+    _tiny_planted(s)
+    use_rft = False
+  elif size == "tiny":  # ~10 minutes on 2 CPU cores
     s.sft.train.num_steps = 600
     s.rft.rft.num_problems, s.rft.rft.num_samples = 256, 4
     s.rft.train.num_steps = 100
@@ -148,6 +162,8 @@ def get_config(arg=None):
   # One task for every stage: `--config.task.<field>=...` sets it (e.g. jsonl_math's
   # manual_dir); the pipeline hands a copy to each stage when it resolves them.
   task_cfg = s.sft.task
+  if task == "planted" and size == "tiny":
+    task_cfg.sft_gamma = 10.0  # a weak SFT policy (_tiny_planted)
   for cfg in s.values():
     del cfg["task"]
   config = ml_collections.ConfigDict()
@@ -156,11 +172,43 @@ def get_config(arg=None):
   config.size = size
   config.difficulty = level
   config.only = ""  # comma-separated stages to run ('' = all, then the report)
+  # False: no RFT stage; rollouts, verifiers, search and RL start from the SFT policy.
+  config.use_rft = use_rft
+  config.seed = 0  # added to every stage's own seed: the same run on another seed
   config.models = ml_collections.ConfigDict()
   config.models.prover = v["prover"]  # '' = the policy (Q^pi; PAV's prover BoK(pi))
   config.models.verifier = v["verifier"]  # '' = the verifiers start from the RFT policy
   config.stages = s
   return config
+
+
+def _tiny_planted(s) -> None:
+  """The planted task on 2 CPU cores (README command 1), sized so that its claims hold.
+
+  Every planted problem is the same prompt, so RFT on a handful of correct samples would
+  teach the policy the planted sequence outright; the pipeline skips RFT here
+  (`use_rft`), and search and RL start from a weak SFT policy: references drawn from
+  mu_{sft_gamma} (arXiv 2410.08146, Sec. 3.3), which finds the sequence rarely.
+  """
+  s.sft.train.num_steps = 100
+  for split, n in (("train", 512), ("validation", 64)):
+    for prefix in ("rollouts", "rollouts_prover"):
+      r = s[f"{prefix}_{split}"].rollouts
+      r.num_problems, r.n_cov, r.n_mc = n, 4, 8
+  for name in ("verifier_q", "verifier_orm", "verifier_prover"):
+    s[name].train.num_steps = 600
+    s[name].checkpoint.every = 200
+  s.search.search.num_problems = 256  # the whole test split: each is the same prompt
+  # ORM best-of-128 spends about a width-8 beam's FLOPs (the verifier re-reads every
+  # candidate's prefix), so every beam width has an ORM budget to compare with.
+  s.search.search.ns, s.search.search.beam_ns = "1,2,4,8,16,32,64,128", "2,4,8"
+  s.search.search.beam_methods = "q_beam,pav_beam"
+  s.search.search.sweep_n = 0
+  for name in ("rl_pav", "rl_outcome"):
+    s[name].train.num_steps = 60
+    s[name].train.eval_every = 5
+    s[name].checkpoint.every = 30
+    s[name].rl.eval_pass_ns = "1,4,16"
 
 
 def _use_slice(s, pod) -> None:

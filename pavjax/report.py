@@ -200,6 +200,93 @@ def search_comparisons(curves: Mapping[str, list[dict]], per_problem: Mapping, p
   return out
 
 
+def equal_compute_comparisons(curves: Mapping[str, list[dict]], per_problem: Mapping,
+                              problems: Any, beam: str = "pav_beam", label: str = "PAV beam"
+                              ) -> list[tuple[str, Measure | None, Measure | None]]:
+  """Each beam width N against the cheapest ORM best-of-M that spends at least its FLOPs.
+
+  The paper compares search methods at equal compute (arXiv 2410.08146, Sec. 4); giving
+  the ORM at least as many FLOPs per problem as the beam makes "the beam is ahead" the
+  conservative reading. Beam widths that cost more than ORM's largest N are left out.
+  """
+  orm = sorted((r for r in curves.get("bon:orm") or [] if "flops" in r),
+               key=lambda r: r["flops"])
+  out = []
+  for point in curves.get(beam) or []:
+    match = next((r for r in orm if r["flops"] >= point.get("flops", math.inf)), None)
+    if match is None:
+      continue
+    mb, _ = search_measure(curves, per_problem, problems, beam, point["n"])
+    mo, _ = search_measure(curves, per_problem, problems, "bon:orm", match["n"])
+    out.append((f"{label} N={point['n']} ({point['flops']:.2g} FLOPs) vs ORM best-of-"
+                f"{match['n']} ({match['flops']:.2g} FLOPs)", mb, mo))
+  return out
+
+
+def _claim_row(claim: str, what: str, interval: stats.Interval | None, unit: str,
+               null: float = 0.0) -> str:
+  """A row of the claims table: shown when the interval excludes `null` in the claimed
+  direction, contradicted when it excludes it the other way, else not shown."""
+  if interval is None or not interval.n or not math.isfinite(interval.estimate):
+    return f"| {claim} | {what} | n/a | n/a | not measured |"
+  if interval.low > null:
+    word = "**shown**"
+  elif interval.high < null:
+    word = "contradicted"
+  else:
+    word = "not shown (no difference detected)"
+  return (f"| {claim} | {what} | {interval.text(3)} | {interval.n} {unit} | {word} |")
+
+
+def _verifier_interval(ev: Mapping[str, Any], name: str) -> stats.Interval | None:
+  if ev.get(f"{name}/n") is None:
+    return None
+  return stats.Interval(ev[name], ev[f"{name}/low"], ev[f"{name}/high"], int(ev[f"{name}/n"]))
+
+
+def claims_section(summaries: Mapping[str, Any], compared_rl: tuple[Measure | None,
+                                                                    Measure | None] | None,
+                   equal_compute: Sequence[tuple[str, Measure | None, Measure | None]]
+                   ) -> list[str]:
+  """"What this run shows": the method's claims, each with its 95% interval and a verdict.
+
+  A claim is *shown* only when its interval excludes the null value, so a verdict here
+  holds up to the run's noise; intervals are over problems (or parent prefixes) as the
+  rows say.
+  """
+  rows = []
+  for name, label in (("verifier_q", "PRM-Q"), ("verifier_orm", "ORM")):
+    ev = (summaries.get(name) or {}).get("eval") or {}
+    if not ev:
+      continue
+    rows.append(_claim_row(
+        f"the {label} beats a constant on held-out prefixes (Sec. 4.2)",
+        "constant's MSE - verifier's, per problem", _verifier_interval(ev, "constant_gain"),
+        "problems"))
+    if name == "verifier_q":
+      rows.append(_claim_row(
+          "the PRM-Q orders sibling steps better than chance (Sec. 4, Fig. 2a)",
+          "pair accuracy per parent prefix (chance 0.5)",
+          _verifier_interval(ev, "siblings/parent_pair_accuracy"), "parents", null=0.5))
+  if equal_compute:
+    label, a, b = equal_compute[-1]  # the largest beam with an ORM budget to match
+    diff, _ = paired(a, b)
+    rows.append(_claim_row("PAV beam search beats ORM best-of-N at no more compute "
+                           "(Sec. 4)", f"{label}: accuracy difference", diff, "problems"))
+  if compared_rl is not None:
+    diff, _ = paired(*compared_rl)
+    rows.append(_claim_row("PAV-RL beats outcome-RL after the same iterations (Sec. 5)",
+                           "final accuracy difference", diff, "problems"))
+  if not rows:
+    return []
+  return ["## What this run shows", "",
+          "Each claim of the method with its 95% interval: *shown* when the interval "
+          "excludes the null value (0, or 0.5 for chance), *contradicted* when it excludes "
+          "it the other way. The sections below carry the numbers behind each row.", "",
+          "| claim (arXiv 2410.08146) | measured | value [95% interval] | n | verdict |",
+          "|---|---|---|---|---|"] + rows + [""]
+
+
 def _wilson_band(points: Sequence[tuple[float, float]], n: int
                  ) -> list[tuple[float, float, float]]:
   """(x, low, high) of each (x, accuracy) measured on n problems (none when n is unknown)."""
@@ -237,19 +324,31 @@ def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[st
   """Report lines for each verifier whose held-out MSE does not beat a constant's.
 
   `evals` maps a label to a verifier's held-out metrics, which include
-  `constant/mse` (the mean training label, scored on the same prefixes).
-  Both MSEs are point estimates: the verifier job keeps no per-prefix errors, so the
-  line says so instead of giving an interval for the comparison.
+  `constant/mse` (the mean training label, scored on the same prefixes) and, from
+  verifier jobs that compute it, `constant_gain` with its interval over problems. A
+  verifier is flagged when that interval does not lie above 0 (when there is no
+  interval, as in older workdirs, when its point MSE is not below the constant's).
   """
   lines = []
   for label, ev in evals.items():
-    if "constant/mse" in ev and ev["mse"] >= ev["constant/mse"]:
-      on = (f" on {int(ev['num_prefixes'])} held-out prefixes" if ev.get("num_prefixes")
-            else "")
-      lines.append(f"**The {label} does not beat a constant:** held-out MSE {ev['mse']:.3f}, "
-                   f"against {ev['constant/mse']:.3f} for predicting its mean training label "
-                   f"everywhere{on} (point estimates: no interval, the per-prefix errors are "
-                   "not stored). Read the search and RL results that use it with that in mind.")
+    if "constant/mse" not in ev:
+      continue
+    gain = _verifier_interval(ev, "constant_gain")
+    if gain is not None:
+      if gain.low > 0.0:
+        continue
+      how = (f"the constant's MSE minus the verifier's is {gain.text(3, signed=True)} per "
+             f"problem over {gain.n} problems")
+    elif ev["mse"] < ev["constant/mse"]:
+      continue
+    else:
+      how = "point estimates: this workdir kept no interval"
+    on = (f" on {int(ev['num_prefixes'])} held-out prefixes" if ev.get("num_prefixes")
+          else "")
+    lines.append(f"**The {label} does not beat a constant:** held-out MSE {ev['mse']:.3f}, "
+                 f"against {ev['constant/mse']:.3f} for predicting its mean training label "
+                 f"everywhere{on} ({how}). Read the search and RL results that use it with "
+                 "that in mind.")
   return lines
 
 
@@ -430,6 +529,12 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
            f"{jax.device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}.",
            "Every number below is read from the stage outputs in this directory.", ""]
   lines += models_section(cfgs, summaries, models)
+  claims_at = len(lines)  # "What this run shows" goes here, once its numbers are known
+  start = "RFT" if "rft" in summaries else "SFT"  # the policy search and RL start from
+  rl_cfg = cfgs.get("rl_pav") or cfgs.get("rl_outcome")
+  rl_method = (rl_cfg.sample.get("method", "greedy") if rl_cfg is not None and "sample" in rl_cfg
+               else "greedy")  # how the RL jobs decode their evaluations
+  rl_decoding = f"{rl_method} decoding"
 
   # --- accuracies -------------------------------------------------------------------
   search = summaries.get("search", {})
@@ -465,7 +570,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
       evals[name] = eval_measure(s["eval"], num_eval.get(name))
       evals[f"{name}/start"] = eval_measure(s.get("initial_eval"), num_eval.get(name))
       rows.append((f"{label}, {s['step']} iterations", evals[name],
-                   "greedy decoding, validation problems"))
+                   f"{rl_decoding}, validation problems"))
   lines += ["## Accuracy", "",
             "| policy / method | accuracy | 95% interval | n | evaluated on |",
             "|---|---|---|---|---|"]
@@ -481,11 +586,16 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
 
   # --- paired comparisons ------------------------------------------------------------
   compared = search_comparisons(curves, search_per, problems)
+  equal_compute = equal_compute_comparisons(curves, search_per, problems)
+  compared += equal_compute
+  rl_pair = None
   if "rl_pav" in summaries and "rl_outcome" in summaries:
-    compared.append(("PAV-RL vs ORM-RL (greedy)", evals["rl_pav"], evals["rl_outcome"]))
+    rl_pair = (evals["rl_pav"], evals["rl_outcome"])
+    compared.append((f"PAV-RL vs ORM-RL ({rl_method})", *rl_pair))
   for name, label in (("rl_pav", "PAV-RL"), ("rl_outcome", "ORM-RL")):
     if name in summaries and evals.get(f"{name}/start") is not None:
-      compared.append((f"{label} vs its start (RFT; greedy)", evals[name], evals[f"{name}/start"]))
+      compared.append((f"{label} vs its start ({start}; {rl_method})", evals[name],
+                       evals[f"{name}/start"]))
   if "sft" in summaries and "rft" in summaries:
     compared.append(("RFT vs SFT", evals["rft"], evals["sft"]))
   if compared:
@@ -495,6 +605,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
               "*n/a (unpaired)* means a stage of this workdir kept no per-problem outcomes "
               "(a run older than them), so only the two points are shown.", ""]
     lines += comparison_table(compared)
+  lines[claims_at:claims_at] = claims_section(summaries, rl_pair, equal_compute)
 
   # --- compute efficiency -------------------------------------------------------------
   lines += efficiency_section(search, search_measure(curves, search_per, problems, "bon:orm")[0])
@@ -529,7 +640,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
               f"(n={n_rl['rl_outcome']})" if se["target"] is not None and n_rl["rl_outcome"]
               else _fmt(se["target"]))
     lines += ["", "## RL: sample efficiency and Pass@N", "",
-              f"Outcome-RL's final greedy accuracy {target} at iteration "
+              f"Outcome-RL's final accuracy ({rl_decoding}) {target} at iteration "
               f"{se['outcome_steps']}; PAV-RL first reached it at iteration "
               f"{_fmt(se['pav_steps'])} (evaluations every few iterations): ratio "
               f"**{_fmt(se['ratio'], 2)}**"
@@ -540,11 +651,11 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
               for n in ev}
     metrics.plot_series(
         points, os.path.join(workdir, "rl_accuracy.png"), xlabel="RL iteration",
-        ylabel="greedy accuracy (validation; 95% band)", title="PAV-RL vs outcome-only RL",
+        ylabel=f"accuracy ({rl_decoding}; 95% band)", title="PAV-RL vs outcome-only RL",
         bands={n: _wilson_band(pts, n_rl[n]) for n, pts in points.items()})
-    pass_rows = {"RFT (RL start)": summaries["rl_pav"].get("initial_eval") or {},
+    pass_rows = {f"{start} (RL start)": summaries["rl_pav"].get("initial_eval") or {},
                  "ORM-RL": summaries["rl_outcome"]["eval"], "PAV-RL": summaries["rl_pav"]["eval"]}
-    pass_n = {"RFT (RL start)": n_rl["rl_pav"], "ORM-RL": n_rl["rl_outcome"],
+    pass_n = {f"{start} (RL start)": n_rl["rl_pav"], "ORM-RL": n_rl["rl_outcome"],
               "PAV-RL": n_rl["rl_pav"]}
     ns = sorted({int(k.split("_")[-1]) for d in pass_rows.values() for k in d
                  if k.startswith("pass_at_")})

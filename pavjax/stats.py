@@ -351,20 +351,34 @@ def seed_spread(values: Mapping | Sequence[float],
   """
   vals = _as_seed_dict(values)
   x = np.asarray(list(vals.values()), np.float64)
+  interval = t_interval(x, within)
   if not len(x):
     nan = float("nan")
-    return SeedSpread({}, nan, nan, nan, nan, Interval(nan, -math.inf, math.inf, 0))
+    return SeedSpread({}, nan, nan, nan, nan, interval)
+  std = float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+  return SeedSpread(vals, interval.estimate, std, float(x.min()), float(x.max()), interval)
+
+
+def t_interval(values: Sequence[float], within: tuple[float, float] | None = None
+               ) -> Interval:
+  """Student-t 95% interval of the mean of `values`: mean +- t_{n-1} sd / sqrt(n).
+
+  For a continuous quantity (a per-problem squared-error difference, one number per
+  seed), where the score interval's range ends would be far from anything observed.
+  Fewer than two values give the whole line (+-inf); `within` cuts the interval to
+  the range the quantity lives in, which keeps its coverage.
+  """
+  x = np.asarray(values, np.float64).reshape(-1)
+  if not len(x):
+    return Interval(float("nan"), -math.inf, math.inf, 0)
   mean = float(x.mean())
   if len(x) < 2:
-    return SeedSpread(vals, mean, float("nan"), mean, mean,
-                      Interval(mean, -math.inf, math.inf, 1))
-  std = float(x.std(ddof=1))
-  half = t_quantile(len(x) - 1) * std / math.sqrt(len(x))
+    return Interval(mean, -math.inf, math.inf, 1)
+  half = t_quantile(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
   low, high = mean - half, mean + half
   if within is not None:
     low, high = max(low, within[0]), min(high, within[1])
-  return SeedSpread(vals, mean, std, float(x.min()), float(x.max()),
-                    Interval(mean, low, high, len(x)))
+  return Interval(mean, low, high, len(x))
 
 
 def seed_difference(a: Mapping | Sequence[float], b: Mapping | Sequence[float],

@@ -24,6 +24,7 @@ import numpy as np
 
 from pavjax import rewards
 from pavjax import sharding as shd
+from pavjax import stats
 from pavjax import trajectories
 from pavjax.models import Transformer
 from pavjax.tasks import covering_width
@@ -77,6 +78,13 @@ def evaluate_predictions(pred: np.ndarray, table: trajectories.Trajectories, num
   copies of one step that several seeds wrote merged into one candidate. With
   `prior` (e.g. the mean training label), `constant/mse` is the MSE of
   predicting it everywhere: the baseline a verifier must beat.
+
+  Two claims carry 95% intervals (`pavjax.stats`), each over independent units:
+  `constant_gain` (the constant's squared error minus the verifier's, averaged per
+  problem: see `constant_gain`; > 0 when the verifier beats the constant) and
+  `siblings/parent_pair_accuracy` (each parent's fraction of sibling pairs ordered
+  right, averaged over parents; > 0.5 when it ranks better than chance). Each has
+  `/low`, `/high` and `/n` keys.
   """
   target = table["q_hat"]
   valid = trajectories.prefix_mask(table) & np.isfinite(target)
@@ -88,6 +96,8 @@ def evaluate_predictions(pred: np.ndarray, table: trajectories.Trajectories, num
          "ece": float(cal.ece), "num_prefixes": int(valid.sum())}
   if prior is not None:
     out["constant/mse"] = float(np.mean((prior - t) ** 2))
+    out.update(constant_gain(table.problem, valid, pred, np.full_like(pred, prior),
+                             np.nan_to_num(target)))
   step_valid = valid[:, 1:] & valid[:, :-1]
   out["siblings/sign_accuracy"] = rewards.sign_accuracy(
       pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], step_valid)
@@ -96,7 +106,39 @@ def evaluate_predictions(pred: np.ndarray, table: trajectories.Trajectories, num
   sib = rewards.sibling_metrics(pred[:, 1:][steps], target[:, 1:][steps], ids[:, :-1][steps],
                                 step_ids=ids[:, 1:][steps])
   out.update({f"siblings/{k}": float(v) for k, v in sib.items()})
+  fractions = rewards.sibling_pair_fractions(pred[:, 1:][steps], target[:, 1:][steps],
+                                             ids[:, :-1][steps], step_ids=ids[:, 1:][steps])
+  if fractions.size:
+    out.update(_interval_keys("siblings/parent_pair_accuracy", stats.mean_interval(fractions)))
   return out
+
+
+def constant_gain(problem: np.ndarray, valid: np.ndarray, pred: np.ndarray,
+                  constant: np.ndarray, target: np.ndarray) -> dict[str, float]:
+  """How much a verifier beats a constant predictor, with its 95% interval over problems.
+
+  `valid`, `pred`, `constant`, `target`: [B, P] per row (one row per seed response)
+  and prefix. Per problem, the mean squared error of `constant` minus that of `pred`
+  over the problem's valid prefixes; then the mean over problems and its Student-t
+  interval (one problem's prefixes share its question and seeds, so problems are the
+  independent units). Returns `constant_gain` with `/low`, `/high`, `/n`: > 0 when the
+  verifier is the better predictor. Empty when no prefix is valid.
+  """
+  rows = valid.sum(axis=1)
+  keys = np.asarray(problem)[rows > 0]
+  if keys.size == 0:
+    return {}
+  _, which = np.unique(keys, return_inverse=True)
+  counts = np.bincount(which, rows[rows > 0])
+  per_problem = lambda err: (np.bincount(which, np.where(valid, err, 0.0).sum(axis=1)[rows > 0])
+                             / counts)
+  gain = per_problem((constant - target) ** 2) - per_problem((pred - target) ** 2)
+  return _interval_keys("constant_gain", stats.t_interval(gain, within=(-1.0, 1.0)))
+
+
+def _interval_keys(name: str, interval: stats.Interval) -> dict[str, float]:
+  return {name: interval.estimate, f"{name}/low": interval.low, f"{name}/high": interval.high,
+          f"{name}/n": float(interval.n)}
 
 
 def training_prefixes(table: trajectories.Trajectories, kind: str) -> np.ndarray:

@@ -263,3 +263,52 @@ def test_per_problem_outcomes_feed_a_paired_comparison():
   assert rec == {"problem_uids": ["p0", "p1", "p2"], "per_problem": [1.0, 0.0, 0.5]}
   m = report.eval_measure({"accuracy": 0.5, **rec})
   assert m.interval == stats.mean_interval([1.0, 0.0, 0.5]) and m.uids == ("p0", "p1", "p2")
+
+
+def test_a_verifier_whose_gain_interval_covers_zero_is_flagged_with_it():
+  gain = {"constant_gain": 0.01, "constant_gain/low": -0.02, "constant_gain/high": 0.04,
+          "constant_gain/n": 30}
+  (line,) = report.uninformative_verifiers(
+      {"PRM-Q": {"mse": 0.18, "constant/mse": 0.19, **gain},  # point ahead, interval not
+       "ORM": {"mse": 0.10, "constant/mse": 0.19, **gain, "constant_gain/low": 0.05}})
+  assert "PRM-Q does not beat a constant" in line
+  assert "+0.010 [-0.020, +0.040] per problem over 30 problems" in line
+
+
+def test_each_beam_width_meets_the_cheapest_orm_budget_that_spends_at_least_its_flops():
+  curves = {"bon:orm": [{"n": n, "accuracy": 0.1, "flops": n * 1e6} for n in (1, 2, 4, 8)],
+            "pav_beam": [{"n": 2, "accuracy": 0.5, "flops": 3e6},
+                         {"n": 4, "accuracy": 0.6, "flops": 8e6},
+                         {"n": 8, "accuracy": 0.7, "flops": 9e6}]}  # dearer than ORM's best
+  per = {("bon:orm", 4): [0] * 9 + [1], ("bon:orm", 8): [0] * 9 + [1],
+         ("pav_beam", 2): [1] * 5 + [0] * 5, ("pav_beam", 4): [1] * 6 + [0] * 4}
+  rows = report.equal_compute_comparisons(curves, per, 10)
+  assert [r[0] for r in rows] == [
+      "PAV beam N=2 (3e+06 FLOPs) vs ORM best-of-4 (4e+06 FLOPs)",
+      "PAV beam N=4 (8e+06 FLOPs) vs ORM best-of-8 (8e+06 FLOPs)"]
+  assert rows[1][1].per_problem == tuple([1.0] * 6 + [0.0] * 4)
+
+
+def test_claims_table_says_shown_only_where_the_interval_excludes_the_null():
+  sib = {"siblings/parent_pair_accuracy": 0.55, "siblings/parent_pair_accuracy/low": 0.45,
+         "siblings/parent_pair_accuracy/high": 0.65, "siblings/parent_pair_accuracy/n": 40}
+  summaries = {
+      "verifier_q": {"eval": {"constant_gain": 0.05, "constant_gain/low": 0.02,
+                              "constant_gain/high": 0.08, "constant_gain/n": 64, **sib}},
+      "verifier_orm": {"eval": {"constant_gain": -0.05, "constant_gain/low": -0.08,
+                                "constant_gain/high": -0.02, "constant_gain/n": 64}}}
+  beam, orm = [1] * 12 + [0] * 28, [1] * 2 + [0] * 38  # 10 gains, no loss of 40
+  equal = [("PAV beam N=4 vs ORM best-of-16", report.measure(0.3, per_problem=beam),
+            report.measure(0.05, per_problem=orm))]
+  rl = (report.measure(0.3, per_problem=[1] * 3 + [0] * 7),
+        report.measure(0.3, per_problem=[0] * 7 + [1] * 3))  # 3 gains, 3 losses
+  text = "\n".join(report.claims_section(summaries, rl, equal))
+  verdict = lambda start: _table_row(text, start)[-1]
+  assert verdict("| the PRM-Q beats a constant") == "**shown**"
+  assert verdict("| the ORM beats a constant") == "contradicted"
+  # A point estimate above chance (0.55) whose interval covers 0.5 is not shown.
+  assert verdict("| the PRM-Q orders sibling steps") == "not shown (no difference detected)"
+  row = _table_row(text, "| PAV beam search beats ORM best-of-N")
+  assert row[2] == stats.paired_difference(beam, orm).text(3) and row[4] == "**shown**"
+  assert verdict("| PAV-RL beats outcome-RL") == "not shown (no difference detected)"
+  assert report.claims_section({}, None, []) == []

@@ -338,3 +338,15 @@ def test_seed_spread_and_difference():
   assert stats.verdict(d.interval) == stats.NO_DIFFERENCE  # t(1) = 12.7: two seeds say little
   d = stats.seed_difference([0.5, 0.52, 0.51, 0.53], [0.3, 0.31, 0.3, 0.32])
   assert stats.verdict(d.interval) == stats.AHEAD
+
+
+def test_t_interval_by_hand():
+  # mean 2, sd 1, n 3: half-width t_{2, 0.975} / sqrt(3) with t_{2, 0.975} = 4.302652729911275.
+  iv = stats.t_interval([1.0, 2.0, 3.0])
+  half = 4.302652729911275 / np.sqrt(3)
+  np.testing.assert_allclose([iv.estimate, iv.low, iv.high], [2.0, 2.0 - half, 2.0 + half])
+  assert iv.n == 3
+  cut = stats.t_interval([1.0, 2.0, 3.0], within=(0.0, 3.0))
+  np.testing.assert_allclose([cut.low, cut.high], [0.0, 3.0])
+  one = stats.t_interval([0.5])
+  assert (one.low, one.high, one.n) == (-np.inf, np.inf, 1)

@@ -1,7 +1,10 @@
 """Held-out verifier metrics on a hand-built rollout dataset."""
 
+import dataclasses
+
 import numpy as np
 
+from pavjax import stats
 from pavjax import trajectories
 from pavjax import verifiers
 
@@ -49,3 +52,25 @@ def test_sibling_metrics_rank_distinct_steps_by_merged_q():
   # of (0.5, 0.75, 1, 0.25, 0.25, 0, 0.5, 0, 0) sum to 1.1875.
   out = verifiers.evaluate_predictions(pred, data, prior=0.5)
   np.testing.assert_allclose(out["constant/mse"], 1.1875 / 9)
+
+
+def test_constant_gain_and_parent_pair_accuracy_carry_intervals_over_their_units():
+  data, pred = _dataset()
+  data = dataclasses.replace(data, problem=np.array([0, 0, 1], np.int32))
+  out = verifiers.evaluate_predictions(pred, data, prior=0.5)
+  # Squared errors per row, by hand: verifier (0.0425, 0.185, 0.11), constant 0.5
+  # (0.3125, 0.375, 0.5). Problem 0 holds rows 0-1 (6 prefixes), problem 1 row 2 (3).
+  verifier = np.array([(0.0425 + 0.185) / 6, 0.11 / 3])
+  constant = np.array([(0.3125 + 0.375) / 6, 0.5 / 3])
+  want = stats.t_interval(constant - verifier)
+  np.testing.assert_allclose(out["constant_gain"], np.mean(constant - verifier))
+  np.testing.assert_allclose([out["constant_gain/low"], out["constant_gain/high"]],
+                             [want.low, want.high])
+  assert out["constant_gain/n"] == 2
+  # Both sibling groups order their one pair right (see above): 2 parents at 1.0.
+  wilson = stats.wilson(2, 2)
+  assert out["siblings/parent_pair_accuracy"] == 1.0
+  assert out["siblings/parent_pair_accuracy/n"] == 2
+  np.testing.assert_allclose(out["siblings/parent_pair_accuracy/low"], wilson.low)
+  # Without a prior there is no constant to beat, hence no gain.
+  assert "constant_gain" not in verifiers.evaluate_predictions(pred, data)

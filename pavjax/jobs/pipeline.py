@@ -91,6 +91,13 @@ VERIFIER_STAGES = ("verifier_q", "verifier_orm", "verifier_prover")
 WORKDIR_PLACEHOLDER = "<workdir>"
 
 
+def _without_rft(chain: tuple[Stage, ...]) -> tuple[Stage, ...]:
+  """`chain` with RFT left out: every stage that read the RFT policy reads SFT's."""
+  return tuple(Stage(st.name, tuple((f, "sft" if up == "rft" else up, sub)
+                                    for f, up, sub in st.links))
+               for st in chain if st.name != "rft")
+
+
 def stages(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
   """The stages `config` runs, in order, with their links."""
   if not config.models.prover:
@@ -108,6 +115,8 @@ def stages(config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
   if config.models.verifier:  # the verifiers start from models.verifier, not from RFT
     out = [Stage(st.name, tuple(l for l in st.links if l[0] != "init_from"))
            if st.name in VERIFIER_STAGES else st for st in out]
+  if not config.get("use_rft", True):
+    out = _without_rft(tuple(out))
   return tuple(out)
 
 
@@ -172,6 +181,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, *, relative: bool =
     cfg = copy.deepcopy(config.stages[stage.name])
     with cfg.unlocked():
       cfg.task = copy.deepcopy(config.task)  # one task for every stage
+    if config.get("seed", 0):  # a whole run on another seed: each stage's own seed shifted
+      cfg.seed = int(cfg.seed) + int(config.seed)
     _apply_models(stage.name, cfg, config.models)
     for field, up, sub in stage.links:
       _set(cfg, field, os.path.join(workdir, up, sub))

@@ -152,6 +152,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "accuracy": float(np.mean((last >= 0.5) == (target >= 0.5))),
                 "constant/mse": float(np.mean((prior - target) ** 2)),
                 "constant/accuracy": float(np.mean((prior >= 0.5) == (target >= 0.5)))}
+      rows = np.ones((len(last), 1), bool)
+      result.update(verifiers.constant_gain(eval_data.problem, rows, last[:, None],
+                                            np.full((len(last), 1), prior), target[:, None]))
     else:
       result = verifiers.evaluate_predictions(pred, eval_data, prior=prior)
     eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})

@@ -351,3 +351,42 @@ def test_a_pipeline_killed_in_rl_reruns_to_the_uninterrupted_report(tmp_path, mo
   first_attempt = (os.path.getmtime(os.path.join(killed, "rl_pav", "checkpoints", "2"))
                    - marker["started"])
   assert out["seconds"]["rl_pav"] >= first_attempt > 0
+
+
+def test_without_rft_every_stage_that_read_rft_reads_sft_and_a_seed_shifts_every_stage(
+    tmp_path):
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = _config()
+  plain = pipeline.resolve(config, str(tmp_path))
+  config.use_rft = False
+  resolved = pipeline.resolve(config, str(tmp_path))
+  assert list(resolved) == [s.name for s in pipeline.STAGES if s.name != "rft"]
+  sft = os.path.join(str(tmp_path), "sft", "checkpoints")
+  for name, field in (("rollouts_train", "policy.checkpoint"), ("verifier_q", "init_from"),
+                      ("verifier_orm", "init_from"), ("search", "policy.checkpoint"),
+                      ("rl_pav", "init_from"), ("rl_outcome", "init_from")):
+    cfg = resolved[name][0]
+    for key in field.split("."):
+      cfg = cfg[key]
+    assert cfg == sft, name
+  assert resolved["sft"][1] == plain["sft"][1]  # SFT itself is unchanged
+  # config.seed adds to each stage's own seed, so every stage's identity changes.
+  config.seed = 3
+  seeded = pipeline.resolve(config, str(tmp_path))
+  for name, (cfg, chash) in seeded.items():
+    assert cfg.seed == resolved[name][0].seed + 3 and chash != resolved[name][1], name
+
+
+def test_the_planted_tiny_pipeline_is_readme_command_1_s_setting():
+  """The README's command 1: planted, no RFT, a weak mu_10 SFT policy, every beam width
+  with an ORM budget of at least its FLOPs, and sampled RL evaluations."""
+  config = config_lib.sibling_config("configs/x.py", "pipeline").get_config(
+      "task=planted,size=tiny")
+  assert config.task.name == "planted" and config.task.sft_gamma == 10.0
+  assert not config.use_rft and config.seed == 0
+  s = config.stages
+  assert max(int(n) for n in s.search.search.ns.split(",")) == 128
+  assert s.rl_pav.sample.method == "temperature" and s.rl_pav.rl.prover.kind == "bok"
+  # arith keeps its RFT stage.
+  arith = config_lib.sibling_config("configs/x.py", "pipeline").get_config("size=tiny")
+  assert arith.use_rft and arith.task.name == "arith"

@@ -89,6 +89,14 @@ def test_orm_predicts_outcomes(tmp_path, planted_rollouts):
   held = held_out["outcome"]
   assert out["eval"]["constant/mse"] == pytest.approx(np.mean((prior - held) ** 2))
   assert out["eval"]["constant/accuracy"] == pytest.approx(np.mean((prior >= 0.5) == (held >= 0.5)))
+  # Its gain over the constant, per problem: the row-weighted mean over problems equals
+  # the difference of the two MSEs (every problem holds the same number of seeds).
+  ev = out["eval"]
+  rows_per_problem = np.bincount(held_out.problem)
+  assert len(set(rows_per_problem[rows_per_problem > 0])) == 1
+  assert ev["constant_gain"] == pytest.approx(ev["constant/mse"] - ev["mse"], abs=1e-9)
+  assert ev["constant_gain/n"] == np.count_nonzero(rows_per_problem)
+  assert ev["constant_gain/low"] <= ev["constant_gain"] <= ev["constant_gain/high"]
 
 
 def test_balanced_weights_give_each_side_half():

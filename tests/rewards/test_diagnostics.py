@@ -79,3 +79,14 @@ def test_sibling_copies_of_one_step_are_merged_not_counted_as_ties():
   # A parent whose children are all copies of one step offers no choice.
   alone = rewards.sibling_metrics(pred[:3], true[:3], parents[:3], step_ids=steps[:3])
   assert alone["num_groups"] == 0 and np.isnan(alone["pair_accuracy"])
+
+
+def test_sibling_pair_fractions_one_value_per_parent_with_a_pair():
+  # Parent 0: three children ordered right (3 of 3 pairs). Parent 1: one pair, wrong.
+  # Parent 2: two children with equal true values, so no pair: left out.
+  pred = np.array([0.1, 0.5, 0.9, 0.2, 0.3, 0.4, 0.6])
+  true = np.array([0.0, 0.5, 1.0, 0.4, 0.1, 0.3, 0.3])
+  parents = np.array([0, 0, 0, 1, 1, 2, 2])
+  np.testing.assert_array_equal(rewards.sibling_pair_fractions(pred, true, parents), [1.0, 0.0])
+  # Pooled over pairs it is 3 of 4; the per-parent mean weighs parents equally.
+  assert rewards.sibling_metrics(pred, true, parents)["pair_accuracy"] == 0.75
