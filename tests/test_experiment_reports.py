@@ -209,3 +209,32 @@ def test_didactic_settings_table_side_by_side(tmp_path):
       "1", f"0.200 [{a.interval.low:.3f}, {a.interval.high:.3f}] (2)",
       f"0.600 [{b.interval.low:.3f}, {b.interval.high:.3f}] (2)"]
   assert _row(text, "| 3 |") == ["3", "0.500 (1)", "n/a"]
+
+
+def test_compare_runs_lines_up_two_reports_verdicts(tmp_path, capsys, plots):
+  """experiments/tiny_pipeline/compare_runs.py on two reports written by pavjax.report."""
+  from pavjax import report  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "compare_runs", _ROOT / "tiny_pipeline" / "compare_runs.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  paths = []
+  for run, gains in (("a", 12), ("b", 1)):  # 12 of 40 problems gained vs 1: ahead vs not
+    root = tmp_path / run
+    _write(root / "search" / "rows.jsonl", [
+        {"method": m, "n": 4, "variant": "", "accuracy": sum(per) / 40, "per_problem": per}
+        for m, per in (("bon:orm", [0] * 40), ("pav_beam", [1] * gains + [0] * (40 - gains)))])
+    curves = {"bon:orm": [{"n": 4, "accuracy": 0.0, "flops": 4e6}],
+              "pav_beam": [{"n": 4, "accuracy": gains / 40, "flops": 3e6}]}
+    summaries = {"search": {"curves": curves, "problems": 40, "efficiency_vs_orm": {},
+                            "efficiency_note": None, "settings": {}}}
+    paths.append(report.write(str(root), summaries, {}, {}))
+  assert module.main(paths) == 0
+  out = capsys.readouterr().out
+  claim = _row(out, "| PAV beam search beats ORM best-of-N")
+  assert claim[1].endswith("**shown**") and claim[2].endswith("not shown (no difference "
+                                                                "detected)")
+  assert claim[3] == "**no**"
+  assert _row(out, "| PAV beam N=4")[3] == "**no**"
+  assert _row(out, "| PAV beam search vs ORM best-of-N, N=4")[3] == "**no**"  # at equal N
+  assert "3 row(s) where the runs' verdicts differ." in out
