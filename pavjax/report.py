@@ -337,7 +337,7 @@ def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[st
     if gain is not None:
       if gain.low > 0.0:
         continue
-      how = (f"the constant's MSE minus the verifier's is {gain.text(3, signed=True)} per "
+      how = (f"the constant's MSE minus the verifier's is {gain.text(4, signed=True)} per "
              f"problem over {gain.n} problems")
     elif ev["mse"] < ev["constant/mse"]:
       continue

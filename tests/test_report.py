@@ -272,7 +272,7 @@ def test_a_verifier_whose_gain_interval_covers_zero_is_flagged_with_it():
       {"PRM-Q": {"mse": 0.18, "constant/mse": 0.19, **gain},  # point ahead, interval not
        "ORM": {"mse": 0.10, "constant/mse": 0.19, **gain, "constant_gain/low": 0.05}})
   assert "PRM-Q does not beat a constant" in line
-  assert "+0.010 [-0.020, +0.040] per problem over 30 problems" in line
+  assert "+0.0100 [-0.0200, +0.0400] per problem over 30 problems" in line
 
 
 def test_each_beam_width_meets_the_cheapest_orm_budget_that_spends_at_least_its_flops():
