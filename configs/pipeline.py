@@ -89,7 +89,8 @@ def get_config(arg=None):
   level = v["difficulty"] or (("easy" if size == "tiny" else "default") if task == "arith"
                               else "")
   model, scale = SIZES[size]
-  if task == "planted" and size == "tiny":
+  tiny_planted = task == "planted" and size == "tiny"  # README command 1 (_tiny_planted)
+  if tiny_planted:
     model = "test"  # ~100k parameters: 10-token responses need no more
   spec = f"task={task},size={model},difficulty={level},hf={v['hf']}"
   s = ml_collections.ConfigDict()
@@ -107,10 +108,9 @@ def get_config(arg=None):
   s.rl_pav = _load("rl").get_config(spec + ",reward=pav,prover=bok")
   s.rl_outcome = _load("rl").get_config(spec + ",reward=outcome")
 
-  use_rft = True
-  if size == "tiny" and task == "planted":  # README command 1: the method's gains in minutes
+  use_rft = not tiny_planted
+  if tiny_planted:  # the method's gains in minutes
     _tiny_planted(s)
-    use_rft = False
   elif size == "tiny":  # ~10 minutes on 2 CPU cores
     s.sft.train.num_steps = 600
     s.rft.rft.num_problems, s.rft.rft.num_samples = 256, 4
@@ -162,7 +162,7 @@ def get_config(arg=None):
   # One task for every stage: `--config.task.<field>=...` sets it (e.g. jsonl_math's
   # manual_dir); the pipeline hands a copy to each stage when it resolves them.
   task_cfg = s.sft.task
-  if task == "planted" and size == "tiny":
+  if tiny_planted:
     task_cfg.sft_gamma = 10.0  # a weak SFT policy (_tiny_planted)
   for cfg in s.values():
     del cfg["task"]

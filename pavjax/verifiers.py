@@ -103,11 +103,9 @@ def evaluate_predictions(pred: np.ndarray, table: trajectories.Trajectories, num
       pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], step_valid)
   ids = trajectories.prefix_ids(table)
   steps = valid[:, 1:]  # column h >= 1: a step, its parent is column h - 1
-  sib = rewards.sibling_metrics(pred[:, 1:][steps], target[:, 1:][steps], ids[:, :-1][steps],
-                                step_ids=ids[:, 1:][steps])
+  sib, fractions = rewards.sibling_metrics_with_fractions(
+      pred[:, 1:][steps], target[:, 1:][steps], ids[:, :-1][steps], step_ids=ids[:, 1:][steps])
   out.update({f"siblings/{k}": float(v) for k, v in sib.items()})
-  fractions = rewards.sibling_pair_fractions(pred[:, 1:][steps], target[:, 1:][steps],
-                                             ids[:, :-1][steps], step_ids=ids[:, 1:][steps])
   if fractions.size:
     out.update(_interval_keys("siblings/parent_pair_accuracy", stats.mean_interval(fractions)))
   return out

@@ -8,7 +8,7 @@ sibling estimates (`group_mean`, `sibling_terms`) are host-side numpy.
 
 from pavjax.rewards.advantages import effective_reward, q_bonus_reward, step_advantages
 from pavjax.rewards.diagnostics import (CalibrationTable, average_ranks, calibration_table,
-                                        kendall_tau, sibling_metrics, sibling_pair_fractions,
+                                        kendall_tau, sibling_metrics, sibling_metrics_with_fractions,
                                         sign_accuracy, spearman)
 from pavjax.rewards.losses import Q_LOSSES, balanced_indices, sigmoid_mse_loss, soft_bce_loss
 from pavjax.rewards.ranking import rank_candidates
@@ -21,6 +21,6 @@ __all__ = [
     "CalibrationTable", "MCTarget", "Q_LOSSES", "alignment", "average_ranks",
     "balanced_indices", "binomial_std", "bok_q", "calibration_table", "distinguishability",
     "effective_reward", "kendall_tau", "mc_q", "npg_update", "policy_value", "q_bonus_reward",
-    "rank_candidates", "sibling_metrics", "sibling_pair_fractions", "sigmoid_mse_loss", "sign_accuracy", "soft_bce_loss",
+    "rank_candidates", "sibling_metrics", "sibling_metrics_with_fractions", "sigmoid_mse_loss", "sign_accuracy", "soft_bce_loss",
     "spearman", "step_advantages", "tabular_advantages", "token_rewards", "wilson_interval",
 ]

@@ -143,31 +143,6 @@ def sign_accuracy(pred: np.ndarray, true: np.ndarray, mask: np.ndarray | None = 
   return float(np.mean(np.sign(pred[keep]) == np.sign(true[keep])))
 
 
-def _sibling_groups(pred, true, parent_ids, mask, step_ids):
-  """Yields each parent's distinct children as (pred [C], true [C]), C >= 2 (see below)."""
-  pred = np.asarray(pred, np.float64).reshape(-1)
-  true = np.asarray(true, np.float64).reshape(-1)
-  parent_ids = np.asarray(parent_ids).reshape(-1)
-  step_ids = (np.arange(pred.size) if step_ids is None
-              else np.asarray(step_ids).reshape(-1))
-  keep = np.ones(pred.shape, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
-  for parent in np.unique(parent_ids[keep]):
-    members = np.flatnonzero(keep & (parent_ids == parent))
-    _, which, counts = np.unique(step_ids[members], return_inverse=True, return_counts=True)
-    if counts.size < 2:
-      continue
-    yield (np.bincount(which, pred[members]) / counts,
-           np.bincount(which, true[members]) / counts)
-
-
-def _pair_counts(p: np.ndarray, t: np.ndarray) -> tuple[int, int]:
-  """(agreeing pairs, pairs) among one group's children with different true values."""
-  upper = np.triu(np.ones((p.size,) * 2, bool), k=1)
-  dt = np.sign(t[None, :] - t[:, None])[upper]
-  dp = np.sign(p[None, :] - p[:, None])[upper]
-  return int(np.sum((dt != 0) & (dp == dt))), int(np.sum(dt != 0))
-
-
 def sibling_metrics(pred: np.ndarray, true: np.ndarray, parent_ids: np.ndarray,
                     mask: np.ndarray | None = None, step_ids: np.ndarray | None = None
                     ) -> dict[str, float]:
@@ -196,39 +171,54 @@ def sibling_metrics(pred: np.ndarray, true: np.ndarray, parent_ids: np.ndarray,
         counts as wrong).
       "num_groups": number of parents with >= 2 distinct counted children.
   """
-  rhos, taus = [], []
+  return sibling_metrics_with_fractions(pred, true, parent_ids, mask, step_ids)[0]
+
+
+def sibling_metrics_with_fractions(pred: np.ndarray, true: np.ndarray, parent_ids: np.ndarray,
+                                   mask: np.ndarray | None = None,
+                                   step_ids: np.ndarray | None = None
+                                   ) -> tuple[dict[str, float], np.ndarray]:
+  """`sibling_metrics`, and [G] per parent the fraction of its sibling pairs ordered right.
+
+  One fraction per parent with at least one pair of distinct true values, from the
+  same pass over the groups. Pairs of one parent share children, so they are not
+  independent draws; parents are closer to it, which is why an interval for "orders
+  siblings better than chance" is taken over these fractions rather than over pooled
+  pairs.
+  """
+  pred = np.asarray(pred, np.float64).reshape(-1)
+  true = np.asarray(true, np.float64).reshape(-1)
+  parent_ids = np.asarray(parent_ids).reshape(-1)
+  step_ids = (np.arange(pred.size) if step_ids is None
+              else np.asarray(step_ids).reshape(-1))
+  keep = np.ones(pred.shape, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
+  rhos, taus, fractions = [], [], []
   agree = pairs = 0
   num_groups = 0
-  for p, t in _sibling_groups(pred, true, parent_ids, mask, step_ids):
+  for parent in np.unique(parent_ids[keep]):
+    members = np.flatnonzero(keep & (parent_ids == parent))
+    _, which, counts = np.unique(step_ids[members], return_inverse=True, return_counts=True)
+    if counts.size < 2:
+      continue
     num_groups += 1
+    p = np.bincount(which, pred[members]) / counts
+    t = np.bincount(which, true[members]) / counts
     rho, tau = spearman(p, t), kendall_tau(p, t)
     if not np.isnan(rho):
       rhos.append(rho)
     if not np.isnan(tau):
       taus.append(tau)
-    a, n = _pair_counts(p, t)
-    agree, pairs = agree + a, pairs + n
+    upper = np.triu(np.ones((counts.size,) * 2, bool), k=1)
+    dt = np.sign(t[None, :] - t[:, None])[upper]
+    dp = np.sign(p[None, :] - p[:, None])[upper]
+    group_pairs = int(np.sum(dt != 0))
+    group_agree = int(np.sum((dt != 0) & (dp == dt)))
+    pairs, agree = pairs + group_pairs, agree + group_agree
+    if group_pairs:
+      fractions.append(group_agree / group_pairs)
   return {
       "spearman": float(np.mean(rhos)) if rhos else float("nan"),
       "kendall": float(np.mean(taus)) if taus else float("nan"),
       "pair_accuracy": agree / pairs if pairs else float("nan"),
       "num_groups": num_groups,
-  }
-
-
-def sibling_pair_fractions(pred: np.ndarray, true: np.ndarray, parent_ids: np.ndarray,
-                           mask: np.ndarray | None = None,
-                           step_ids: np.ndarray | None = None) -> np.ndarray:
-  """[G] per parent, the fraction of its sibling pairs ordered right (as `sibling_metrics`).
-
-  One value per parent with at least one pair of distinct true values. Pairs of one
-  parent share children, so they are not independent draws; parents are closer to
-  it, which is why an interval for "orders siblings better than chance" is taken
-  over these fractions rather than over pooled pairs.
-  """
-  out = []
-  for p, t in _sibling_groups(pred, true, parent_ids, mask, step_ids):
-    a, n = _pair_counts(p, t)
-    if n:
-      out.append(a / n)
-  return np.asarray(out, np.float64)
+  }, np.asarray(fractions, np.float64)

@@ -87,6 +87,8 @@ def test_sibling_pair_fractions_one_value_per_parent_with_a_pair():
   pred = np.array([0.1, 0.5, 0.9, 0.2, 0.3, 0.4, 0.6])
   true = np.array([0.0, 0.5, 1.0, 0.4, 0.1, 0.3, 0.3])
   parents = np.array([0, 0, 0, 1, 1, 2, 2])
-  np.testing.assert_array_equal(rewards.sibling_pair_fractions(pred, true, parents), [1.0, 0.0])
+  metrics, fractions = rewards.sibling_metrics_with_fractions(pred, true, parents)
+  np.testing.assert_array_equal(fractions, [1.0, 0.0])
   # Pooled over pairs it is 3 of 4; the per-parent mean weighs parents equally.
-  assert rewards.sibling_metrics(pred, true, parents)["pair_accuracy"] == 0.75
+  assert metrics["pair_accuracy"] == 0.75
+  assert metrics == rewards.sibling_metrics(pred, true, parents)
