@@ -22,6 +22,7 @@ CONFIG = "config.json"  # the resolved config (the run's record of itself)
 SUMMARY = "summary.json"  # a job's final summary
 CHECKPOINTS = "checkpoints"  # orbax checkpoints (train jobs)
 EVAL_LOG = "eval.jsonl"  # evaluations over training
+EVAL_OUTCOMES_LOG = "eval_outcomes.jsonl"  # RL: each evaluation's per-problem outcomes
 STAGE_STATE = "stage.json"  # the pipeline's completion marker of a stage
 SEARCH_POOL = "pool"  # search: the best-of-N pool, a trajectory table
 SEARCH_PROVER_POOL = "pool_prover.npz"  # search: the prover's Q^mu of the pool

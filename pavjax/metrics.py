@@ -20,6 +20,9 @@ def is_lead_process() -> bool:
 class MetricWriter:
   """Scalars to TensorBoard event files and to `<workdir>/<name>.jsonl`.
 
+  A value may also be a list (of numbers or strings, e.g. per-problem outcomes): it
+  goes to the JSONL record only, never to TensorBoard.
+
   Only process 0 writes; on the others every method is a no-op.
 
   Writing is idempotent per step, so a resumed job never leaves two records of a
@@ -66,9 +69,9 @@ class MetricWriter:
       self._tb = SummaryWriter(self._tb_dir, purge_step=step if redone else None)
     if redone:
       self._drop_from(step)
-    clean = {k: float(v) for k, v in scalars.items()}
+    clean = {k: _json_value(v) for k, v in scalars.items()}
     for key, value in clean.items():
-      if self._tb is not None:
+      if self._tb is not None and not isinstance(value, list):
         self._tb.add_scalar(key, value, step)
     self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
     self._jsonl.flush()
@@ -88,6 +91,13 @@ class MetricWriter:
       if self._tb is not None:
         self._tb.close()
       self._jsonl.close()
+
+
+def _json_value(value: Any) -> float | list:
+  """A record's value as JSON: a float, or a list of floats and strings."""
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [v if isinstance(v, str) else float(v) for v in value]
+  return float(value)
 
 
 def _parse_jsonl(path: str) -> tuple[list[dict], bool]:

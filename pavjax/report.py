@@ -246,8 +246,8 @@ def _verifier_interval(ev: Mapping[str, Any], name: str) -> stats.Interval | Non
 
 def claims_section(summaries: Mapping[str, Any], compared_rl: tuple[Measure | None,
                                                                     Measure | None] | None,
-                   equal_compute: Sequence[tuple[str, Measure | None, Measure | None]]
-                   ) -> list[str]:
+                   equal_compute: Sequence[tuple[str, Measure | None, Measure | None]],
+                   rl_curves: tuple[str, Measure, Measure] | None = None) -> list[str]:
   """"What this run shows": the method's claims, each with its 95% interval and a verdict.
 
   A claim is *shown* only when its interval excludes the null value, so a verdict here
@@ -277,6 +277,11 @@ def claims_section(summaries: Mapping[str, Any], compared_rl: tuple[Measure | No
     diff, _ = paired(*compared_rl)
     rows.append(_claim_row("PAV-RL beats outcome-RL after the same iterations (Sec. 5)",
                            "final accuracy difference", diff, "problems"))
+  if rl_curves is not None:
+    label, a, b = rl_curves
+    diff, _ = paired(a, b)
+    rows.append(_claim_row("PAV-RL learns sooner than outcome-RL (Sec. 5)",
+                           f"{label}: difference", diff, "problems"))
   if not rows:
     return []
   return ["## What this run shows", "",
@@ -318,6 +323,33 @@ def rl_sample_efficiency(pav: list[dict], outcome: list[dict], key: str = "eval/
   hit = next((r["step"] for r in pav_rows if r[key] >= final[key] and r["step"] > 0), None)
   return {"target": final[key], "pav_steps": hit, "outcome_steps": final["step"],
           "ratio": None if not hit else final["step"] / hit}
+
+
+def rl_run_averages(pav: Sequence[Mapping[str, Any]], outcome: Sequence[Mapping[str, Any]]
+                    ) -> tuple[Measure, Measure, list[int]] | None:
+  """Each RL run's per-problem accuracy averaged over its evaluations after the start.
+
+  From the runs' eval_outcomes.jsonl rows (step, per_problem, problem_uids). Only the
+  steps both runs evaluated, after step 0 (the shared start), enter, and only when every
+  one of them scored the same problems in the same order. The average over a run is a
+  sample-efficiency measure (Sec. 5: accuracy over training iterations): the
+  run that learns sooner is ahead over the whole curve, not only at its end. Its
+  interval is over problems; the runs' own training seeds vary in the experiments.
+  None when the runs share no such step or score different problems.
+  """
+  by_step = [{int(r["step"]): r for r in rows if r.get("per_problem")} for rows in (pav, outcome)]
+  steps = sorted(s for s in set(by_step[0]) & set(by_step[1]) if s > 0)
+  if not steps:
+    return None
+  uids = by_step[0][steps[0]].get("problem_uids")
+  for rows in by_step:
+    for step in steps:
+      if (rows[step].get("problem_uids") != uids
+          or len(rows[step]["per_problem"]) != len(by_step[0][steps[0]]["per_problem"])):
+        return None
+  means = [np.mean([rows[s]["per_problem"] for s in steps], axis=0) for rows in by_step]
+  a, b = (measure(float(m.mean()), per_problem=m, uids=uids) for m in means)
+  return a, b, steps
 
 
 def uninformative_verifiers(evals: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -588,10 +620,18 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
   compared = search_comparisons(curves, search_per, problems)
   equal_compute = equal_compute_comparisons(curves, search_per, problems)
   compared += equal_compute
-  rl_pair = None
+  rl_pair = rl_curves = None
   if "rl_pav" in summaries and "rl_outcome" in summaries:
     rl_pair = (evals["rl_pav"], evals["rl_outcome"])
     compared.append((f"PAV-RL vs ORM-RL ({rl_method})", *rl_pair))
+    averaged = rl_run_averages(
+        *(metrics.read_jsonl(os.path.join(workdir, n, artifacts.EVAL_OUTCOMES_LOG))
+          for n in ("rl_pav", "rl_outcome")))
+    if averaged is not None:
+      a, b, steps = averaged
+      rl_curves = (f"accuracy averaged over {len(steps)} evaluations (iterations "
+                   f"{steps[0]}-{steps[-1]})", a, b)
+      compared.append((f"PAV-RL vs ORM-RL, {rl_curves[0]}", a, b))
   for name, label in (("rl_pav", "PAV-RL"), ("rl_outcome", "ORM-RL")):
     if name in summaries and evals.get(f"{name}/start") is not None:
       compared.append((f"{label} vs its start ({start}; {rl_method})", evals[name],
@@ -605,7 +645,7 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
               "*n/a (unpaired)* means a stage of this workdir kept no per-problem outcomes "
               "(a run older than them), so only the two points are shown.", ""]
     lines += comparison_table(compared)
-  lines[claims_at:claims_at] = claims_section(summaries, rl_pair, equal_compute)
+  lines[claims_at:claims_at] = claims_section(summaries, rl_pair, equal_compute, rl_curves)
 
   # --- compute efficiency -------------------------------------------------------------
   lines += efficiency_section(search, search_measure(curves, search_per, problems, "bon:orm")[0])

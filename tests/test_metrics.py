@@ -4,6 +4,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 
 from pavjax import metrics
@@ -68,3 +69,31 @@ def test_a_redone_step_replaces_its_record_and_every_later_one(tmp_path):
   writer.close()
   assert [r["step"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4, 5]
   assert not [n for n in os.listdir(tmp_path) if ".tmp." in n]
+
+
+def test_list_values_go_to_the_jsonl_record_and_scalars_to_tensorboard(tmp_path):
+  writer = metrics.MetricWriter(str(tmp_path), "outcomes")
+  writer.write(3, {"acc": np.float32(0.5), "per_problem": np.array([1.0, 0.0]),
+                   "problem_uids": ("a", "b")})
+  writer.close()
+  assert _lines(str(tmp_path / "outcomes.jsonl")) == [
+      {"step": 3, "acc": 0.5, "per_problem": [1.0, 0.0], "problem_uids": ["a", "b"]}]
+  assert _tensorboard_tags(tmp_path / "tensorboard" / "outcomes") == ["acc"]
+
+
+def _tensorboard_tags(directory) -> list[str]:
+  """The scalar tags in a directory's event files (TFRecord framing: an 8-byte length,
+  its 4-byte CRC, the record, its 4-byte CRC)."""
+  import struct  # noqa: PLC0415
+  from tensorboardX.proto import event_pb2  # noqa: PLC0415
+  tags = []
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      data = f.read()
+    at = 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      tags += [v.tag for v in event.summary.value]
+      at += 12 + length + 4
+  return tags

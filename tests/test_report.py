@@ -312,3 +312,43 @@ def test_claims_table_says_shown_only_where_the_interval_excludes_the_null():
   assert row[2] == stats.paired_difference(beam, orm).text(3) and row[4] == "**shown**"
   assert verdict("| PAV-RL beats outcome-RL") == "not shown (no difference detected)"
   assert report.claims_section({}, None, []) == []
+
+
+def test_rl_run_averages_pair_the_runs_over_their_shared_evaluations():
+  u = _uids(4)
+  row = lambda step, per, uids=u: {"step": step, "per_problem": per, "problem_uids": uids}
+  pav = [row(0, [0, 0, 0, 1]), row(2, [1, 0, 0, 1]), row(3, [1, 1, 1, 1]),
+         row(4, [1, 1, 0, 1])]
+  outcome = [row(0, [0, 0, 0, 1]), row(2, [0, 0, 0, 1]), row(4, [1, 0, 0, 0])]
+  a, b, steps = report.rl_run_averages(pav, outcome)
+  # Step 0 (the shared start) and step 3 (PAV-RL's alone) are left out: steps 2 and 4.
+  assert steps == [2, 4]
+  assert a.per_problem == (1.0, 0.5, 0.0, 1.0) and b.per_problem == (0.5, 0.0, 0.0, 0.5)
+  assert a.accuracy == 0.625 and a.uids == tuple(u)
+  diff, word = report.paired(a, b)
+  assert diff.estimate == 0.375 and diff == stats.paired_difference(
+      [1, 0.5, 0, 1], [0.5, 0, 0, 0.5])
+  # Different problems at a shared step, or no shared step after the start: no pairing.
+  assert report.rl_run_averages(pav, outcome[:2] + [row(4, [1, 0, 0, 0], _uids(5)[1:])]) is None
+  assert report.rl_run_averages(pav[:1], outcome) is None
+
+
+def test_report_claims_the_rl_curve_comparison_from_eval_outcomes(tmp_path, plots):
+  summaries = _pipeline_workdir(str(tmp_path), per_problem=True)
+  u = _uids(10)
+  for name, per in (("rl_pav", [[1] * 6 + [0] * 4, [1] * 10]),
+                    ("rl_outcome", [[1] * 3 + [0] * 7, [1] * 3 + [0] * 7])):
+    _write(os.path.join(str(tmp_path), name, "eval_outcomes.jsonl"),
+           [{"step": s, "per_problem": p, "problem_uids": u} for s, p in zip((2, 4), per)])
+  text = open(report.write(str(tmp_path), summaries, {}, {}), encoding="utf-8").read()
+  label = "accuracy averaged over 2 evaluations (iterations 2-4)"
+  diff = stats.paired_difference([1] * 3 + [1] * 3 + [0.5] * 4, [1] * 3 + [0] * 7)
+  row = _table_row(text, f"| PAV-RL vs ORM-RL, {label} |")
+  assert row[1] == "10" and row[4:] == [diff.text(3, signed=True), "ahead"]
+  row = _table_row(text, "| PAV-RL learns sooner than outcome-RL")
+  assert row[1] == f"{label}: difference" and row[2] == diff.text(3) and row[4] == "**shown**"
+  # Without the files (an older workdir) the claim is left out, not guessed.
+  for name in ("rl_pav", "rl_outcome"):
+    os.remove(os.path.join(str(tmp_path), name, "eval_outcomes.jsonl"))
+  text = open(report.write(str(tmp_path), summaries, {}, {}), encoding="utf-8").read()
+  assert "learns sooner" not in text

@@ -35,7 +35,8 @@ verifier (a separate prover's Q verifier), procedural (planted's exact mu_gamma)
 
 Logs every step: outcome accuracy next to the dense verifier reward; a monitor
 warns when the dense reward rises over a window while accuracy does not (reward
-hacking). Evaluates greedy accuracy and Pass@N on validation problems.
+hacking). Evaluates greedy accuracy and Pass@N on validation problems: scalars in
+eval.jsonl, each evaluation's per-problem outcomes in eval_outcomes.jsonl.
 """
 
 from __future__ import annotations
@@ -368,6 +369,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   eval_problems = list(task.split("validation"))[:config.sample.num_eval]
   eval_writer = metrics.MetricWriter(env.workdir, "eval")
+  # Every evaluation's per-problem outcomes, so that the report can pair two RL runs over
+  # their whole curves (sample efficiency), not only at their last step.
+  outcomes_writer = metrics.MetricWriter(
+      env.workdir, os.path.splitext(artifacts.EVAL_OUTCOMES_LOG)[0], tensorboard=False)
   pass_ns = config_lib.parse_list(cfg.eval_pass_ns, "rl.eval_pass_ns")
 
   evaluated = {}  # step -> result: the loop's evaluation of the last step is the final one
@@ -392,8 +397,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       result.update({f"pass_at_{r['n']}": r["accuracy"] for r in curve})
       result["sample_accuracy"] = float(correct.mean())
     eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
-    # Per-problem outcomes (lists: not for the metric writer) pair RL runs in the report.
-    result.update(evaluation.per_problem_outcomes(greedy))
+    # Per-problem outcomes pair RL runs in the report: at the end (summary.json) and over
+    # the run (eval_outcomes.jsonl).
+    outcomes = evaluation.per_problem_outcomes(greedy)
+    outcomes_writer.write(step, outcomes)
+    result.update(outcomes)
     evaluated[step] = result
     return result
 
@@ -414,6 +422,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer.close()
   writer.close()
   eval_writer.close()
+  outcomes_writer.close()
   monitor.close()
   if metrics.is_lead_process():
     metrics.plot_curves(metrics.read_jsonl(writer.path),

@@ -248,3 +248,12 @@ def test_the_last_steps_evaluation_is_the_final_one_not_a_second(tmp_path, toy_p
   lines = (tmp_path / "eval.jsonl").read_text().splitlines()
   assert [json.loads(line)["step"] for line in lines] == [0, 2, 4]
   assert out["eval"]["accuracy"] == json.loads(lines[-1])["eval/accuracy"]
+  # Each evaluation's per-problem outcomes: the same steps, their mean the logged
+  # accuracy, and the last one the summary's (what the report pairs over the run).
+  rows = metrics.read_jsonl(str(tmp_path / "eval_outcomes.jsonl"))
+  assert [r["step"] for r in rows] == [0, 2, 4]
+  for row, line in zip(rows, lines):
+    assert len(row["per_problem"]) == len(row["problem_uids"]) == config.sample.num_eval
+    assert np.mean(row["per_problem"]) == pytest.approx(json.loads(line)["eval/accuracy"])
+  assert rows[-1]["per_problem"] == out["eval"]["per_problem"]
+  assert rows[-1]["problem_uids"] == out["eval"]["problem_uids"]
