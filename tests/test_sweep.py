@@ -108,3 +108,18 @@ def test_a_sweep_file_without_axes_is_rejected(tmp_path):
     assert "must define AXES" in str(e)
   else:
     raise AssertionError("a sweep without AXES was accepted")
+
+
+def test_the_experiments_sweep_files_name_fields_their_configs_have():
+  """Each sweep file under experiments/ loads, its CONFIG builds, and every override it
+  passes (FIXED and AXES) names a field of that config: a typo fails here, not on a
+  cluster after the launch."""
+  import glob  # noqa: PLC0415
+  from pavjax import config_lib  # noqa: PLC0415
+  paths = sorted(glob.glob("experiments/*/sweep*.py"))
+  assert "experiments/didactic/sweep_made.py" in paths
+  for path in paths:
+    sweep = sweep_lib.load(path)
+    config = config_lib.load_config_file(sweep.CONFIG)
+    for point in sweep_lib.expand(sweep):
+      config_lib.check_override_paths(config, sweep_lib.command(sweep, point, "runs")[4:])
