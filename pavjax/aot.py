@@ -219,7 +219,8 @@ def model_cfg(section, vocab: int):
                               param_dtype=section.get("param_dtype", "float32"))
     except (ValueError, OSError) as e:
       raise config_lib.ConfigError("model.path", str(e)) from None
-    return dataclasses.replace(cfg, remat=bool(section.get("remat", False)))
+    return dataclasses.replace(cfg, remat=bool(section.get("remat", False)),
+                               attn_block=int(section.get("attn_block", cfg.attn_block)))
   return models.model_config_from(section, vocab)
 
 

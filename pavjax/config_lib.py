@@ -127,10 +127,14 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   cfg.tie_embeddings = True  # share the input embedding with the LM head
   cfg.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
   cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
+  cfg.attn_block = ATTN_BLOCK  # decode reads the filled cache slots in blocks of this; 0 = all
   return cfg
 
 
 HF_SIZE = "hf"
+# Decode attention reads the filled cache slots rounded up to a multiple of this many
+# (one compiled branch per multiple); 0 reads every slot. The same numbers either way.
+ATTN_BLOCK = 128
 
 
 def hf_model_config() -> ml_collections.ConfigDict:
@@ -143,6 +147,7 @@ def hf_model_config() -> ml_collections.ConfigDict:
   cfg.dtype = "float32"  # compute dtype: float32 or bfloat16
   cfg.param_dtype = "float32"  # parameter storage: float32 or bfloat16 (half the memory)
   cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
+  cfg.attn_block = ATTN_BLOCK  # decode reads the filled cache slots in blocks of this; 0 = all
   return cfg
 
 
@@ -173,7 +178,7 @@ def use_pretrained(config: ml_collections.ConfigDict, path: str) -> None:
 
 # `config.model` fields that say how a job runs a model, not what the model is: a
 # checkpoint's model, run by a job, takes them from the job.
-RUN_FIELDS = ("max_len", "dtype", "param_dtype", "remat")
+RUN_FIELDS = ("max_len", "dtype", "param_dtype", "remat", "attn_block")
 
 
 def is_hf_checkpoint(path: str) -> bool:
@@ -191,8 +196,9 @@ def checkpoint_model_section(path: str, job_model: ml_collections.ConfigDict
   A Hugging Face directory describes itself (its config.json); a pavjax
   workdir's `checkpoints/` has the run's `config.json` beside it. A checkpoint with
   neither (made by hand) is taken to hold `job_model`. The job's run fields
-  (`RUN_FIELDS`: cache length, dtypes, remat) replace the checkpoint's, except the
-  MADE's `max_len`, which is the width of its input layer.
+  (`RUN_FIELDS`: cache length, dtypes, remat, attention blocks) replace the
+  checkpoint's where it has them, except the MADE's `max_len`, which is the width of
+  its input layer.
   """
   if is_hf_checkpoint(path):
     section = hf_model_config()
@@ -644,12 +650,19 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = "c
     f.write(to_json(config) + "\n")
 
 
+# Fields that decide how fast a job computes and never what: a resume may change them,
+# and a pipeline stage's hash leaves them out, so a workdir recorded before one was
+# added keeps its finished stages.
+SPEED_ONLY_FIELDS = ("model.attn_block",)
+
+
 # Fields a resume may change: they decide how a run is logged, checkpointed, laid
 # out on the devices or cut short, not what it computes. Checkpoint cadence and
 # retention, metric logging, the halt points, the mesh and sharding rules (the
 # same math on another layout), rematerialization and LM-head chunking (memory
-# only), and `init_from` (read only when the workdir has no checkpoint).
-RESUME_SAFE_FIELDS = (
+# only), SPEED_ONLY_FIELDS, and `init_from` (read only when the workdir has no
+# checkpoint).
+RESUME_SAFE_FIELDS = SPEED_ONLY_FIELDS + (
     "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
     "checkpoint.fallback_on_corrupt", "train.log_every", "train.halt_at_step",
     "rollouts.halt_after_shards", "mesh", "rules", "model.remat", "train.logits_chunk",

@@ -89,3 +89,43 @@ def test_stage_configs_take_the_pipelines_difficulty(job):
   assert get("task=arith,size=tiny").task.ops == "+-*"  # no variant: the task's defaults
   with pytest.raises(config_lib.ConfigError, match=r"^config\.difficulty: "):
     get("task=planted,size=test,difficulty=easy")
+
+
+def test_model_attn_block_reaches_the_model_for_both_sources(tmp_path):
+  """`model.attn_block` (decode reads filled cache slots in blocks of it; 0 reads all)
+  is a config field of pavjax's own model and of a pretrained checkpoint's."""
+  import json  # noqa: PLC0415
+  from pavjax import models  # noqa: PLC0415
+  from pavjax.models import transformer  # noqa: PLC0415
+  own = config_lib.model_config("test")
+  assert models.model_config_from(own, 16).attn_block == config_lib.ATTN_BLOCK == (
+      transformer.TransformerConfig.attn_block)
+  own.attn_block = 0
+  assert models.model_config_from(own, 16).attn_block == 0
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+       "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 128}))
+  hf = config_lib.hf_model_config()
+  hf.path, hf.max_len = str(tmp_path), 64
+  assert models.model_config_from(hf, 16).attn_block == config_lib.ATTN_BLOCK
+  hf.attn_block = 32
+  assert models.model_config_from(hf, 16).attn_block == 32
+
+
+def test_a_frozen_checkpoint_runs_with_the_jobs_run_fields(tmp_path):
+  """A pavjax checkpoint's recorded architecture is kept; the job's run fields (here
+  attn_block and dtype) replace the recorded ones; a MADE keeps its max_len."""
+  import json  # noqa: PLC0415
+  recorded = config_lib.model_config("test").to_dict()
+  recorded.update(attn_block=64, dtype="float32", mlp_dim=96)
+  (tmp_path / "config.json").write_text(json.dumps({"model": recorded}))
+  job = config_lib.model_config("tiny")
+  job.attn_block, job.dtype, job.max_len = 0, "bfloat16", 80
+  section = config_lib.checkpoint_model_section(str(tmp_path / "checkpoints"), job)
+  assert (section.mlp_dim, section.attn_block, section.dtype, section.max_len) == (
+      96, 0, "bfloat16", 80)
+  made = config_lib.made_model_config("made").to_dict()
+  (tmp_path / "config.json").write_text(json.dumps({"model": made}))
+  section = config_lib.checkpoint_model_section(str(tmp_path / "checkpoints"), job)
+  assert "attn_block" not in section and section.max_len == made["max_len"]

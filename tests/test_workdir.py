@@ -224,11 +224,18 @@ def test_changed_result_fields_are_refused_and_safe_ones_pass(tmp_path, monkeypa
                      train__halt_at_step=4)
   safe.mesh.data = 2
   safe.mesh.fsdp = 4
+  safe.model.attn_block = 0  # a speed-only field
   assert sorted(config_lib.config_changes(json.loads(config_lib.to_json(_sft_config())),
                                          safe)) == [
-      "checkpoint.every", "checkpoint.keep", "mesh.data", "mesh.fsdp", "train.halt_at_step",
-      "train.log_every"]
+      "checkpoint.every", "checkpoint.keep", "mesh.data", "mesh.fsdp", "model.attn_block",
+      "train.halt_at_step", "train.log_every"]
   assert config_lib.check_resume(safe, workdir) == {}  # nothing to report
+  # A record from before the field existed resumes too.
+  recorded = json.loads(config_lib.to_json(_sft_config()))
+  del recorded["model"]["attn_block"]
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(recorded, f)
+  assert config_lib.check_resume(_sft_config(), workdir) == {}
   # Without checkpoints there is nothing to resume: any config may start there.
   os.rename(os.path.join(workdir, "checkpoints"), os.path.join(workdir, "moved"))
   assert config_lib.check_resume(changed, workdir) == {}

@@ -42,7 +42,8 @@ def model_config_from(model_cfg: Any, vocab_size: int,
       raise ValueError(f"model.path={model_cfg.path}: the task's tokenizer has {vocab_size} ids, "
                        f"the checkpoint's embedding {cfg.vocab_size} rows; run the task with "
                        "the checkpoint's own tokenizer")
-    return dataclasses.replace(cfg, remat=bool(model_cfg.get("remat", False)))
+    return dataclasses.replace(cfg, remat=bool(model_cfg.get("remat", False)),
+                               attn_block=int(model_cfg.get("attn_block", cfg.attn_block)))
   arch = arch_of(model_cfg)
   if arch == "made":
     return MadeConfig.from_config(model_cfg, vocab_size, action_ids)

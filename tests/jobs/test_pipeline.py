@@ -390,3 +390,22 @@ def test_the_planted_tiny_pipeline_is_readme_command_1_s_setting():
   # arith keeps its RFT stage.
   arith = config_lib.sibling_config("configs/x.py", "pipeline").get_config("size=tiny")
   assert arith.use_rft and arith.task.name == "arith"
+
+
+def test_speed_only_fields_stay_out_of_stage_hashes(tmp_path):
+  """model.attn_block changes how fast decode runs, not what it computes: a workdir
+  recorded before the field existed (or with another value) keeps its stages; a field
+  that changes results (the model's width) does change the hash."""
+  from pavjax.jobs import pipeline  # pylint: disable=g-import-not-at-top
+  config = _cheap_config()
+  workdir = str(tmp_path)
+  hashes = lambda: {k: h for k, (_, h) in pipeline.resolve(config, workdir).items()}
+  base = hashes()
+  config.stages.sft.model.attn_block = 0
+  assert hashes() == base
+  assert pipeline.resolve(config, workdir)["sft"][0].model.attn_block == 0  # still handed on
+  with config.stages.sft.model.unlocked():
+    del config.stages.sft.model["attn_block"]  # as recorded before the field was added
+  assert hashes() == base
+  config.stages.sft.model.mlp_dim += 8
+  assert hashes()["sft"] != base["sft"] and hashes()["rft"] != base["rft"]
