@@ -32,7 +32,9 @@ prompts of `model.max_len - sample.max_new_tokens` tokens, responses of
                    sampling of `rft.num_samples` per problem
   rollouts         seeds (the policy's `generate`, `n_cov` per problem), prefill
                    (`prefill_sequences` of `rollouts.seq_batch` seeds by the prover) and
-                   fork (`fork_prefixes`: `rollouts.fork_batch` prefixes x `n_mc`)
+                   fork (`fork_prefixes`: `rollouts.fork_batch` prefixes x `n_mc`); with
+                   `rollouts.batching=continuous`, fork_continuous instead
+                   (`Sampler.fork_continuous` over `continuous_blocks` stacked prefills)
   train_verifier   train (`verifier_train_step`), score (`verifiers.score`, evaluation)
   search           pool (`generate`, max(ns) per problem), score (each verifier), and
                    the step-wise beam at the widest `beam_ns`: beam_init (prefill),
@@ -517,6 +519,10 @@ def _rollouts_steps(job: _Job, prefixes: int) -> None:
           key=_key("prefill_sequences", None, pcfg, args, static))
   # fork_prefixes continues from the prefill's cache and logits: their abstract values
   # (with the shardings the compiler chose) come from compiling the prefill first.
+  if r.get("batching", "static") == "continuous":
+    _continuous_fork_step(job, sampler, pname, pdesc, pcfg, seq_rows=seq_rows,
+                          fork_rows=fork_rows, slots=slots, width=width, method=method)
+    return
   fork_args = ("<prefill>", (fork_rows,), (fork_rows,), (fork_rows,))
   job.steps.append(Step(job.stage, "fork", pdesc, f"B={fork_rows}x{r.n_mc} N={new}",
                         sampler._fork, (job.held[pname], *fork_args, job.key()),
@@ -525,6 +531,28 @@ def _rollouts_steps(job: _Job, prefixes: int) -> None:
                         _key("fork", None, pcfg, (job.held[pname],),
                              dict(w=width, n=r.n_mc, new=new, rows=fork_rows,
                                   seq=seq_rows, slots=slots))))
+
+
+def _continuous_fork_step(job: _Job, sampler, pname, pdesc, pcfg, *, seq_rows, fork_rows,
+                          slots, width, method) -> None:
+  """`rollouts.batching=continuous`: `Sampler.fork_continuous` over the caches of
+  `continuous_blocks` prefilled blocks stacked into one, with the static path's decode
+  rows (fork_batch x n_mc), at its largest prefix list (every logits slot of every
+  sequence, padded to a power of two as the job pads it)."""
+  r, new = job.config.rollouts, job.new_tokens
+  group = max(1, int(r.get("continuous_blocks", 1)))
+  padded = 1 << max(0, (group * seq_rows * slots - 1).bit_length())
+  count, keys = job.replicated((), "int32"), job.replicated((padded * r.n_mc, 2), "uint32")
+  static = dict(width=width, num_samples=r.n_mc, max_new_tokens=new,
+                slots=fork_rows * r.n_mc, method=method, stop_tokens=(1,))
+  job.steps.append(Step(
+      job.stage, "fork_continuous", pdesc,
+      f"B={fork_rows}x{r.n_mc} blocks={group} items={padded}x{r.n_mc} N={new}",
+      sampler._continuous, (job.held[pname], "<prefill>", group, (padded,), (padded,),
+                            (padded,), count, keys), static, (pname,),
+      _key("fork_continuous", None, pcfg, (job.held[pname],),
+           dict(w=width, n=r.n_mc, new=new, rows=fork_rows, seq=seq_rows, slots=slots,
+                group=group))))
 
 
 def _verifier_steps(job: _Job, prefixes: int) -> None:
@@ -865,6 +893,19 @@ def _resolve_args(step: Step, previous: dict[str, Any]) -> tuple | None:
     params, rows, ends, picks, key = args[0], args[2], args[3], args[4], args[5]
     mk = lambda shape: _like(cache.start, shape)
     return (params, cache, logits, mk(rows), mk(ends), mk(picks), key)
+  if step.name == "fork_continuous":
+    pre = previous.get("prefill")
+    if pre is None:
+      return None
+    params, group, count, keys = args[0], args[2], args[6], args[7]
+    # The blocks' caches and logits stacked as the job stacks them, laid out like one
+    # block's (the same partition of a longer batch axis).
+    stacked = jax.eval_shape(
+        lambda c, lg: (models.KVCache.concatenate([c] * group),
+                       jnp.concatenate([lg] * group)), *pre)
+    stacked = jax.tree.map(lambda s, ref: _like(ref, s.shape, s.dtype), stacked, pre)
+    rows, ends, picks = (_like(count, shape) for shape in args[3:6])
+    return (params, *stacked, rows, ends, picks, count, keys)
   if step.name == "beam_expand":
     beam = previous.get("beam_init")
     return None if beam is None else (args[0], beam, args[2])
@@ -964,7 +1005,7 @@ def run(config, topology: Topology, *, vocab: int = 0, prefixes: int = 16,
 
 
 def _chains(earlier: str, later: str) -> bool:
-  chains = {"prefill": ("fork",), "beam_init": ("beam_expand", "beam_values",
+  chains = {"prefill": ("fork", "fork_continuous"), "beam_init": ("beam_expand", "beam_values",
                                                 "beam_prover_values", "beam_select"),
             "beam_expand": ("beam_values", "beam_prover_values", "beam_select"),
             "beam_values": ("beam_select",), "beam_prover_values": ("beam_select",)}

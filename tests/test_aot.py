@@ -226,3 +226,28 @@ def test_a_separate_value_network_doubles_the_rl_state_not_what_sampling_reads(t
   assert upd.alias == state and upd.resident == 2 * params  # reference + prover verifier
   assert gen.resident == (state - params) + 2 * params
   assert params < gen.args < params + 4096
+
+
+def test_continuous_rollouts_compile_over_the_stacked_blocks(topology):
+  """rollouts.batching='continuous' compiles `fork_continuous` in place of `fork`: its
+  inputs are `continuous_blocks` prefills' caches and logits stacked into one (so, on
+  each chip, that many times the static fork's), plus the padded prefix list and keys."""
+  rows = {}
+  for batching in ("static", "continuous"):
+    config = _tiny_pipeline()
+    with config.unlocked():
+      config.stages.rollouts_train.rollouts.batching = batching
+    for r in aot.run(config, topology, vocab=VOCAB, prefixes=16, log=lambda m: None,
+                     steps=["rollouts_train/fork*", "rollouts_train/prefill"]):
+      rows[(batching, r.step)] = r
+  assert set(rows) == {("static", "prefill"), ("static", "fork"),
+                       ("continuous", "prefill"), ("continuous", "fork_continuous")}
+  fork, cont = rows[("static", "fork")], rows[("continuous", "fork_continuous")]
+  prefilled = rows[("static", "prefill")].out  # one block's cache and logits, per chip
+  params = fork.args - prefilled - 3 * 512 - ROW  # rows, ends, picks [32]; the key
+  blocks = config_lib.load_config_file(f"{PIPELINE}:size=tiny").stages.rollouts_train.rollouts
+  group = blocks.continuous_blocks
+  assert group > 1 and cont.shapes.startswith(f"B=32x4 blocks={group} items={group * 32 * 16}x4")
+  extra = cont.args - params - group * prefilled  # the prefix list, count and keys
+  assert 0 < extra < 2 * group * 32 * 16 * 4 * 8
+  assert cont.fits and fork.fits and not cont.error

@@ -42,6 +42,7 @@ from pavjax import sharding as shd
 from pavjax import runtime
 from pavjax import trajectories
 from pavjax import evaluation
+from pavjax.models import KVCache
 from pavjax.sampling import (Sampler, Temperature, bucket_length, cached_lm, in_dtype,
                              left_pad)
 from pavjax.sampling import sampler as sampler_lib
@@ -431,11 +432,7 @@ class RolloutRunner:
     per_row = max(h["logits"].shape[1] for h in blocks)
     logits = jnp.concatenate([jnp.pad(h["logits"], ((0, 0), (0, per_row - h["logits"].shape[1]),
                                                     (0, 0))) for h in blocks])
-    cache = blocks[0]["cache"]
-    if group > 1:
-      cache = cache.replace(k=jnp.concatenate([h["cache"].k for h in blocks], axis=1),
-                            v=jnp.concatenate([h["cache"].v for h in blocks], axis=1),
-                            start=jnp.concatenate([h["cache"].start for h in blocks]))
+    cache = KVCache.concatenate([h["cache"] for h in blocks])
     rows, ends, picks, calls, in_chunk = [], [], [], [], []
     for b, h in enumerate(held):
       k = np.arange(len(h["todo"]))

@@ -46,6 +46,15 @@ class KVCache:
     return self.replace(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
                         start=jnp.repeat(self.start, n, axis=0))
 
+  @classmethod
+  def concatenate(cls, caches: "list[KVCache]") -> "KVCache":
+    """The rows of several caches of one size written to the same `index`, in order."""
+    if len(caches) == 1:
+      return caches[0]
+    return caches[0].replace(k=jnp.concatenate([c.k for c in caches], axis=1),
+                             v=jnp.concatenate([c.v for c in caches], axis=1),
+                             start=jnp.concatenate([c.start for c in caches]))
+
   def gather(self, rows: jax.Array) -> "KVCache":
     """Keeps rows `rows` [B'] (beam search reorders surviving prefixes)."""
     return self.replace(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
