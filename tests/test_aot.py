@@ -251,3 +251,27 @@ def test_continuous_rollouts_compile_over_the_stacked_blocks(topology):
   extra = cont.args - params - group * prefilled  # the prefix list, count and keys
   assert 0 < extra < 2 * group * 32 * 16 * 4 * 8
   assert cont.fits and fork.fits and not cont.error
+
+
+def test_continuous_refills_read_the_source_rows_locally(topology):
+  """The refill inside fork_continuous's decode loop reads one prefilled row at a traced
+  index. With the source split over data-parallel chips, that read would all-gather the
+  whole source once per refill; the source is gathered once, before the loop, instead."""
+  import re  # noqa: PLC0415
+  from pavjax import sharding as shd  # noqa: PLC0415
+  config = _tiny_pipeline()
+  with config.unlocked():
+    config.stages.rollouts_train.rollouts.batching = "continuous"
+  _, jobs = aot.plan(config, topology, vocab=VOCAB, prefixes=16)
+  (job,) = [j for j in jobs if j.stage == "rollouts_train"]
+  comp, previous = aot.Compiler(job.mesh, job.rules, topology.hbm_bytes), {}
+  for step in job.steps:
+    if step.name in ("prefill", "fork_continuous"):
+      args = aot._resolve_args(step, previous)
+      previous[step.name] = comp.compile(step, args)[1]
+  with shd.activate(job.mesh, job.rules):
+    text = step.jitted.lower(*args, **step.static).compile().as_text()
+  gathers = [re.search(r'op_name="([^"]+)"', line).group(1)
+             for line in text.splitlines() if " all-gather(" in line and "op_name" in line]
+  source = [g for g in gathers if g.endswith(("dynamic_slice", "sharding_constraint"))]
+  assert source and not [g for g in source if "/while/" in g], source

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from pavjax.models import KVCache
-from pavjax.models.kv_cache import shift_slots
+from pavjax.models.kv_cache import KV_AXES, shift_slots
 from pavjax.sampling import decode_step
 
 Array = jax.Array
@@ -88,6 +89,14 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
     raise ValueError(f"{item_keys.shape[0]} item keys for {r} prefixes x {num_samples}")
   vocab = logits.shape[-1]
   src_start = cache.start
+  # A refill reads one source row (cache and logits) at a traced index. With the source's
+  # rows split over data-parallel devices, each such read would gather the whole source
+  # from every device, once per refill; gathering its rows once, here, makes every read
+  # local, for one copy of the source per device. (A no-op outside a mesh.)
+  whole_rows = ("layers", None, "length", "kv_heads", "kv")
+  cache = cache.replace(k=nn.with_logical_constraint(cache.k, whole_rows),
+                        v=nn.with_logical_constraint(cache.v, whole_rows))
+  logits = nn.with_logical_constraint(logits, (None, None, "vocab"))
 
   def load(s: _State, slot: Array) -> _State:
     """Copies item `s.next_item`'s prefix into arena row `slot` (a gather, no matmuls)."""
@@ -145,8 +154,9 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
         steps=s.steps + 1, busy=s.busy + jnp.sum(live, dtype=jnp.int32))
 
   k = cache.k
-  arena = KVCache(k=jnp.zeros((k.shape[0], slots, size) + k.shape[3:], k.dtype),
-                  v=jnp.zeros((k.shape[0], slots, size) + k.shape[3:], cache.v.dtype),
+  shape = (k.shape[0], slots, size) + k.shape[3:]
+  arena = KVCache(k=nn.with_logical_constraint(jnp.zeros(shape, k.dtype), KV_AXES),
+                  v=nn.with_logical_constraint(jnp.zeros(shape, cache.v.dtype), KV_AXES),
                   start=jnp.zeros((slots,), jnp.int32),
                   index=jnp.zeros((slots,), jnp.int32))
   state = _State(
