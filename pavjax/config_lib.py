@@ -7,9 +7,11 @@ comma-separated list of `key=value` variants, e.g. `configs/sft.py:task=arith,si
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+from typing import Mapping
 
 import ml_collections
 
@@ -300,6 +302,8 @@ def base_config(job: str, size: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.max_new_tokens = 64  # response budget in tokens; 0 = the task's max_response_len
   c.sample.batch_size = 64  # prompts per sampling call; divisible by mesh data*fsdp
   c.sample.num_eval = 128  # validation problems sampled at each evaluation
+  c.sample.batching = "static"  # static | continuous (stopped rows take the next prompt)
+  c.sample.continuous_blocks = 4  # continuous: sampling calls decoded through one arena
   return c
 
 
@@ -592,6 +596,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _check(s.method in methods.METHODS, "sample.method",
            f"{s.method!r} is not one of {methods.METHODS}")
     _check(s.temperature > 0, "sample.temperature", "must be > 0")
+    _check(s.get("batching", "static") in ("static", "continuous"), "sample.batching",
+           f"{s.get('batching')!r} is not one of ('static', 'continuous')")
+    _check(s.get("continuous_blocks", 1) > 0, "sample.continuous_blocks",
+           f"{s.get('continuous_blocks')} must be > 0")
     _check(s.batch_size > 0 and s.batch_size % dp == 0, "sample.batch_size",
            f"{s.batch_size} is not a positive multiple of the data-parallel size {dp}")
     if s.method == "top_k":
@@ -653,7 +661,21 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = "c
 # Fields that decide how fast a job computes and never what: a resume may change them,
 # and a pipeline stage's hash leaves them out, so a workdir recorded before one was
 # added keeps its finished stages.
-SPEED_ONLY_FIELDS = ("model.attn_block",)
+SPEED_ONLY_FIELDS = ("model.attn_block", "sample.batching", "sample.continuous_blocks")
+
+
+def without_speed_only(tree: Mapping) -> dict:
+  """A config (as a dict, or a dict of some of its sections) without SPEED_ONLY_FIELDS:
+  what the content hashes of stages and cached data are taken of."""
+  tree = copy.deepcopy(dict(tree))
+  for dotted in SPEED_ONLY_FIELDS:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+      node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(leaf, None)
+  return tree
 
 
 # Fields a resume may change: they decide how a run is logged, checkpointed, laid

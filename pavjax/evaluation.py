@@ -18,6 +18,7 @@ import numpy as np
 from pavjax import metrics
 from pavjax import sharding as shd
 from pavjax.sampling import Sampler, left_pad
+from pavjax.sampling.sampler import call_row_keys
 from pavjax.tasks.base import Outcome, Problem, Task
 
 
@@ -30,32 +31,63 @@ class Response:
   outcome: Outcome
 
 
+BATCHINGS = ("static", "continuous")
+
+
+def sampling_options(sample_cfg) -> dict:
+  """The `sample_responses` keywords a job's `config.sample` section sets (batching)."""
+  return {"batching": sample_cfg.get("batching", "static"),
+          "blocks": int(sample_cfg.get("continuous_blocks", 4))}
+
+
 def sample_responses(task: Task, sampler: Sampler, params, problems: Sequence[Problem], *,
                      rng: jax.Array, mesh, method, max_new_tokens: int, batch_size: int,
                      num_samples: int = 1, stop_tokens: Sequence[int] | None = None,
-                     progress: bool = False) -> list[list[Response]]:
-  """`num_samples` scored responses per problem (outer list follows `problems`)."""
+                     progress: bool = False, batching: str = "static",
+                     blocks: int = 4) -> list[list[Response]]:
+  """`num_samples` scored responses per problem (outer list follows `problems`).
+
+  Problems go in calls of `batch_size // num_samples` prompts (call c draws with
+  `fold_in(rng, c)`). `batching='continuous'` decodes `blocks` calls' prompts
+  through one arena of the static call's rows (`Sampler.generate_continuous`): a
+  response that stops frees its row for the next (prompt, sample) at once, instead of
+  idling until the call's longest response ends. Every (prompt, sample) keeps the key
+  the static call gives it, so both give the same responses.
+  """
+  if batching not in BATCHINGS:
+    raise ValueError(f"batching {batching!r} is not one of {BATCHINGS}")
   stop = tuple(stop_tokens) if stop_tokens is not None else (task.eos_id,)
   prompts = [task.encode_prompt(p) for p in problems]
   width = left_pad(prompts, task.pad_id)[0].shape[1] if prompts else 1
   rows_per_call = max(batch_size // num_samples, 1)
   rows_per_call = shd.round_to_data_parallel(rows_per_call, mesh)
+  per_group = rows_per_call * (max(int(blocks), 1) if batching == "continuous" else 1)
   out: list[list[Response]] = []
-  starts = range(0, len(problems), rows_per_call)
-  bar = metrics.progress(len(starts), desc="sampling") if progress else None
-  for call, start in enumerate(starts):
-    chunk = prompts[start:start + rows_per_call]
-    padded = chunk + [chunk[0]] * (rows_per_call - len(chunk))  # fixed rows: one compile
+  starts = range(0, len(problems), per_group)
+  bar = metrics.progress(len(problems), desc="sampling") if progress else None
+  for group_start in starts:
+    chunk = prompts[group_start:group_start + per_group]
+    padded = chunk + [chunk[0]] * (per_group - len(chunk))  # fixed rows: one compile
     tokens, lengths = left_pad(padded, task.pad_id, buckets=(width,))
-    sh = shd.batch_sharding(mesh, 2)
-    tokens = jax.device_put(tokens, sh)
+    tokens = jax.device_put(tokens, shd.batch_sharding(mesh, 2))
     lengths = jax.device_put(lengths, shd.batch_sharding(mesh, 1))
-    res = sampler.generate(params, tokens, lengths, jax.random.fold_in(rng, call),
-                           max_new_tokens=max_new_tokens, method=method, stop_tokens=stop,
-                           num_samples=num_samples)
+    call = group_start // rows_per_call
+    if batching == "continuous":
+      # Prompt i of this group is row i % rows_per_call of static call call + i // rows.
+      i = np.repeat(np.arange(per_group), num_samples)
+      in_call = (i % rows_per_call) * num_samples + np.tile(np.arange(num_samples), per_group)
+      keys = call_row_keys(rng, call + i // rows_per_call, in_call)
+      res = sampler.generate_continuous(
+          params, tokens, lengths, keys, max_new_tokens=max_new_tokens, method=method,
+          stop_tokens=stop, num_samples=num_samples, slots=rows_per_call * num_samples,
+          num_prompts=len(chunk))
+    else:
+      res = sampler.generate(params, tokens, lengths, jax.random.fold_in(rng, call),
+                             max_new_tokens=max_new_tokens, method=method, stop_tokens=stop,
+                             num_samples=num_samples)
     res = shd.to_host(res)
     for i in range(len(chunk)):
-      problem = problems[start + i]
+      problem = problems[group_start + i]
       group = []
       for j in range(num_samples):
         r = i * num_samples + j
@@ -65,7 +97,7 @@ def sample_responses(task: Task, sampler: Sampler, params, problems: Sequence[Pr
                               bool(res.finished[r]), task.is_correct(toks, problem)))
       out.append(group)
     if bar is not None:
-      bar.update(1)
+      bar.update(len(chunk))
   if bar is not None:
     bar.close()
   return out

@@ -82,7 +82,7 @@ def train(env: runtime.JobEnv, data: tasks.SFTArrays | None, *, job: str,
       responses = evaluation.sample_responses(
           task, sampler, st.params, eval_problems, rng=jax.random.PRNGKey(config.seed + 17),
           mesh=mesh, method=method, max_new_tokens=config.sample.max_new_tokens,
-          batch_size=config.sample.batch_size)
+          batch_size=config.sample.batch_size, **evaluation.sampling_options(config.sample))
     summary = evaluation.summarize(responses)
     eval_writer.write(step, {f"eval/{k}": v for k, v in summary.items()})
     return responses, summary

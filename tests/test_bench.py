@@ -61,6 +61,10 @@ def test_rollouts_runs():
   assert 0 < r["useful_static"] < r["useful_continuous"] <= 1
   assert 0 < r["mean_continuation"] < r["response_len"]
   assert 0 < r["prefix_copy_bytes"] < r["arena_kv_bytes"] and 0 < r["shared_prefix_saving"] < 0.5
+  # Whole responses (RFT, evaluations): the same responses, checked inside; no recompiles.
+  assert r["sampling_tokens"] > 0 and r["sampling_static_tok_s"] > 0
+  assert 0 < r["sampling_useful_static"] <= r["sampling_useful_continuous"] <= 1
+  assert r["sampling_static_lowerings"] == r["sampling_continuous_lowerings"] == 0
 
 
 def test_summary_reads_both_benches(tmp_path):

@@ -32,6 +32,8 @@ def _config(**overrides):
     ({"model__num_kv_heads": 3}, "model.num_heads"),
     ({"sample__method": "beam"}, "sample.method"),
     ({"train__nonfinite": "ignore"}, "train.nonfinite"),
+    ({"sample__batching": "dynamic"}, "sample.batching"),
+    ({"sample__continuous_blocks": 0}, "sample.continuous_blocks"),
 ])
 def test_bad_values_name_the_field(tmp_path, overrides, field):
   with pytest.raises(config_lib.ConfigError, match=rf"^config\.{field}: ") as err:

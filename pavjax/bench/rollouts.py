@@ -22,6 +22,13 @@ each continuation scored on the host by the task, as the rollouts job does.
     of `fork_batch` x `n_mc` rows where a stopped row takes the next pending
     (prefix, sample) at once.
 
+Second table, sampling whole responses as RFT, RL's evaluations and search's pool do:
+`n_mc` responses to each of `sampling_prompts` prompts (the seeds' prompts, cycled) through
+`evaluation.sample_responses`, calls of `seq_batch` prompts x `n_mc`, with
+`sample.batching` static (each call decodes until its longest response stops) and
+continuous (`continuous_blocks` calls' prompts through one arena of a call's rows,
+`Sampler.generate_continuous`); the same responses, checked.
+
 Length skew (`--eos_hazard`, `--skew=0` for the old fixed workload): a random
 prover never stops by itself, so the bench's LM sets P(EOS) to `eos_hazard` at
 every token and to 1 once a continuation reaches the end of the seed response.
@@ -57,10 +64,10 @@ from pavjax.tasks import base
 
 GPU = {"size": ("125m",), "dtype": "bfloat16", "vocab": 32000,
        "trajectories": 512, "prompt_len": 64, "step_len": 16, "n_mc": 4,
-       "seq_batch": 64, "fork_batch": 128, "eos_hazard": 0.02}
+       "seq_batch": 64, "fork_batch": 128, "eos_hazard": 0.02, "sampling_prompts": 2048}
 CPU = {"size": ("test",), "dtype": "float32", "vocab": 512,
        "trajectories": 16, "prompt_len": 8, "step_len": 8, "n_mc": 4,
-       "seq_batch": 8, "fork_batch": 16, "eos_hazard": 0.02}
+       "seq_batch": 8, "fork_batch": 16, "eos_hazard": 0.02, "sampling_prompts": 128}
 
 NUM_STEPS = 8
 PAD, EOS, DELIM = 0, 1, 2
@@ -134,6 +141,8 @@ def add_flags(p):
                  help="prefill blocks (seq_batch each) decoded per continuous call")
   p.add_argument("--eos_hazard", type=float, default=None,
                  help="P(EOS) per token of the length-skewed workload")
+  p.add_argument("--sampling_prompts", type=int, default=None,
+                 help="prompts of the whole-response table (the trajectories' prompts, cycled)")
   p.add_argument("--skew", type=int, default=1,
                  help="1: length-skewed stops (EOS hazard, end of response); 0: none")
 
@@ -184,6 +193,17 @@ class CountingSampler(Sampler):
 
   def fork_continuous(self, *args, **kw):
     out = super().fork_continuous(*args, **kw)
+    self.row_steps += int(out.steps) * kw["slots"]
+    return out
+
+  def generate(self, *args, **kw):
+    out = super().generate(*args, **kw)
+    lengths = np.asarray(out.lengths)
+    self.row_steps += int(lengths.max(initial=0)) * len(lengths)
+    return out
+
+  def generate_continuous(self, *args, **kw):
+    out = super().generate_continuous(*args, **kw)
     self.row_steps += int(out.steps) * kw["slots"]
     return out
 
@@ -363,6 +383,7 @@ def bench_one(args, size: str) -> dict:
     useful = runner.budget["mc_tokens"] / max(runner.sampler.row_steps, 1)
     return t, useful, compiles.lowerings, runner.budget["mc_tokens"] // args.runs
 
+  sampling = sampling_compare(runner, task, problems, run_params, args, rng)
   t_fork, useful_static, low_static, tokens = timed("static")
   t_cont, useful_cont, low_cont, _ = timed("continuous")
   t_ind = None if args.skip_independent else harness.time_fn(
@@ -394,7 +415,39 @@ def bench_one(args, size: str) -> dict:
           "independent_rollouts_s": rate(t_ind), "per_prefix_rollouts_s": rate(t_pp),
           "ratio": t_ind.median / t_fork.median if t_ind else None,
           "ratio_per_prefix": t_pp.median / t_fork.median if t_pp else None,
-          "spread": max(t.spread for t in (t_fork, t_cont, t_ind, t_pp) if t)}
+          "spread": max(t.spread for t in (t_fork, t_cont, t_ind, t_pp) if t),
+          **sampling}
+
+
+def sampling_compare(runner, task, problems, params, args, rng) -> dict:
+  """Whole responses (RFT, evaluations, search pools) by static and continuous batching."""
+  from pavjax import evaluation  # pylint: disable=g-import-not-at-top
+  problems = [problems[i % len(problems)] for i in range(args.sampling_prompts)]
+
+  def sample(batching):
+    return evaluation.sample_responses(
+        task, runner.sampler, params, problems, rng=rng, mesh=runner.env.mesh,
+        method=Temperature(1.0), max_new_tokens=task.max_response_len,
+        batch_size=args.seq_batch * args.n_mc, num_samples=args.n_mc, batching=batching,
+        blocks=args.continuous_blocks)
+
+  out = {}
+  tokens = {b: [[r.tokens for r in g] for g in sample(b)] for b in ("static", "continuous")}
+  if tokens["static"] != tokens["continuous"]:  # (also the warm-up of both)
+    raise harness.CorrectnessError("continuous batching: sampled responses differ from "
+                                   "static batching's")
+  count = sum(len(t) for g in tokens["static"] for t in g)
+  for batching in ("static", "continuous"):
+    runner.sampler.row_steps = 0
+    with harness.CompileCounter() as compiles:
+      t = harness.time_fn(lambda: sample(batching), warmup=0, runs=args.runs)
+    out[f"sampling_{batching}_tok_s"] = count / t.median
+    out[f"sampling_useful_{batching}"] = count * args.runs / max(runner.sampler.row_steps, 1)
+    out[f"sampling_{batching}_lowerings"] = compiles.lowerings
+    out[f"sampling_{batching}_s"] = t.median
+  out["sampling_tokens"], out["sampling_prompts"] = count, len(problems)
+  out["sampling_ratio"] = out["sampling_static_s"] / out["sampling_continuous_s"]
+  return out
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -432,6 +485,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                "prefix blocks shared by a prefix's samples would save "
                f"{harness.fmt_pct(r['shared_prefix_saving'])} of it" for r in results],
              harness.spread_note(results)])
+  harness.print_table(
+      f"sampling whole responses: {harness.device_info().describe()}, {args.dtype}, "
+      f"temperature 1, {skew}",
+      ["model", "prompts x samples", "mean tokens/response", "static tok/s",
+       "static useful slots", "continuous tok/s", "continuous useful slots",
+       "continuous / static", "lowerings after warm-up"],
+      [[r["size"], f"{r['sampling_prompts']} x {r['n_mc']}",
+        f"{r['sampling_tokens'] / (r['sampling_prompts'] * r['n_mc']):.1f}",
+        harness.fmt_si(r["sampling_static_tok_s"]), harness.fmt_pct(r["sampling_useful_static"]),
+        harness.fmt_si(r["sampling_continuous_tok_s"]),
+        harness.fmt_pct(r["sampling_useful_continuous"]), harness.fmt_ratio(r["sampling_ratio"]),
+        r["sampling_static_lowerings"] + r["sampling_continuous_lowerings"]] for r in results],
+      notes=[f"evaluation.sample_responses with sample.batching static / continuous: calls "
+             f"of seq_batch {args.seq_batch} prompts x n_mc samples; continuous decodes "
+             f"continuous_blocks {args.continuous_blocks} calls' prompts through one arena of "
+             "a call's rows. The same responses (checked). Useful slots = response tokens / "
+             "decode row-steps run."])
   harness.write_json(args.json, {"bench": "rollouts", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})
   return results

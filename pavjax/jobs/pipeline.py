@@ -188,25 +188,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, *, relative: bool =
       _set(cfg, field, os.path.join(workdir, up, sub))
     if "cache_dir" in cfg.task:
       cfg.task.cache_dir = os.path.join(workdir, artifacts.TASK_CACHE)
-    described = _without_speed_only(cfg.to_dict())
+    described = config_lib.without_speed_only(cfg.to_dict())
     ident = {"config": _relative_to(described, workdir) if relative else described,
              "inputs": {d: out[d][1] for d in stage.deps}}
     out[stage.name] = (cfg, artifacts.content_hash(ident))
   return out
-
-
-def _without_speed_only(tree: dict) -> dict:
-  """A stage config (as a dict) without `config_lib.SPEED_ONLY_FIELDS`: they change how
-  fast a stage runs, not what it writes, so they stay out of its hash."""
-  tree = copy.deepcopy(tree)
-  for dotted in config_lib.SPEED_ONLY_FIELDS:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for key in parents:
-      node = node.get(key) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-      node.pop(leaf, None)
-  return tree
 
 
 def _relative_to(value: Any, workdir: str) -> Any:

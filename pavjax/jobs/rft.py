@@ -57,7 +57,8 @@ def sample_pool(env: runtime.JobEnv, config) -> trajectories.Trajectories:
       task, Sampler(cached_lm(env.model), pad_id=task.pad_id), params, problems,
       rng=jax.random.PRNGKey(config.seed + 3), mesh=env.mesh, method=Temperature(cfg.temperature),
       max_new_tokens=config.sample.max_new_tokens, batch_size=config.sample.batch_size,
-      num_samples=cfg.num_samples, progress=True)
+      num_samples=cfg.num_samples, progress=True,
+        **evaluation.sampling_options(config.sample))
   prompts = [task.encode_prompt(p) for p in problems]
   rows = [(i, r.tokens) for i, group in enumerate(groups) for r in group]
   return trajectories.from_responses(
@@ -83,13 +84,20 @@ def correct_pairs(pool: trajectories.Trajectories) -> tuple[list, dict]:
   return pairs, stats
 
 
+def pool_hash(config: ml_collections.ConfigDict) -> str:
+  """The content hash of what the sampled pool depends on. on_no_correct and the
+  speed-only fields do not change what is sampled: a pool made before they existed is
+  reused."""
+  made_by = {k: config[k].to_dict() for k in ("rft", "task", "model")}
+  made_by["rft"].pop("on_no_correct", None)
+  made_by = config_lib.without_speed_only(made_by)
+  return artifacts.content_hash(made_by | {"init_from": config.init_from, "seed": config.seed})
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   env = runtime.setup(config, workdir)
   pool_dir = os.path.join(env.workdir, artifacts.RFT_POOL)
-  # on_no_correct does not change what is sampled: a pool made before it existed is reused.
-  made_by = {k: config[k].to_dict() for k in ("rft", "task", "model")}
-  made_by["rft"].pop("on_no_correct", None)
-  key = artifacts.content_hash(made_by | {"init_from": config.init_from, "seed": config.seed})
+  key = pool_hash(config)
   pool = trajectories.load_if_complete(pool_dir, key)
   if pool is None:
     pool = sample_pool(env, config)

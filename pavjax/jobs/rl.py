@@ -376,19 +376,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pass_ns = config_lib.parse_list(cfg.eval_pass_ns, "rl.eval_pass_ns")
 
   evaluated = {}  # step -> result: the loop's evaluation of the last step is the final one
+  options = evaluation.sampling_options(config.sample)
 
   def eval_fn(st, step):
     key = jax.random.PRNGKey(config.seed + 17)
     greedy = evaluation.sample_responses(
         task, sampler, policy(st.params), eval_problems, rng=key, mesh=mesh,
         method=sampling_methods.from_config(config.sample), max_new_tokens=max_new,
-        batch_size=config.sample.batch_size)
+        batch_size=config.sample.batch_size, **options)
     result = {"accuracy": evaluation.summarize(greedy)["accuracy"]}
     if pass_ns:
       pool = evaluation.sample_responses(
           task, sampler, policy(st.params), eval_problems, rng=key, mesh=mesh, method=method,
           max_new_tokens=max_new, batch_size=config.sample.batch_size * max(pass_ns),
-          num_samples=max(pass_ns))
+          num_samples=max(pass_ns), **options)
       correct = np.array([[r.outcome.reward > 0 for r in g] for g in pool])
       curve = best_of_n.accuracy_curves(
           best_of_n.Pool(correct, np.zeros(correct.shape, np.int64), {},

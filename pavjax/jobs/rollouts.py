@@ -79,7 +79,8 @@ class _Policy:
     groups = evaluation.sample_responses(
         task, self.sampler, self.params, problems, rng=rng, mesh=self.env.mesh,
         method=Temperature(config.rollouts.temperature), max_new_tokens=task.max_response_len,
-        batch_size=config.sample.batch_size, num_samples=n)
+        batch_size=config.sample.batch_size, num_samples=n,
+        **evaluation.sampling_options(config.sample))
     return [[r.tokens for r in g] for g in groups]
 
   def continuations(self, prompts, partials, n: int, rng: jax.Array, config,
@@ -446,8 +447,7 @@ class RolloutRunner:
     fill = list(range(count)) + [0] * (padded - count)
     calls = np.concatenate(calls + [np.zeros((padded - count) * n, np.int64)])
     in_chunk = np.concatenate(in_chunk + [np.zeros((padded - count) * n, np.int64)])
-    keys = jax.vmap(lambda c, r: jax.random.fold_in(jax.random.fold_in(rng, c), r))(
-        jnp.asarray(calls, jnp.int32), jnp.asarray(in_chunk, jnp.int32))
+    keys = sampler_lib.call_row_keys(rng, calls, in_chunk)
     out = self.sampler.fork_continuous(
         self.prover_params, cache, logits, jnp.asarray(np.concatenate(rows)[fill]),
         jnp.asarray(np.concatenate(ends)[fill]), jnp.asarray(np.concatenate(picks)[fill]), rng,
@@ -457,12 +457,10 @@ class RolloutRunner:
     return shd.to_host(out)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Writes (or completes) the rollout dataset of `config.rollouts.split`."""
-  env = runtime.setup(config, workdir)
+def data_identity(config: ml_collections.ConfigDict) -> dict:
+  """What determines the rollout data (halting early, batching and the other speed-only
+  fields do not); the manifest records it and its hash."""
   cfg = config.rollouts
-  out_dir = os.path.join(env.workdir, artifacts.rollouts_dir(cfg.split))
-  # What determines the data (halting early does not).
   rollout_cfg = {k: v for k, v in cfg.to_dict().items()
                  if k not in ("halt_after_shards", "batching", "continuous_blocks")
                  and (cfg.get("seeding", "random") != "random" or k not in PIT_FIELDS)
@@ -470,6 +468,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   identity = {"task": config.task.to_dict(), "rollouts": rollout_cfg,
               "policy": config.policy.to_dict(), "prover": config.prover.to_dict(),
               "model": config.model.to_dict(), "seed": config.seed}
+  return config_lib.without_speed_only(identity)
+
+
+def data_hash(config: ml_collections.ConfigDict) -> str:
+  """The content hash of `data_identity`: rollouts made under another one are refused."""
+  return artifacts.content_hash(data_identity(config))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Writes (or completes) the rollout dataset of `config.rollouts.split`."""
+  env = runtime.setup(config, workdir)
+  cfg = config.rollouts
+  out_dir = os.path.join(env.workdir, artifacts.rollouts_dir(cfg.split))
+  identity = data_identity(config)
   digest = artifacts.content_hash(identity)
   manifest = trajectories.read_manifest(out_dir)
   if manifest is not None and manifest["config_hash"] != digest:

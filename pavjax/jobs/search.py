@@ -164,7 +164,8 @@ class SearchRunner:
     groups = evaluation.sample_responses(
         task, self.sampler, self.params, self.problems, rng=rng, mesh=env.mesh,
         method=Temperature(self.config.sample.temperature), max_new_tokens=task.max_response_len,
-        batch_size=self.config.sample.batch_size, num_samples=m, progress=True)
+        batch_size=self.config.sample.batch_size, num_samples=m, progress=True,
+        **evaluation.sampling_options(self.config.sample))
     keys = [[task.answer_key(r.tokens) for r in group] for group in groups]
     rows = [(i, r) for i, group in enumerate(groups) for r in group]
     table = trajectories.from_responses(
@@ -297,7 +298,7 @@ def result_hashes(config: ml_collections.ConfigDict) -> tuple[str, str]:
   (the BoK path computes what it did then). The pool's Q^mu is cached apart
   (`prover_hash`), so a prover change never resamples the pool.
   """
-  d = config.to_dict()
+  d = config_lib.without_speed_only(config.to_dict())
   s = d["search"]
   search = {k: v for k, v in s.items() if k not in SELECTION_FIELDS}
   verifiers_used = dict(d["verifiers"])

@@ -72,7 +72,8 @@ def test_report(env: runtime.JobEnv) -> dict:
     responses = evaluation.sample_responses(
         task, sampler, params, problems, rng=jax.random.PRNGKey(config.seed + 23),
         mesh=env.mesh, method=sampling_methods.from_config(config.sample),
-        max_new_tokens=config.sample.max_new_tokens, batch_size=config.sample.batch_size)
+        max_new_tokens=config.sample.max_new_tokens, batch_size=config.sample.batch_size,
+        **evaluation.sampling_options(config.sample))
   flat = [r for group in responses for r in group]
   correct = sum(int(r.outcome.reward == 1.0) for r in flat)
   shown = [{"problem": r.problem.uid,

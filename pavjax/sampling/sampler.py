@@ -291,6 +291,13 @@ def row_keys_for(rng: Array, num_rows: int) -> Array:
   return jax.vmap(functools.partial(jax.random.fold_in, rng))(jnp.arange(num_rows))
 
 
+def call_row_keys(rng: Array, calls, rows) -> Array:
+  """The key of row `rows[i]` of a call made with `fold_in(rng, calls[i])`, for each i:
+  what continuous batching gives an item to draw what a static call would have."""
+  fold = lambda c, r: jax.random.fold_in(jax.random.fold_in(rng, c), r)
+  return jax.vmap(fold)(jnp.asarray(calls, jnp.int32), jnp.asarray(rows, jnp.int32))
+
+
 class Sampler:
   """Jitted sampling around a `CachedLM`; compiles once per shape bucket.
 
@@ -318,6 +325,9 @@ class Sampler:
         self._continuous_impl,
         static_argnames=("width", "num_samples", "max_new_tokens", "slots", "method",
                          "stop_tokens"))
+    self._generate_continuous = jax.jit(
+        self._generate_continuous_impl,
+        static_argnames=("num_samples", "max_new_tokens", "slots", "method", "stop_tokens"))
 
   def _generate_impl(self, params, prompts, lengths, rng, *, num_samples, max_new_tokens,
                      method, stop_tokens):
@@ -403,6 +413,40 @@ class Sampler:
                             num_samples=num_samples, max_new_tokens=max_new_tokens,
                             slots=slots, method=method,
                             stop_tokens=tuple(int(t) for t in stop_tokens))
+
+  def _generate_continuous_impl(self, params, prompts, lengths, num_prompts, item_keys, *,
+                                num_samples, max_new_tokens, slots, method, stop_tokens):
+    self.num_traces += 1
+    b, width = prompts.shape
+    cache, logits = prefill(self.lm, params, prompts, lengths,
+                            cache_size=width + max_new_tokens)
+    # Each prompt is a prefix that ends at the last slot, its logits the prefill's.
+    last = jnp.full((b,), width - 1, jnp.int32)
+    return continuous.fork_continuous(
+        self.lm, params, cache, logits[:, None, :], jnp.arange(b, dtype=jnp.int32), last,
+        jnp.zeros((b,), jnp.int32), num_prompts, item_keys, width=width,
+        num_samples=num_samples, max_new_tokens=max_new_tokens, slots=slots, method=method,
+        stop_tokens=stop_tokens, pad_id=self.pad_id)
+
+  def generate_continuous(self, params, prompts: Array, lengths: Array, item_keys: Array, *,
+                          max_new_tokens: int, slots: int, method,
+                          stop_tokens: Sequence[int] = (), num_samples: int = 1,
+                          num_prompts: int | Array | None = None
+                          ) -> continuous.ContinuousOutput:
+    """`generate` by continuous batching: all prompts prefilled at once, then decoded
+    through an arena of `slots` rows where a stopped row takes the next pending
+    (prompt, sample) item.
+
+    Item b * num_samples + j (prompt b, sample j) draws with `item_keys[that item]`;
+    `row_keys_for(rng)` gives `generate(rng)`'s keys, and then the same tokens. Only the
+    first `num_prompts` prompts run (default all): pad the prompts to a fixed count and
+    pass the real one, and any count shares one compilation.
+    """
+    count = prompts.shape[0] if num_prompts is None else num_prompts
+    return self._generate_continuous(
+        params, prompts, lengths, jnp.asarray(count, jnp.int32), item_keys,
+        num_samples=num_samples, max_new_tokens=max_new_tokens, slots=slots, method=method,
+        stop_tokens=tuple(int(t) for t in stop_tokens))
 
   def generate(self, params, prompts: Array, lengths: Array, rng: Array, *,
                max_new_tokens: int, method, stop_tokens: Sequence[int] = (),

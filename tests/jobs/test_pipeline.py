@@ -409,3 +409,24 @@ def test_speed_only_fields_stay_out_of_stage_hashes(tmp_path):
   assert hashes() == base
   config.stages.sft.model.mlp_dim += 8
   assert hashes()["sft"] != base["sft"] and hashes()["rft"] != base["rft"]
+
+
+def test_speed_only_fields_leave_the_cached_data_hashes_unchanged():
+  """Rollout data, the RFT pool and search rows are reused by content hash: a field that
+  changes only speed (set, changed, or absent as in a workdir from before it existed)
+  keeps them; a field that changes results does not."""
+  from pavjax.jobs import rft, rollouts, search  # pylint: disable=g-import-not-at-top
+  for job, digest in (("rollouts", rollouts.data_hash), ("rft", rft.pool_hash),
+                      ("search", search.result_hashes)):
+    config = config_lib.load_config_file(f"configs/{job}.py:task=toy,size=test")
+    base = digest(config)
+    config.model.attn_block = 0
+    config.sample.batching, config.sample.continuous_blocks = "continuous", 2
+    assert digest(config) == base, job
+    with config.unlocked():
+      for dotted in config_lib.SPEED_ONLY_FIELDS:
+        section, field = dotted.split(".")
+        del config[section][field]
+    assert digest(config) == base, job
+    config.model.mlp_dim += 8
+    assert digest(config) != base, job

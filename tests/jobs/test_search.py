@@ -182,7 +182,7 @@ def _legacy_hashes(config):
     assert artifacts.content_hash(obj) == want
     return want
 
-  d = config.to_dict()
+  d = config_lib.without_speed_only(config.to_dict())  # fields a config of then lacked
   s = d["search"]
   rows = {**d, "search": {k: v for k, v in s.items() if k not in search_job.SELECTION_FIELDS}}
   pool = {k: d[k] for k in ("policy", "verifiers", "task", "model", "seed", "sample")}

@@ -89,3 +89,29 @@ def test_sharded_over_eight_devices_equals_one_device():
   np.testing.assert_array_equal(got.tokens, want.tokens)
   np.testing.assert_array_equal(got_static.tokens, static.tokens)
   np.testing.assert_array_equal(got.tokens, static.tokens)
+
+
+@pytest.mark.parametrize("method", [Temperature(1.0), Greedy()], ids=["temperature", "greedy"])
+def test_generate_continuous_equals_generate(method):
+  """Prompts prefilled at once and decoded through a smaller arena: `generate`'s tokens,
+  and padded prompts beyond `num_prompts` are not run."""
+  sampler, params = _setup()[:2]
+  prompts = [[2, 3, 4], [5, 6, 7, 8, 9], [10, 11], [4, 4, 4, 4], [7]]
+  tokens, lengths = left_pad(prompts + [prompts[0]] * 3, buckets=(8,))
+  tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+  rng, n = jax.random.PRNGKey(5), 3
+  kw = dict(max_new_tokens=NEW, method=method, stop_tokens=(STOP,), num_samples=n)
+  static = sampler.generate(params, tokens, lengths, rng, **kw)
+  keys = sampler_lib.row_keys_for(rng, 8 * n)
+  cont = sampler.generate_continuous(params, tokens, lengths, keys, slots=4,
+                                     num_prompts=len(prompts), **kw)
+  real = len(prompts) * n
+  np.testing.assert_array_equal(cont.tokens[:real], static.tokens[:real])
+  np.testing.assert_array_equal(cont.lengths[:real], static.lengths[:real])
+  np.testing.assert_array_equal(cont.finished[:real], static.finished[:real])
+  np.testing.assert_allclose(cont.logprobs[:real], static.logprobs[:real], atol=1e-5)
+  np.testing.assert_array_equal(cont.lengths[real:], 0)
+  lengths = np.asarray(static.lengths[:real])
+  assert int(cont.busy) == lengths.sum()
+  if isinstance(method, Temperature):
+    assert lengths.min() < lengths.max()
