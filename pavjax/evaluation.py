@@ -52,7 +52,8 @@ def sample_responses(task: Task, sampler: Sampler, params, problems: Sequence[Pr
   through one arena of the static call's rows (`Sampler.generate_continuous`): a
   response that stops frees its row for the next (prompt, sample) at once, instead of
   idling until the call's longest response ends. Every (prompt, sample) keeps the key
-  the static call gives it, so both give the same responses.
+  the static call gives it, so both give the same responses. Its prefill holds `blocks`
+  calls' prompts at once, beside the arena's rows.
   """
   if batching not in BATCHINGS:
     raise ValueError(f"batching {batching!r} is not one of {BATCHINGS}")

@@ -10,7 +10,8 @@ solutions with per-step Q^pi, and stage timings.
 
 Intervals and verdicts come from `pavjax.stats`. A comparison is paired when both
 sides stored their per-problem outcomes for the same problems (search: `rows.jsonl`;
-SFT, RFT, RL: `per_problem` in their evaluations); a workdir written before those
+SFT, RFT, RL: `per_problem` in their evaluations; RL over its whole curve:
+`eval_outcomes.jsonl`, `rl_run_averages`); a workdir written before those
 were stored still gets a report, with intervals from accuracy and n alone and its
 comparisons marked unpaired (no verdict).
 """
@@ -685,8 +686,9 @@ def write(workdir: str, summaries: Mapping[str, Any], timings: Mapping[str, floa
               f"{_fmt(se['pav_steps'])} (evaluations every few iterations): ratio "
               f"**{_fmt(se['ratio'], 2)}**"
               + (f" ({se['note']})." if se.get("note") else ".")
-              + " The ratio reads points off two curves; whether the final policies differ "
-              "is the paired comparison above.", ""]
+              + " The ratio reads points off two curves; whether the final policies differ, "
+              "and whether one curve lies above the other on the same problems (accuracy "
+              "averaged over the evaluations), are the paired comparisons above.", ""]
     points = {n: [(r["step"], r["eval/accuracy"]) for r in ev[n] if "eval/accuracy" in r]
               for n in ev}
     metrics.plot_series(
