@@ -28,7 +28,9 @@ prompts of `model.max_len - sample.max_new_tokens` tokens, responses of
 `sample.max_new_tokens`, training sequences of `model.max_len`):
 
   sft, rft         train (`supervised.sft_train_step`, state donated), eval sampling
-                   (the sampler's fused prefill + decode, `Sampler.generate`); RFT's
+                   (the sampler's fused prefill + decode, `Sampler.generate`; with
+                   `sample.batching=continuous`, `Sampler.generate_continuous`, as for
+                   RFT's sampling, the rollouts' seeds and search's pool); RFT's
                    sampling of `rft.num_samples` per problem
   rollouts         seeds (the policy's `generate`, `n_cov` per problem), prefill
                    (`prefill_sequences` of `rollouts.seq_batch` seeds by the prover) and
@@ -421,8 +423,24 @@ class _Job:
              held=held, key=_key(name, fn, (cfg, self.optim_key()), (spec.abstract, batch)))
 
   def generate(self, name, model, cfg, desc, params_name, *, rows, num_samples, prompt,
-               new, method):
+               new, method, responses=True):
+    """A sampling call of `rows` prompts x `num_samples`. `responses`: the job samples
+    through `evaluation.sample_responses`, so `sample.batching=continuous` makes it
+    `Sampler.generate_continuous` over `sample.continuous_blocks` calls' prompts."""
     sampler = Sampler(cached_lm(model))
+    sample = self.config.get("sample", {})
+    if responses and sample.get("batching", "static") == "continuous":
+      blocks = max(int(sample.get("continuous_blocks", 1)), 1)
+      items = rows * blocks * num_samples
+      args = (self.held[params_name], self.batch((rows * blocks, prompt)),
+              self.batch((rows * blocks,)), self.replicated((), "int32"),
+              self.replicated((items, 2), "uint32"))
+      static = dict(num_samples=num_samples, max_new_tokens=new, slots=rows * num_samples,
+                    method=method, stop_tokens=(1,))
+      self.add(name, desc, f"B={rows}x{num_samples} blocks={blocks} P={prompt} N={new}",
+               sampler._generate_continuous, args, static, held=(params_name,),
+               key=_key("generate_continuous", None, cfg, args, static))
+      return
     args = (self.held[params_name], self.batch((rows, prompt)), self.batch((rows,)), self.key())
     static = dict(num_samples=num_samples, max_new_tokens=new, method=method, stop_tokens=(1,))
     self.add(name, desc, f"B={rows}x{num_samples} P={prompt} N={new}", sampler._generate, args,
@@ -657,7 +675,7 @@ def _rl_steps(job: _Job, prefixes: int) -> None:
   width = job.prompt_len + job.new_tokens
   job.generate("generate", model, cfg, desc, "params", rows=int(r.num_prompts),
                num_samples=int(r.group_size), prompt=job.prompt_len, new=job.new_tokens,
-               method=methods.Temperature(r.temperature))
+               method=methods.Temperature(r.temperature), responses=False)
   if scored:
     job.score("score", vmodel, vcfg, vdesc, "prover verifier params", rows=rows, width=width,
               prefixes=(r.max_steps or job.new_tokens) + 1)

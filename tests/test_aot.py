@@ -275,3 +275,20 @@ def test_continuous_refills_read_the_source_rows_locally(topology):
              for line in text.splitlines() if " all-gather(" in line and "op_name" in line]
   source = [g for g in gathers if g.endswith(("dynamic_slice", "sharding_constraint"))]
   assert source and not [g for g in source if "/while/" in g], source
+
+
+def test_continuous_sampling_compiles_generate_continuous_over_the_blocks(topology):
+  """sample.batching='continuous': the SFT evaluation's sampling call is
+  `Sampler.generate_continuous` over continuous_blocks calls' prompts (so that many
+  prompts' caches per chip); RL's own training generation stays static."""
+  config = _tiny_pipeline()
+  with config.unlocked():
+    for name in ("sft", "rl_pav"):
+      config.stages[name].sample.batching = "continuous"
+      config.stages[name].sample.continuous_blocks = 2
+  rows = {f"{r.stage}/{r.step}": r for r in aot.run(
+      config, topology, vocab=VOCAB, log=lambda m: None,
+      steps=["sft/eval_sample", "rl_pav/generate"])}
+  ev, gen = rows["sft/eval_sample"], rows["rl_pav/generate"]
+  assert ev.shapes.startswith("B=64x1 blocks=2 ") and "blocks" not in gen.shapes
+  assert ev.fits and gen.fits and not ev.error
