@@ -58,7 +58,7 @@ def sample_pool(env: runtime.JobEnv, config) -> trajectories.Trajectories:
       rng=jax.random.PRNGKey(config.seed + 3), mesh=env.mesh, method=Temperature(cfg.temperature),
       max_new_tokens=config.sample.max_new_tokens, batch_size=config.sample.batch_size,
       num_samples=cfg.num_samples, progress=True,
-        **evaluation.sampling_options(config.sample))
+      **evaluation.sampling_options(config.sample))
   prompts = [task.encode_prompt(p) for p in problems]
   rows = [(i, r.tokens) for i, group in enumerate(groups) for r in group]
   return trajectories.from_responses(
