@@ -179,33 +179,32 @@ class SkewedStopLM(TransformerLM):
 
 
 class CountingSampler(Sampler):
-  """The job's sampler, also counting the decode row-steps each fork call ran."""
+  """The job's sampler, also counting the decode row-steps each sampling call ran."""
 
   def __init__(self, lm, *, pad_id: int = 0):
     super().__init__(lm, pad_id=pad_id)
     self.row_steps = 0
 
-  def fork_prefixes(self, *args, **kw):
-    out = super().fork_prefixes(*args, **kw)
+  def _static(self, out):
     lengths = np.asarray(out.lengths)  # the loop ran until its longest row stopped
     self.row_steps += int(lengths.max(initial=0)) * len(lengths)
     return out
 
-  def fork_continuous(self, *args, **kw):
-    out = super().fork_continuous(*args, **kw)
-    self.row_steps += int(out.steps) * kw["slots"]
+  def _arena(self, out, slots: int):
+    self.row_steps += int(out.steps) * slots  # every step ran every arena row
     return out
+
+  def fork_prefixes(self, *args, **kw):
+    return self._static(super().fork_prefixes(*args, **kw))
 
   def generate(self, *args, **kw):
-    out = super().generate(*args, **kw)
-    lengths = np.asarray(out.lengths)
-    self.row_steps += int(lengths.max(initial=0)) * len(lengths)
-    return out
+    return self._static(super().generate(*args, **kw))
+
+  def fork_continuous(self, *args, **kw):
+    return self._arena(super().fork_continuous(*args, **kw), kw["slots"])
 
   def generate_continuous(self, *args, **kw):
-    out = super().generate_continuous(*args, **kw)
-    self.row_steps += int(out.steps) * kw["slots"]
-    return out
+    return self._arena(super().generate_continuous(*args, **kw), kw["slots"])
 
 
 def make_runner(task, model, params, args, lm=None) -> rollouts_job.RolloutRunner:
