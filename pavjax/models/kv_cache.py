@@ -6,8 +6,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-# Logical axes of the k / v buffers, for sharding rules.
-KV_AXES = ("layers", "batch", "length", "kv_heads", "kv")
+# Logical axes of the k / v buffers, for sharding rules. Slots come after the KV heads,
+# so that a head's keys are one contiguous [S, H] matrix: attention reads them
+# without a transpose (`pavjax.models.transformer._attend`).
+KV_AXES = ("layers", "batch", "kv_heads", "length", "kv")
+SLOT_AXIS = KV_AXES.index("length")
 
 
 @flax.struct.dataclass
@@ -21,21 +24,21 @@ class KVCache:
   rows there start and end at different steps (each step's write is a scatter).
   """
 
-  k: jax.Array  # [L, B, S, K, H]
-  v: jax.Array  # [L, B, S, K, H]
+  k: jax.Array  # [L, B, K, S, H]
+  v: jax.Array  # [L, B, K, S, H]
   start: jax.Array  # [B] int32
   index: jax.Array  # [] or [B] int32, next slot to write
 
   @classmethod
   def create(cls, *, num_layers: int, batch: int, size: int, num_kv_heads: int,
              head_dim: int, start: jax.Array, dtype=jnp.float32) -> "KVCache":
-    shape = (num_layers, batch, size, num_kv_heads, head_dim)
+    shape = (num_layers, batch, num_kv_heads, size, head_dim)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                start=jnp.asarray(start, jnp.int32), index=jnp.zeros((), jnp.int32))
 
   @property
   def size(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[SLOT_AXIS]
 
   @property
   def batch(self) -> int:
@@ -78,20 +81,22 @@ class KVCache:
     """
     target = jnp.asarray(width if index is None else index, jnp.int32)
     shift = (target - 1) - ends.astype(jnp.int32)  # [B]
-    move = lambda buf: shift_slots(buf, shift, width, axis=2)
+    move = lambda buf: shift_slots(buf, shift, width, axis=SLOT_AXIS, row_axis=1)
     return self.replace(k=move(self.k), v=move(self.v), start=self.start + shift,
                         index=target)
 
 
-def shift_slots(buf: jax.Array, shift: jax.Array, width: int, axis: int) -> jax.Array:
+def shift_slots(buf: jax.Array, shift: jax.Array, width: int, axis: int,
+                row_axis: int | None = None) -> jax.Array:
   """Rotates each row's first `width` slots right by `shift[row]` (slots past width stay).
 
-  Rows are on the axis before `axis`. Used to keep token buffers laid out like the
-  cache they describe (see `KVCache.align_prefixes`).
+  Rows are on `row_axis` (default: the axis before `axis`). Used for the cache's
+  slots and to keep token buffers laid out like the cache they describe (see
+  `KVCache.align_prefixes`).
   """
+  row_axis = axis - 1 if row_axis is None else row_axis
   src = (jnp.arange(width, dtype=jnp.int32)[None, :] - shift[:, None]) % width  # [B, W]
-  expand = (None,) * (axis - 1) + (slice(None), slice(None)) + (None,) * (buf.ndim - axis - 1)
-  head = jnp.take_along_axis(jax.lax.slice_in_dim(buf, 0, width, axis=axis), src[expand],
-                             axis=axis)
+  src = jnp.expand_dims(src, [d for d in range(buf.ndim) if d not in (row_axis, axis)])
+  head = jnp.take_along_axis(jax.lax.slice_in_dim(buf, 0, width, axis=axis), src, axis=axis)
   return jnp.concatenate([head, jax.lax.slice_in_dim(buf, width, buf.shape[axis], axis=axis)],
                          axis=axis)

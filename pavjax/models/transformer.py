@@ -181,7 +181,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, mask, cache_kv, layer, write_index):
-    """`cache_kv` is None or the (k, v) caches of all layers [L, B, S, K, H].
+    """`cache_kv` is None or the (k, v) caches of all layers [L, B, K, S, H].
 
     This layer's T new keys and values are written into row `layer` at slot
     `write_index` of the stacked buffers, which are returned (the rest untouched).
@@ -214,7 +214,7 @@ class Attention(nn.Module):
     b, t = q.shape[:2]
     q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
     if cache_kv is None:
-      out = _attend(cfg, q, kk, vv, mask)
+      out = _attend(cfg, q, jnp.swapaxes(kk, 1, 2), jnp.swapaxes(vv, 1, 2), mask)
     else:
       # Only the T new slots of this layer are written. The stacked buffers are
       # loop-carried (layer scan, decode loop) and donated by the caller, so XLA
@@ -232,15 +232,26 @@ class Attention(nn.Module):
 
 
 def _attend(cfg: TransformerConfig, q: Array, kk: Array, vv: Array, mask: Array) -> Array:
-  """Grouped-query attention of q [B, T, K, G, H] over keys/values [B, S, K, H]."""
+  """Grouped-query attention of q [B, T, K, G, H] over keys/values [B, K, S, H].
+
+  Each (row, KV head) is one [G*T, H] x [H, S] matmul over contiguous keys: the
+  group's queries and the time steps form one axis, and the keys' layout (the
+  cache's, `KV_AXES`) needs no transpose. Written as an einsum over separate G,
+  T axes and [B, S, K, H] keys, XLA:CPU copied the keys into place at every
+  decode step and layer, half of the step (`python -m pavjax.bench.decode`).
+  """
   dt = cfg.compute_dtype
-  kk = nn.with_logical_constraint(kk, ("batch", "length", "kv_heads", "kv"))
-  vv = nn.with_logical_constraint(vv, ("batch", "length", "kv_heads", "kv"))
-  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk.astype(dt)).astype(jnp.float32)
+  b, t, k, g, h = q.shape
+  s = kk.shape[2]
+  kk = nn.with_logical_constraint(kk, ("batch", "kv_heads", "length", "kv"))
+  vv = nn.with_logical_constraint(vv, ("batch", "kv_heads", "length", "kv"))
+  q = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape(b, k, g * t, h)
+  logits = jnp.einsum("BKQH,BKSH->BKQS", q, kk.astype(dt)).astype(jnp.float32)
   logits = softcap(logits * (cfg.query_scale or cfg.head_dim**-0.5), cfg.attn_softcap)
-  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-  return jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv.astype(dt))  # [B, T, K, G, H]
+  logits = jnp.where(mask[:, None, None, :, :], logits.reshape(b, k, g, t, s), _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dt).reshape(b, k, g * t, s)
+  out = jnp.einsum("BKQS,BKSH->BKQH", probs, vv.astype(dt)).reshape(b, k, g, t, h)
+  return jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, K, G, H]
 
 
 def write_cache(all_k: Array, all_v: Array, kk: Array, vv: Array, layer, write_index):
@@ -251,14 +262,16 @@ def write_cache(all_k: Array, all_v: Array, kk: Array, vv: Array, layer, write_i
   continuous batching where rows start at different times).
   """
   if jnp.ndim(write_index) == 0:
-    at = (layer, 0, write_index, 0, 0)
-    return (jax.lax.dynamic_update_slice(all_k, kk[None].astype(all_k.dtype), at),
-            jax.lax.dynamic_update_slice(all_v, vv[None].astype(all_v.dtype), at))
+    at = (layer, 0, 0, write_index, 0)
+    new = lambda x, buf: jnp.swapaxes(x, 1, 2)[None].astype(buf.dtype)  # [1, B, K, T, H]
+    return (jax.lax.dynamic_update_slice(all_k, new(kk, all_k), at),
+            jax.lax.dynamic_update_slice(all_v, new(vv, all_v), at))
   b, t = kk.shape[:2]
   rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [B, 1]
   slots = write_index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
-  return (all_k.at[layer, rows, slots].set(kk.astype(all_k.dtype), mode="drop"),
-          all_v.at[layer, rows, slots].set(vv.astype(all_v.dtype), mode="drop"))
+  # The indexed axes (layer, row, slot) are apart, so the update is laid out [B, T, K, H].
+  return (all_k.at[layer, rows, :, slots].set(kk.astype(all_k.dtype), mode="drop"),
+          all_v.at[layer, rows, :, slots].set(vv.astype(all_v.dtype), mode="drop"))
 
 
 def attention_sizes(size: int, block: int, most: int = 32) -> tuple[int, ...]:
@@ -284,14 +297,14 @@ def cached_attention(cfg: TransformerConfig, q: Array, all_k: Array, all_v: Arra
   filled reads one block, not the whole cache. `lax.switch` picks the length at
   run time among compiled branches, so a growing cache never recompiles.
   """
-  _, b, s, kv, h = all_k.shape
+  _, b, kv, s, h = all_k.shape
   sizes = attention_sizes(s, cfg.attn_block)
 
   def branch(size):
     def run(q, all_k, all_v, mask):
       start = (layer, 0, 0, 0, 0)
-      kk = jax.lax.dynamic_slice(all_k, start, (1, b, size, kv, h))[0]
-      vv = jax.lax.dynamic_slice(all_v, start, (1, b, size, kv, h))[0]
+      kk = jax.lax.dynamic_slice(all_k, start, (1, b, kv, size, h))[0]
+      vv = jax.lax.dynamic_slice(all_v, start, (1, b, kv, size, h))[0]
       return _attend(cfg, q, kk, vv, mask[:, :, :size])
     return run
 
@@ -454,7 +467,7 @@ class Transformer(nn.Module):
 
     # The stacked cache rides in the scan carry (not as a scanned input / stacked
     # output): each layer writes only its T new slots, so a decode step neither
-    # copies nor rebuilds the [L, B, S, K, H] buffers. The scanned input is the
+    # copies nor rebuilds the [L, B, K, S, H] buffers. The scanned input is the
     # layer index, used to address them.
     block = nn.remat(Block) if cfg.remat else Block
     layers = nn.scan(

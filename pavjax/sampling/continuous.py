@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from pavjax.models import KVCache
-from pavjax.models.kv_cache import KV_AXES, shift_slots
+from pavjax.models.kv_cache import KV_AXES, SLOT_AXIS, shift_slots
 from pavjax.sampling import decode_step
 
 Array = jax.Array
@@ -45,7 +45,7 @@ class ContinuousOutput(NamedTuple):
 
 @flax.struct.dataclass
 class _State:
-  cache: KVCache  # the arena: [L, B, S, K, H], index [B]
+  cache: KVCache  # the arena: [L, B, K, S, H], index [B]
   item: Array  # [B] int32, the item each row serves (num_items when idle)
   live: Array  # [B] bool
   gen: Array  # [B] int32, tokens generated for the row's item
@@ -93,7 +93,7 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
   # rows split over data-parallel devices, each such read would gather the whole source
   # from every device, once per refill; gathering its rows once, here, makes every read
   # local, for one copy of the source per device. (A no-op outside a mesh.)
-  whole_rows = ("layers", None, "length", "kv_heads", "kv")
+  whole_rows = tuple(None if a == "batch" else a for a in KV_AXES)
   cache = cache.replace(k=nn.with_logical_constraint(cache.k, whole_rows),
                         v=nn.with_logical_constraint(cache.v, whole_rows))
   logits = nn.with_logical_constraint(logits, (None, None, "vocab"))
@@ -105,9 +105,10 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
     src = rows[p]
     shift = (width - 1) - ends[p].astype(jnp.int32)
 
-    def take(buf):  # [L, 1, W, K, H]: the source row's first W slots, rotated into place
-      row = jax.lax.dynamic_slice_in_dim(buf, src, 1, axis=1)[:, :, :width]
-      return shift_slots(row, shift[None], width, axis=2)
+    def take(buf):  # [L, 1, K, W, H]: the source row's first W slots, rotated into place
+      row = jax.lax.slice_in_dim(jax.lax.dynamic_slice_in_dim(buf, src, 1, axis=1), 0, width,
+                                 axis=SLOT_AXIS)
+      return shift_slots(row, shift[None], width, axis=SLOT_AXIS, row_axis=1)
 
     at = (0, slot, 0, 0, 0)
     arena = s.cache.replace(
@@ -154,7 +155,7 @@ def fork_continuous(lm, params, cache: KVCache, logits: Array, rows: Array, ends
         steps=s.steps + 1, busy=s.busy + jnp.sum(live, dtype=jnp.int32))
 
   k = cache.k
-  shape = (k.shape[0], slots, size) + k.shape[3:]
+  shape = k.shape[:1] + (slots,) + k.shape[2:]  # the source's, with `slots` rows
   arena = KVCache(k=nn.with_logical_constraint(jnp.zeros(shape, k.dtype), KV_AXES),
                   v=nn.with_logical_constraint(jnp.zeros(shape, cache.v.dtype), KV_AXES),
                   start=jnp.zeros((slots,), jnp.int32),

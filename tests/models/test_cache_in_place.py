@@ -64,9 +64,9 @@ def test_cached_forward_writes_only_the_new_slots():
   assert int(out.cache.index) == 6
   for old, new in ((cache.k, out.cache.k), (cache.v, out.cache.v)):
     old, new = np.asarray(old), np.asarray(new)
-    np.testing.assert_array_equal(new[:, :, :4], old[:, :, :4])
-    np.testing.assert_array_equal(new[:, :, 6:], old[:, :, 6:])
-    assert np.all(new[:, :, 4:6] != old[:, :, 4:6])
+    np.testing.assert_array_equal(new[:, :, :, :4], old[:, :, :, :4])  # [L, B, K, S, H]
+    np.testing.assert_array_equal(new[:, :, :, 6:], old[:, :, :, 6:])
+    assert np.all(new[:, :, :, 4:6] != old[:, :, :, 4:6])
 
 
 def test_decode_loop_neither_copies_nor_rebuilds_the_stacked_cache():
@@ -78,7 +78,7 @@ def test_decode_loop_neither_copies_nor_rebuilds_the_stacked_cache():
                                   cache_size=p + n)
   state = init_state(cache, logits, row_keys_for(jax.random.PRNGKey(0), b), n)
   hlo = sampler.decode.lower(params, state, method=Greedy(), stop_tokens=()).compile().as_text()
-  ops = _ops_of_shape(hlo, f"f32[2,{b},{p + n},2,8]")  # the stacked [L, B, S, K, H] cache
+  ops = _ops_of_shape(hlo, f"f32[2,{b},2,{p + n},8]")  # the stacked [L, B, K, S, H] cache
   # Before the fix the layer scan stacked fresh per-layer caches each step: a
   # broadcast of the whole cache plus copies of it showed up here.
   assert "copy" not in ops and "broadcast" not in ops, ops
