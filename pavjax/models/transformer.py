@@ -214,7 +214,7 @@ class Attention(nn.Module):
     b, t = q.shape[:2]
     q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
     if cache_kv is None:
-      out = _attend(cfg, q, jnp.swapaxes(kk, 1, 2), jnp.swapaxes(vv, 1, 2), mask)
+      out = _attend(cfg, q, kk, vv, mask)
     else:
       # Only the T new slots of this layer are written. The stacked buffers are
       # loop-carried (layer scan, decode loop) and donated by the caller, so XLA
@@ -231,14 +231,32 @@ class Attention(nn.Module):
     return y, cache_kv
 
 
+def _probs(cfg: TransformerConfig, logits: Array, mask: Array) -> Array:
+  """Attention weights from float32 scores [B, K, G, T, S] and the allowed keys [B, T, S]."""
+  logits = softcap(logits * (cfg.query_scale or cfg.head_dim**-0.5), cfg.attn_softcap)
+  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+  return jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
+
+
 def _attend(cfg: TransformerConfig, q: Array, kk: Array, vv: Array, mask: Array) -> Array:
-  """Grouped-query attention of q [B, T, K, G, H] over keys/values [B, K, S, H].
+  """Grouped-query attention of q [B, T, K, G, H] over its own keys/values [B, S, K, H]
+  (no cache: training and scoring, where the projections' layout is kept)."""
+  dt = cfg.compute_dtype
+  kk = nn.with_logical_constraint(kk, ("batch", "length", "kv_heads", "kv"))
+  vv = nn.with_logical_constraint(vv, ("batch", "length", "kv_heads", "kv"))
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk.astype(dt)).astype(jnp.float32)
+  return jnp.einsum("BKGTS,BSKH->BTKGH", _probs(cfg, logits, mask), vv.astype(dt))
+
+
+def _attend_cached(cfg: TransformerConfig, q: Array, kk: Array, vv: Array, mask: Array
+                   ) -> Array:
+  """Grouped-query attention of q [B, T, K, G, H] over cached keys/values [B, K, S, H].
 
   Each (row, KV head) is one [G*T, H] x [H, S] matmul over contiguous keys: the
-  group's queries and the time steps form one axis, and the keys' layout (the
-  cache's, `KV_AXES`) needs no transpose. Written as an einsum over separate G,
-  T axes and [B, S, K, H] keys, XLA:CPU copied the keys into place at every
-  decode step and layer, half of the step (`python -m pavjax.bench.decode`).
+  group's queries and the time steps form one axis, and the cache's layout
+  (`KV_AXES`) needs no transpose. Written as `_attend` over a [B, S, K, H] cache,
+  XLA:CPU copied each layer's keys into place at every decode step, about half of
+  the step (`python -m pavjax.bench.decode`).
   """
   dt = cfg.compute_dtype
   b, t, k, g, h = q.shape
@@ -247,9 +265,7 @@ def _attend(cfg: TransformerConfig, q: Array, kk: Array, vv: Array, mask: Array)
   vv = nn.with_logical_constraint(vv, ("batch", "kv_heads", "length", "kv"))
   q = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape(b, k, g * t, h)
   logits = jnp.einsum("BKQH,BKSH->BKQS", q, kk.astype(dt)).astype(jnp.float32)
-  logits = softcap(logits * (cfg.query_scale or cfg.head_dim**-0.5), cfg.attn_softcap)
-  logits = jnp.where(mask[:, None, None, :, :], logits.reshape(b, k, g, t, s), _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(dt).reshape(b, k, g * t, s)
+  probs = _probs(cfg, logits.reshape(b, k, g, t, s), mask).reshape(b, k, g * t, s)
   out = jnp.einsum("BKQS,BKSH->BKQH", probs, vv.astype(dt)).reshape(b, k, g, t, h)
   return jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, K, G, H]
 
@@ -305,7 +321,7 @@ def cached_attention(cfg: TransformerConfig, q: Array, all_k: Array, all_v: Arra
       start = (layer, 0, 0, 0, 0)
       kk = jax.lax.dynamic_slice(all_k, start, (1, b, kv, size, h))[0]
       vv = jax.lax.dynamic_slice(all_v, start, (1, b, kv, size, h))[0]
-      return _attend(cfg, q, kk, vv, mask[:, :, :size])
+      return _attend_cached(cfg, q, kk, vv, mask[:, :, :size])
     return run
 
   if len(sizes) == 1:
