@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -379,6 +380,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   options = evaluation.sampling_options(config.sample)
 
   def eval_fn(st, step):
+    t0 = time.time()
     key = jax.random.PRNGKey(config.seed + 17)
     greedy = evaluation.sample_responses(
         task, sampler, policy(st.params), eval_problems, rng=key, mesh=mesh,
@@ -397,7 +399,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           pass_ns, methods=["pass"], seed=config.seed)["pass"]
       result.update({f"pass_at_{r['n']}": r["accuracy"] for r in curve})
       result["sample_accuracy"] = float(correct.mean())
-    eval_writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+    eval_writer.write(step, {**{f"eval/{k}": v for k, v in result.items()},
+                             "perf/eval_seconds": time.time() - t0})
     # Per-problem outcomes pair RL runs in the report: at the end (summary.json) and over
     # the run (eval_outcomes.jsonl).
     outcomes = evaluation.per_problem_outcomes(greedy)
