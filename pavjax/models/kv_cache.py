@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 # Logical axes of the k / v buffers, for sharding rules. Slots come after the KV heads,
 # so that a head's keys are one contiguous [S, H] matrix: attention reads them
-# without a transpose (`pavjax.models.transformer._attend`).
+# without a transpose (`pavjax.models.transformer._attend_cached`).
 KV_AXES = ("layers", "batch", "kv_heads", "length", "kv")
 SLOT_AXIS = KV_AXES.index("length")
 
@@ -95,6 +95,8 @@ def shift_slots(buf: jax.Array, shift: jax.Array, width: int, axis: int,
   `KVCache.align_prefixes`).
   """
   row_axis = axis - 1 if row_axis is None else row_axis
+  if not 0 <= row_axis < axis:
+    raise ValueError(f"rows (axis {row_axis}) must come before the slots (axis {axis})")
   src = (jnp.arange(width, dtype=jnp.int32)[None, :] - shift[:, None]) % width  # [B, W]
   src = jnp.expand_dims(src, [d for d in range(buf.ndim) if d not in (row_axis, axis)])
   head = jnp.take_along_axis(jax.lax.slice_in_dim(buf, 0, width, axis=axis), src, axis=axis)
