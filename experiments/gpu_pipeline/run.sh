@@ -26,6 +26,8 @@ fi
 python -c 'import jax; print("jax", jax.__version__, jax.default_backend(), jax.devices()[0].device_kind)'
 
 read -r -a SHORT <<< "$(python experiments/gpu_pipeline/project.py --overrides --variant="$VARIANT")"
+# Without the overrides this would start the full run: stop instead.
+[ "${#SHORT[@]}" -gt 0 ] || { echo "run.sh: project.py gave no overrides"; exit 2; }
 t0=$(date +%s)
 python -m pavjax.main --config="configs/pipeline.py:$VARIANT" --workdir="$OUT/run" "${SHORT[@]}" \
   2>&1 | tee "$OUT/pipeline.log"
