@@ -1,11 +1,11 @@
 """experiments/didactic/prover_terms.py: the Theorem 3.1 terms from the command line."""
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from tests import test_prover_diagnostics as pdx_tests
+from tests.files import load_script
 from pavjax import trajectories
 
 _SCRIPT = (pathlib.Path(__file__).resolve().parents[1] / "experiments" / "didactic" /
@@ -14,10 +14,7 @@ _SCRIPT = (pathlib.Path(__file__).resolve().parents[1] / "experiments" / "didact
 
 @pytest.fixture(scope="module")
 def cli():
-  spec = importlib.util.spec_from_file_location("prover_terms", _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script(_SCRIPT, "prover_terms")
 
 
 def test_curve_shape(cli):

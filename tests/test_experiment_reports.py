@@ -1,30 +1,17 @@
 """experiments/*/report.py on hand-made run directories: intervals, seed spreads, verdicts, bands."""
 
-import importlib.util
-import json
 import math
-import os
 import pathlib
 
 from pavjax import stats
+from tests.files import load_script
+from tests.files import write_json as _write
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
 
 def _script(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_report", _ROOT / name / "report.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _write(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    if str(path).endswith(".jsonl"):
-      f.write("".join(json.dumps(r) + "\n" for r in obj))
-    else:
-      json.dump(obj, f)
+  return load_script(_ROOT / name / "report.py", f"{name}_report")
 
 
 def _row(text, start):
@@ -214,10 +201,7 @@ def test_didactic_settings_table_side_by_side(tmp_path):
 def test_compare_runs_lines_up_two_reports_verdicts(tmp_path, capsys, plots):
   """experiments/tiny_pipeline/compare_runs.py on two reports written by pavjax.report."""
   from pavjax import report  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "compare_runs", _ROOT / "tiny_pipeline" / "compare_runs.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_script(_ROOT / "tiny_pipeline" / "compare_runs.py", "compare_runs")
   paths = []
   for run, gains in (("a", 12), ("b", 1)):  # 12 of 40 problems gained vs 1: ahead vs not
     root = tmp_path / run

@@ -1,32 +1,20 @@
 """experiments/gpu_pipeline/project.py: the short run's flags, and projections by hand."""
 
-import importlib.util
-import json
 import os
 import pathlib
 
 import pytest
 
 from pavjax import config_lib
+from tests.files import load_script
+from tests.files import write_json as _write
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "gpu_pipeline" / "project.py"
 
 
 @pytest.fixture(scope="module")
 def project():
-  spec = importlib.util.spec_from_file_location("gpu_pipeline_project", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _write(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    if str(path).endswith(".jsonl"):
-      f.write("".join(json.dumps(r) + "\n" for r in obj))
-    else:
-      json.dump(obj, f)
+  return load_script(_PATH, "gpu_pipeline_project")
 
 
 def test_overrides_name_real_fields_of_every_stage(project):

@@ -69,21 +69,12 @@ def test_rft_fallback_is_named_in_accuracy_and_stages(tmp_path):
 
 
 # --- intervals and paired comparisons on a hand-made pipeline workdir --------------------------
-import json
 import os
 
 from pavjax import stats
+from tests.files import write_json as _write
 
 _Z2 = stats.Z95 ** 2
-
-
-def _write(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    if path.endswith(".jsonl"):
-      f.write("".join(json.dumps(r) + "\n" for r in obj))
-    else:
-      json.dump(obj, f)
 
 
 def _uids(n):

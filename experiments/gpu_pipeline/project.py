@@ -70,12 +70,6 @@ def full_config(variant: str):
   return config_lib.load_config_file(os.path.join(ROOT, "configs", "pipeline.py") + ":" + variant)
 
 
-def _get(cfg, dotted: str):
-  for part in dotted.split("."):
-    cfg = cfg[part]
-  return cfg
-
-
 def overrides(variant: str) -> list[str]:
   """`--config.stages.<stage>.<field>=<value>` for the stages the variant runs."""
   stages = full_config(variant).stages
@@ -122,8 +116,8 @@ def project_stage(name: str, seconds: float, full, short, stage_dir: str) -> dic
       row["how"] = "scaled (upper bound)"
     return row
   projected, how = seconds, []
+  rate = steady_step_rate(stage_dir) if name in TRAIN_STAGES else None
   if name in TRAIN_STAGES:
-    rate = steady_step_rate(stage_dir)
     s, f = short.train.num_steps, full.train.num_steps
     row["short"], row["full"] = f"{s} steps", f"{f} steps"
     if rate is None:
@@ -143,7 +137,6 @@ def project_stage(name: str, seconds: float, full, short, stage_dir: str) -> dic
   if name == "rft":  # its sampling scales with the problems (compile included)
     ratio = (full.rft.num_problems * full.rft.num_samples) / (
         short.rft.num_problems * short.rft.num_samples)
-    rate = steady_step_rate(stage_dir)
     train_s = short.train.num_steps / rate if rate else 0.0
     projected += (seconds - train_s) * (ratio - 1)
     row["short"] += f", {short.rft.num_problems} problems"
