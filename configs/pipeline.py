@@ -62,7 +62,7 @@ SLICES = {
     "v5e-8x8": dict(
         topology="v5e:8x8", mesh=(1, 16, 4), sft_batch=64, verifier_batch=32, rl_prompts=32,
         sample_batch=256, n_mc=20, seq_batch=32, fork_batch=8, prover_fork_batch=32,
-        search_batch=256, search_mesh=(1, 8, 8), max_rows=192, beam_ns="2,4,8"),
+        search_batch=256, search_mesh=(1, 8, 8), max_rows=192, beam_ns="2,4,8,16"),
     "v5p-2x2x2": dict(
         topology="v5p:2x2x2", mesh=(1, 8, 1), sft_batch=64, verifier_batch=32, rl_prompts=32,
         sample_batch=256, n_mc=20, seq_batch=32, fork_batch=16, prover_fork_batch=32,

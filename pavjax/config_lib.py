@@ -130,6 +130,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   cfg.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
   cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
   cfg.attn_block = ATTN_BLOCK  # decode reads the filled cache slots in blocks of this; 0 = all
+  cfg.query_chunk = QUERY_CHUNK  # attention over longer inputs runs this many queries at a time
   return cfg
 
 
@@ -137,6 +138,10 @@ HF_SIZE = "hf"
 # Decode attention reads the filled cache slots rounded up to a multiple of this many
 # (one compiled branch per multiple); 0 reads every slot. The same numbers either way.
 ATTN_BLOCK = 128
+# Attention over more queries than this (a prefill, a long training or scoring input)
+# runs this many at a time, each chunk reading keys only up to its last query; 0 = one
+# chunk. The same numbers either way (up to float rounding).
+QUERY_CHUNK = 256
 
 
 def hf_model_config() -> ml_collections.ConfigDict:
@@ -150,6 +155,7 @@ def hf_model_config() -> ml_collections.ConfigDict:
   cfg.param_dtype = "float32"  # parameter storage: float32 or bfloat16 (half the memory)
   cfg.remat = False  # rematerialize each block in the backward pass (saves memory)
   cfg.attn_block = ATTN_BLOCK  # decode reads the filled cache slots in blocks of this; 0 = all
+  cfg.query_chunk = QUERY_CHUNK  # attention over longer inputs runs this many queries at a time
   return cfg
 
 
@@ -180,7 +186,7 @@ def use_pretrained(config: ml_collections.ConfigDict, path: str) -> None:
 
 # `config.model` fields that say how a job runs a model, not what the model is: a
 # checkpoint's model, run by a job, takes them from the job.
-RUN_FIELDS = ("max_len", "dtype", "param_dtype", "remat", "attn_block")
+RUN_FIELDS = ("max_len", "dtype", "param_dtype", "remat", "attn_block", "query_chunk")
 
 
 def is_hf_checkpoint(path: str) -> bool:
@@ -661,7 +667,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = "c
 # Fields that decide how fast a job computes and never what: a resume may change them,
 # and a pipeline stage's hash leaves them out, so a workdir recorded before one was
 # added keeps its finished stages.
-SPEED_ONLY_FIELDS = ("model.attn_block", "sample.batching", "sample.continuous_blocks")
+SPEED_ONLY_FIELDS = ("model.attn_block", "model.query_chunk", "sample.batching",
+                     "sample.continuous_blocks")
 
 
 def without_speed_only(tree: Mapping) -> dict:

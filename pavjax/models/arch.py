@@ -43,7 +43,8 @@ def model_config_from(model_cfg: Any, vocab_size: int,
                        f"the checkpoint's embedding {cfg.vocab_size} rows; run the task with "
                        "the checkpoint's own tokenizer")
     return dataclasses.replace(cfg, remat=bool(model_cfg.get("remat", False)),
-                               attn_block=int(model_cfg.get("attn_block", cfg.attn_block)))
+                               attn_block=int(model_cfg.get("attn_block", cfg.attn_block)),
+                               query_chunk=int(model_cfg.get("query_chunk", cfg.query_chunk)))
   arch = arch_of(model_cfg)
   if arch == "made":
     return MadeConfig.from_config(model_cfg, vocab_size, action_ids)

@@ -506,7 +506,8 @@ def hf_config(cfg: TransformerConfig, family: str | None = None, *,
   # The inverse must be exact: what reads back differs only in run-time choices.
   back = config_from_hf(out, max_len=cfg.max_len, dtype=cfg.dtype,
                         param_dtype=getattr(cfg, "param_dtype", "float32"))
-  back = dataclasses.replace(back, remat=cfg.remat, attn_block=cfg.attn_block)
+  back = dataclasses.replace(back, remat=cfg.remat, attn_block=cfg.attn_block,
+                             query_chunk=cfg.query_chunk)
   if back != cfg:
     diff = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
             if getattr(cfg, f.name) != getattr(back, f.name)}

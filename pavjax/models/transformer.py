@@ -74,6 +74,11 @@ class TransformerConfig:
   # multiple of this many slots (one compiled branch per multiple, picked at run
   # time); 0 reads every slot. Results equal full attention: unread slots are masked.
   attn_block: int = 128
+  # Attention over more than this many queries (a prefill, a training or scoring
+  # forward) runs in chunks of this many, each reading keys only up to its own last
+  # one (the mask is causal): about half the [T, T] scores, one chunk's at a time.
+  # 0: one chunk.
+  query_chunk: int = 256
 
   @classmethod
   def from_config(cls, model_cfg: Any, vocab_size: int) -> "TransformerConfig":
@@ -91,6 +96,8 @@ class TransformerConfig:
                        f"{self.num_layers} layers")
     if self.attn_block < 0:
       raise ValueError(f"attn_block {self.attn_block} must be >= 0")
+    if self.query_chunk < 0:
+      raise ValueError(f"query_chunk {self.query_chunk} must be >= 0")
     if self.rope_scaling and self.rope_scaling[0] != "llama3":
       raise ValueError(f"rope_scaling type {self.rope_scaling[0]!r} is not implemented")
 
@@ -214,7 +221,10 @@ class Attention(nn.Module):
     b, t = q.shape[:2]
     q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
     if cache_kv is None:
-      out = _attend(cfg, q, kk, vv, mask)
+      # The mask is causal: a chunk of queries [lo, hi) needs keys [0, hi) only.
+      outs = [_attend(cfg, q[:, lo:hi], kk[:, :hi], vv[:, :hi], mask[:, lo:hi, :hi])
+              for lo, hi in query_chunks(cfg, t)]
+      out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
     else:
       # Only the T new slots of this layer are written. The stacked buffers are
       # loop-carried (layer scan, decode loop) and donated by the caller, so XLA
@@ -224,8 +234,7 @@ class Attention(nn.Module):
       all_k = nn.with_logical_constraint(all_k, KV_AXES)
       all_v = nn.with_logical_constraint(all_v, KV_AXES)
       cache_kv = (all_k, all_v)
-      out = cached_attention(cfg, q, all_k, all_v, mask, layer,
-                             jnp.max(write_index) + t)
+      out = chunked_cached_attention(cfg, q, all_k, all_v, mask, layer, write_index)
     out = out.reshape(b, t, n, h)
     y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
     return y, cache_kv
@@ -303,7 +312,7 @@ def attention_sizes(size: int, block: int, most: int = 32) -> tuple[int, ...]:
 
 
 def cached_attention(cfg: TransformerConfig, q: Array, all_k: Array, all_v: Array, mask: Array,
-                     layer, filled) -> Array:
+                     layer, filled, least: int = 0) -> Array:
   """Attention of q [B, T, K, G, H] over the first slots of layer `layer`'s cache.
 
   Slots at or past `filled` (a traced scalar: the highest written slot + 1 over
@@ -311,10 +320,12 @@ def cached_attention(cfg: TransformerConfig, q: Array, all_k: Array, all_v: Arra
   `attention_sizes` entry that covers `filled` gives the same result as reading
   all of them, at the cost of the filled part: a row with 100 of 2,048 slots
   filled reads one block, not the whole cache. `lax.switch` picks the length at
-  run time among compiled branches, so a growing cache never recompiles.
+  run time among compiled branches, so a growing cache never recompiles. `least`
+  (static) is a bound `filled` never falls below: shorter lengths are not compiled.
   """
   _, b, kv, s, h = all_k.shape
   sizes = attention_sizes(s, cfg.attn_block)
+  sizes = sizes[sum(size < least for size in sizes[:-1]):]
 
   def branch(size):
     def run(q, all_k, all_v, mask):
@@ -325,10 +336,32 @@ def cached_attention(cfg: TransformerConfig, q: Array, all_k: Array, all_v: Arra
     return run
 
   if len(sizes) == 1:
-    return branch(s)(q, all_k, all_v, mask)
+    return branch(sizes[0])(q, all_k, all_v, mask)
   # The first size that holds every filled slot.
   which = jnp.sum(jnp.asarray(sizes[:-1], jnp.int32) < filled).astype(jnp.int32)
   return jax.lax.switch(which, [branch(size) for size in sizes], q, all_k, all_v, mask)
+
+
+def query_chunks(cfg: TransformerConfig, t: int) -> list[tuple[int, int]]:
+  """[lo, hi) of each chunk of `cfg.query_chunk` queries among t (one chunk if 0)."""
+  c = cfg.query_chunk if cfg.query_chunk > 0 else t
+  return [(lo, min(lo + c, t)) for lo in range(0, t, c)]
+
+
+def chunked_cached_attention(cfg: TransformerConfig, q: Array, all_k: Array, all_v: Array,
+                             mask: Array, layer, write_index) -> Array:
+  """`cached_attention` of T new queries written from `write_index`, `cfg.query_chunk`
+  queries at a time.
+
+  A query never sees a slot past its own (the mask is causal), so the chunk of queries
+  [lo, hi) reads the cache only up to slot max(write_index) + hi. A prefill of T
+  tokens then computes about half of the [T, T] scores, and holds one chunk's at a
+  time. Decode (T = 1) is one chunk.
+  """
+  first = jnp.max(write_index)
+  outs = [cached_attention(cfg, q[:, lo:hi], all_k, all_v, mask[:, lo:hi], layer, first + hi,
+                           least=hi) for lo, hi in query_chunks(cfg, q.shape[1])]
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 class GatedMLP(nn.Module):

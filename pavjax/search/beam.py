@@ -210,8 +210,10 @@ class StepBeamSearch:
     top_scores, top = jax.lax.top_k(masked, self.n)  # [P, N]
     rows = (top + jnp.arange(masked.shape[0])[:, None] * group).reshape(-1)
     take = lambda x: jnp.take(x, rows, axis=0)
-    return Beam(cand.cache.gather(rows), take(cand.next_logits), take(cand.hist),
-                jnp.isfinite(top_scores).reshape(-1), take(cand.q),
+    # A problem's survivors come from its own candidates: with the problems split over
+    # the data-parallel devices, every gathered cache row is on its own device.
+    return Beam(cand.cache.gather(rows, groups=masked.shape[0]), take(cand.next_logits),
+                take(cand.hist), jnp.isfinite(top_scores).reshape(-1), take(cand.q),
                 None if cand.qmu is None else take(cand.qmu),
                 None if cand.boundary_state is None else take(cand.boundary_state))
 

@@ -131,3 +131,48 @@ def test_no_recompiles_across_attention_sizes():
       out = run(index)
       assert int(out.step) == 6
   assert counter.lowerings == 0
+
+
+@pytest.mark.parametrize("windows", [(), (3, 0)])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_query_chunks_equal_one_chunk(windows, ragged):
+  """A cached call of 11 tokens in query chunks of 4 (each reading the cache only up to
+  its last slot) gives one chunk's logits and cache, from a shared or per-row index."""
+  extra = {"layer_windows": windows} if windows else {}
+  whole, params = _model(4, query_chunk=0, **extra)
+  chunked, _ = _model(4, query_chunk=4, **extra)
+  rng = np.random.default_rng(2)
+  b, s, t = 3, 30, 11
+  tokens = jnp.asarray(rng.integers(1, 32, (b, 3 + t)), jnp.int32)
+  cache = KVCache.create(num_layers=2, batch=b, size=s, num_kv_heads=2, head_dim=8,
+                         start=jnp.array([0, 1, 2]))
+  cache = whole.apply({"params": params}, tokens[:, :3], cache=cache).cache
+  if ragged:  # rows written up to different slots (continuous batching's layout)
+    cache = cache.replace(index=jnp.array([3, 5, 4], jnp.int32))
+  want = whole.apply({"params": params}, tokens[:, 3:], cache=cache)
+  got = chunked.apply({"params": params}, tokens[:, 3:], cache=cache)
+  np.testing.assert_allclose(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got.cache.k, want.cache.k, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got.cache.v, want.cache.v, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("windows", [(), (3, 0)])
+def test_uncached_query_chunks_equal_one_chunk(windows):
+  """Training and scoring's forward in query chunks of 4 (chunk [lo, hi) reading keys
+  [0, hi)): the same logits and the same gradients as one chunk."""
+  extra = {"layer_windows": windows} if windows else {}
+  whole, params = _model(4, query_chunk=0, **extra)
+  chunked, _ = _model(4, query_chunk=4, **extra)
+  tokens = jnp.asarray(np.random.default_rng(3).integers(1, 32, (2, 13)), jnp.int32)
+
+  def loss(model, p):
+    logits = model.apply({"params": p}, tokens).logits
+    return jnp.sum(jax.nn.log_softmax(logits)[..., 1] * jnp.arange(13.0)), logits
+
+  (want_loss, want), want_grad = jax.value_and_grad(
+      lambda p: loss(whole, p), has_aux=True)(params)
+  (got_loss, got), got_grad = jax.value_and_grad(lambda p: loss(chunked, p), has_aux=True)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5),
+               got_grad, want_grad)
