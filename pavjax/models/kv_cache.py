@@ -120,8 +120,9 @@ def take_rows(buf: jax.Array, rows: jax.Array, *, axes: tuple, groups: int = 0) 
   prefix block a rollout fork gathers (16 prefixes x 3,072 slots of a 9B model's cache)
   then sits complete on each chip. Here each device builds only its own slice of the
   result. The source's row blocks travel once round a ring of the data-parallel devices
-  (one `ppermute` per hop), and each device copies the rows it needs as they pass, so it
-  holds two source blocks and its output block at a time, never the whole.
+  (one `ppermute` per hop), and each device copies the rows it needs as they pass. This
+  runs one slice of the leading axis (a layer of the cache) at a time, so a device holds
+  two source blocks of one layer besides its output, never the whole source.
 
   `groups` > 0 promises that the rows are `groups` equal groups with group g's rows
   drawn from group g's equal share of `buf`'s rows (beam selection within each
@@ -148,27 +149,34 @@ def take_rows(buf: jax.Array, rows: jax.Array, *, axes: tuple, groups: int = 0) 
     return plain()
   block = buf.shape[axis] // n
   local = groups > 0 and groups % n == 0
-  row_shape = lambda r: [r if d == axis else 1 for d in range(buf.ndim)]
 
-  def build(src, want):  # src: this device's source rows, want: its output rows (global)
+  def ring(src, want, ax):  # src: this device's source rows, want: its output rows (global)
     me = jax.lax.axis_index(batch_axes)
     if local:
-      return jnp.take(src, want - me * block, axis=axis)
+      return jnp.take(src, want - me * block, axis=ax)
+    expand = lambda hit: hit.reshape([-1 if d == ax else 1 for d in range(src.ndim)])
 
     def visit(hop, src, out):  # src is device (me - hop)'s block
       pos = want - ((me - hop) % n) * block
-      hit = ((pos >= 0) & (pos < block)).reshape(row_shape(-1))
-      return jnp.where(hit, jnp.take(src, jnp.clip(pos, 0, block - 1), axis=axis), out)
+      hit = (pos >= 0) & (pos < block)
+      return jnp.where(expand(hit), jnp.take(src, jnp.clip(pos, 0, block - 1), axis=ax), out)
 
-    ring = [(j, (j + 1) % n) for j in range(n)]
+    neighbours = [(j, (j + 1) % n) for j in range(n)]
 
     def hop(h, carry):
       src, out = carry
-      src = jax.lax.ppermute(src, batch_axes, ring)
+      src = jax.lax.ppermute(src, batch_axes, neighbours)
       return src, visit(h, src, out)
 
-    out = visit(0, src, jnp.take(src, jnp.zeros_like(want), axis=axis))
+    out = visit(0, src, jnp.take(src, jnp.zeros_like(want), axis=ax))
     return jax.lax.fori_loop(1, n, hop, (src, out))[1]
+
+  def build(src, want):
+    if axis == 0 or local:
+      return ring(src, want, axis)
+    # One slice of the leading axis (a layer) at a time: the blocks in flight are a
+    # layer's, not the whole cache's.
+    return jax.lax.map(lambda part: ring(part, want, axis - 1), src)
 
   spec = jax.sharding.PartitionSpec(*spec)
   rows_spec = jax.sharding.PartitionSpec(spec[axis])
