@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax.bench import harness, decode, load, memory, peer, rl_step, rollouts, verifier_train
+from pavjax.bench import (harness, decode, load, memory, peer, prefill, rl_step, rollouts,
+                          verifier_train)
 from pavjax.models import Transformer
 
 # Tiniest settings shared by every bench (flags each bench knows).
@@ -48,6 +49,16 @@ def test_decode_check_fails_on_a_wrong_model():
   with pytest.raises(harness.CorrectnessError, match="not the uncached model's argmax"):
     decode.main(TINY + ["--batch=2", "--cache=32", "--new_tokens=6", "--peer=0",
                         "--skip_profile", "--fault=params"])
+
+
+def test_prefill_runs_and_its_check_can_fail():
+  argv = TINY + ["--batch=2", "--prompt_len=40", "--cache=64", "--query_chunks=0,16,64"]
+  results = prefill.main(argv + ["--peer=1" if HAS_TORCH else "--peer=0"])
+  assert [r["query_chunk"] for r in results] == [0, 16, 64]
+  assert all(r["prefill_s"] > 0 and r["forward_s"] > 0 for r in results)
+  assert all((r["hf_s"] > 0) if HAS_TORCH else "hf_s" not in r for r in results)
+  with pytest.raises(harness.CorrectnessError, match="query_chunk=16: prefill differs"):
+    prefill.main(argv + ["--peer=0", "--fault=params"])
 
 
 def test_rollouts_runs():
