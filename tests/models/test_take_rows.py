@@ -33,7 +33,7 @@ def _run(mesh_cfg, buf, rows, groups=0):
                                       {"data": 1, "fsdp": 8, "tensor": 1}])
 def test_ring_gather_equals_take_and_stays_split(mesh_cfg):
   buf = _buf(16)
-  rows = jnp.asarray([15, 0, 7, 7, 3, 12, 8, 1, 9, 2, 14, 6], jnp.int32)[:8]
+  rows = jnp.asarray([15, 0, 7, 7, 3, 12, 8, 1], jnp.int32)  # any source row, repeats too
   out, text = _run(mesh_cfg, buf, rows)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(jnp.take(buf, rows, axis=1)))
   assert "collective_permute" in text or "ppermute" in text  # the ring ran
