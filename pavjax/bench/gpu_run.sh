@@ -8,7 +8,8 @@
 # torch with CUDA and transformers. Writes the benches' logs and JSON to $OUT and prints,
 # last, one table of what the issue asks for: decode tok/s and % of the bandwidth floor of
 # the bytes read (125m, batch 64/256, caches 1024/2048 half full) beside transformers'
-# generate(), and the rollouts' continuous / static batching ratio.
+# generate(), and the rollouts' continuous / static batching ratio. The prefill bench's own
+# table (query chunks against one chunk, transformers' forward) comes just before it.
 set -uo pipefail
 OUT=${OUT:-/tmp/pavjax_gpu_run}
 mkdir -p "$OUT"
@@ -22,5 +23,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 timeout 330 python -m pavjax.bench.decode --runs=3 --json="$OUT/decode.json" 2>&1 | tee "$OUT/decode.log"
 timeout 200 python -m pavjax.bench.rollouts --trajectories=256 --runs=3 --skip_per_prefix \
   --skip_independent --json="$OUT/rollouts.json" 2>&1 | tee "$OUT/rollouts.log"
+# Long-prompt prefill, attention in query chunks of 256 against one chunk (its own table).
+timeout 60 python -m pavjax.bench.prefill --runs=3 --json="$OUT/prefill.json" 2>&1 \
+  | tee "$OUT/prefill.log"
 
 python -m pavjax.bench.summary "$OUT"

@@ -41,7 +41,8 @@ GPU = {"size": ("125m",), "batch": (64,), "dtype": "bfloat16", "vocab": 32000,
 CPU = {"size": ("small",), "batch": (32,), "dtype": "float32", "vocab": 512,
        "prompt_len": 1008, "cache": 2048, "query_chunks": (0, 256), "peer": 1,
        "torch_threads": 0}
-TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+# Largest difference accepted between chunkings (logits and cache): float rounding only.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 0.25}
 
 
 def add_flags(p):
