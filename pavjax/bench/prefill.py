@@ -9,10 +9,11 @@ and the uncached forward (training and scoring's path) over the same tokens. A q
 chunk [lo, hi) reads keys only up to hi (the mask is causal), so the chunks together
 compute about half of the [T, T] scores.
 
-Check before timing: every chunking's prefill logits and cache equal one chunk's
-(tolerance per dtype). With `--peer=1` (torch and transformers installed), a
-`LlamaForCausalLM` with the same weights runs its forward over the same prompts
-(`pavjax.bench.peer`), both frameworks on the same cores.
+Check before timing: every chunking's prefill logits and cache equal the first
+chunking's (tolerance per dtype). With `--peer=1` (torch and transformers installed), a
+`LlamaForCausalLM` with the same weights (`pavjax.bench.peer`) runs its forward over the
+same prompts, both frameworks on the same cores; its last-token logits must match
+pavjax's first.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def add_flags(p):
 def bench_one(args, size: str, batch: int, hf_libs) -> list[dict]:
   base = harness.model_config(size, args.vocab, args.dtype, max_len=args.cache)
   params = harness.init_params(Transformer(base))
+  if hf_libs:
+    params = peer.with_random_norms(params)  # every weight of the port is exercised
   if args.fault == "params":  # test hook: the chunked runs get other weights
     chunked_params = harness.perturbed(params)
   else:
@@ -103,6 +106,11 @@ def bench_one(args, size: str, batch: int, hf_libs) -> list[dict]:
         torch.cuda.synchronize()
       return out
 
+    err = float(np.max(np.abs(hf_forward().float().cpu().numpy() - reference[0])))
+    if err > peer.LOGIT_TOLERANCE[args.dtype]:
+      raise harness.CorrectnessError(
+          f"transformers' last-token logits differ from pavjax's prefill by {err:.3g} "
+          f"(tolerance {peer.LOGIT_TOLERANCE[args.dtype]})")
     t_hf = harness.time_fn(hf_forward, sync=lambda out: out, **timing)
     for r in results:
       r["hf_s"] = t_hf.median
@@ -130,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       notes=["prefill = Sampler.prefill (logits of the last token, the cache written); "
              "uncached forward = the model without a cache (training and scoring's path); "
              "transformers = LlamaForCausalLM forward with the same weights and a cache, "
-             "the same cores. Every chunking's prefill matched the first one's first.",
+             "the same cores. Every chunking's prefill, and transformers' logits, matched the "
+             "first chunking's before timing.",
              harness.spread_note(results)])
   harness.write_json(args.json, {"bench": "prefill", "results": results})
   return results
