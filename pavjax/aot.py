@@ -223,9 +223,7 @@ def model_cfg(section, vocab: int):
                               param_dtype=section.get("param_dtype", "float32"))
     except (ValueError, OSError) as e:
       raise config_lib.ConfigError("model.path", str(e)) from None
-    return dataclasses.replace(cfg, remat=bool(section.get("remat", False)),
-                               attn_block=int(section.get("attn_block", cfg.attn_block)),
-                               query_chunk=int(section.get("query_chunk", cfg.query_chunk)))
+    return hf.with_run_choices(cfg, section)
   return models.model_config_from(section, vocab)
 
 

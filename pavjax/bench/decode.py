@@ -223,11 +223,7 @@ def bench_one(args, size: str, batch: int, cache: int, ceilings, hf_libs) -> dic
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = harness.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  hf_libs = None
-  if args.peer:
-    hf_libs = peer.import_peer()
-    if args.torch_threads:
-      hf_libs[0].set_num_threads(args.torch_threads)
+  hf_libs = peer.import_peer(args.torch_threads) if args.peer else None
   ceilings = None if args.skip_ceilings else harness.measure_ceilings(args.dtype)
   if ceilings:
     harness.print_ceilings(ceilings)

@@ -165,9 +165,7 @@ def bench_decode(args, torch, transformers, path: str, batch: int) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = harness.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  torch, transformers = peer.import_peer()
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
+  torch, transformers = peer.import_peer(args.torch_threads)
   with tempfile.TemporaryDirectory() as tmp:
     path = args.dir or os.path.join(tmp, args.shape)
     t0 = time.perf_counter()

@@ -63,13 +63,16 @@ def add_flags(p):
                  help="torch.set_num_threads for CPU runs (0 = torch's default)")
 
 
-def import_peer():
-  """(torch, transformers) or MissingDependency with what to install."""
+def import_peer(torch_threads: int = 0):
+  """(torch, transformers) or MissingDependency with what to install; `torch_threads` > 0
+  sets torch's CPU threads (0 keeps torch's default)."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise harness.MissingDependency(f"{INSTALL_HINT}(import failed: {e})") from None
+  if torch_threads:
+    torch.set_num_threads(torch_threads)
   return torch, transformers
 
 
@@ -205,9 +208,7 @@ def bench_one(args, torch, transformers, size: str, batch: int) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = harness.parse_flags(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  torch, transformers = import_peer()
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
+  torch, transformers = import_peer(args.torch_threads)
   ceilings = None if args.skip_ceilings else harness.measure_ceilings(args.dtype)
   if ceilings:
     harness.print_ceilings(ceilings)

@@ -119,11 +119,7 @@ def bench_one(args, size: str, batch: int, hf_libs) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   args, _ = harness.start(argv, description=__doc__, gpu=GPU, cpu=CPU, add_flags=add_flags)
-  hf_libs = None
-  if args.peer:
-    hf_libs = peer.import_peer()
-    if args.torch_threads:
-      hf_libs[0].set_num_threads(args.torch_threads)
+  hf_libs = peer.import_peer(args.torch_threads) if args.peer else None
   results = [r for size in args.size for batch in args.batch
              for r in bench_one(args, size, batch, hf_libs)]
   ratio = lambda r: (r["hf_s"] / r["prefill_s"]) if r.get("hf_s") else None

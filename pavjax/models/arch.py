@@ -7,7 +7,6 @@ existed (rollout manifests, search caches, pipeline stages) stay valid.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -42,9 +41,7 @@ def model_config_from(model_cfg: Any, vocab_size: int,
       raise ValueError(f"model.path={model_cfg.path}: the task's tokenizer has {vocab_size} ids, "
                        f"the checkpoint's embedding {cfg.vocab_size} rows; run the task with "
                        "the checkpoint's own tokenizer")
-    return dataclasses.replace(cfg, remat=bool(model_cfg.get("remat", False)),
-                               attn_block=int(model_cfg.get("attn_block", cfg.attn_block)),
-                               query_chunk=int(model_cfg.get("query_chunk", cfg.query_chunk)))
+    return hf.with_run_choices(cfg, model_cfg)
   arch = arch_of(model_cfg)
   if arch == "made":
     return MadeConfig.from_config(model_cfg, vocab_size, action_ids)

@@ -324,6 +324,14 @@ def _layer_types(hf: Mapping[str, Any], family: str, num_layers: int) -> list[st
   return list(types)
 
 
+def with_run_choices(cfg: TransformerConfig, section) -> TransformerConfig:
+  """`cfg` with a job's run-time choices from its `config.model` section (remat, the
+  attention block and query chunk), which a checkpoint's config.json does not hold."""
+  return dataclasses.replace(cfg, remat=bool(section.get("remat", False)),
+                             attn_block=int(section.get("attn_block", cfg.attn_block)),
+                             query_chunk=int(section.get("query_chunk", cfg.query_chunk)))
+
+
 def config_from_hf(path_or_dict, *, max_len: int | None = None, dtype: str = "float32",
                    param_dtype: str | None = None) -> TransformerConfig:
   """The `TransformerConfig` of an HF checkpoint's `config.json`.
