@@ -52,6 +52,9 @@ def get_config(arg=None):
   s.max_steps, s.max_step_tokens = STEP_LIMITS.get(v["task"], (8, 32))
   s.dvts_width = 4  # DVTS: rows per independent sub-beam (N / width sub-beams)
   s.max_rows = 4096  # candidate rows (problems x N x C) per beam call
+  # static: each call's problems step in lockstep | continuous: max_rows rows as problem
+  # slots, a problem going on as soon as its own candidates end (same results, faster)
+  s.batching = "static"
   s.score_batch = 256  # sequences per verifier scoring call
   s.sweep_n = 8  # N of the alpha and K sweeps of PAV beam (0 = no sweep)
   s.alphas = "0,0.25,0.5,0.75,1"

@@ -668,7 +668,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = "c
 # and a pipeline stage's hash leaves them out, so a workdir recorded before one was
 # added keeps its finished stages.
 SPEED_ONLY_FIELDS = ("model.attn_block", "model.query_chunk", "sample.batching",
-                     "sample.continuous_blocks")
+                     "sample.continuous_blocks", "search.batching")
 
 
 def without_speed_only(tree: Mapping) -> dict:

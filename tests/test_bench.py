@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pavjax.bench import (harness, decode, load, memory, peer, prefill, rl_step, rollouts,
-                          verifier_train)
+from pavjax.bench import (harness, beam, decode, load, memory, peer, prefill, rl_step,
+                          rollouts, verifier_train)
 from pavjax.models import Transformer
 
 # Tiniest settings shared by every bench (flags each bench knows).
@@ -92,6 +92,24 @@ def test_summary_reads_both_benches(tmp_path):
   lines = summary.summary_lines(str(tmp_path))
   assert any(l.startswith("| rollouts | test 2 x 8 x 2") and "continuous / static" in l
              for l in lines)
+  assert "| beam | - | did not finish (see beam.log) |" in lines
+  beam.main(TINY + BEAM + [f"--json={tmp_path / 'beam.json'}"])
+  assert any(l.startswith("| beam | test 6 problems, N x C 1 x 2, 2 slots (4 rows)") and
+             "continuous / static" in l for l in summary.summary_lines(str(tmp_path)))
+
+
+BEAM = ["--problems=6", "--prompt_len=3", "--response_len=12", "--slots=2", "--beam_width=1",
+        "--expansions=2", "--max_steps=4", "--max_step_tokens=6"]
+
+
+def test_beam_runs_and_its_check_can_fail():
+  (r,) = beam.main(TINY + BEAM)
+  assert r["problems"] == 6 and r["rows"] == 2 * 1 * 2 and r["policy_tokens"] > 0
+  assert r["static_tok_s"] > 0 and r["continuous_tok_s"] > 0 and r["ratio"] > 0
+  assert 0 < r["static_useful"] < r["continuous_useful"] <= 1  # (pools checked equal inside)
+  assert r["static_lowerings"] == r["continuous_lowerings"] == 0
+  with pytest.raises(harness.CorrectnessError, match="continuous beam search"):
+    beam.main(TINY + BEAM + ["--fault=keys"])
 
 
 def test_rollouts_continuous_check_can_fail():

@@ -153,18 +153,30 @@ class SkewedStopLM(TransformerLM):
   The EOS logit is replaced by logsumexp(other logits) + logit(hazard): exactly
   `hazard` of the mass, whatever the random weights say. `end` is the sequence
   position (the seed response's last) from which EOS is all but certain.
+  `fixed` ({token: probability}) pins other tokens' probabilities the same way (a
+  step delimiter's, for step-length skew); those of EOS and `fixed` sum below 1.
   """
 
-  def __init__(self, model, *, eos: int, hazard: float, end: int):
+  def __init__(self, model, *, eos: int, hazard: float, end: int,
+               fixed: dict[int, float] | None = None):
     super().__init__(model)
     self.eos, self.end = eos, end
-    self.log_odds = float(np.log(hazard / (1.0 - hazard)))
+    self.fixed = {int(t): float(p) for t, p in (fixed or {}).items()}
+    rest = 1.0 - hazard - sum(self.fixed.values())
+    if rest <= 0 or eos in self.fixed:
+      raise ValueError(f"EOS hazard {hazard} and fixed {self.fixed} leave no mass")
+    self.log_odds = float(np.log(hazard / rest))
+    self.fixed_odds = {t: float(np.log(p / rest)) for t, p in self.fixed.items()}
 
   def _skew(self, logits, positions):
     # logits [B, T, V] predict the token after positions [B, T].
-    others = jax.nn.logsumexp(logits.at[..., self.eos].set(-jnp.inf), axis=-1)
+    pinned = jnp.asarray([self.eos, *self.fixed], jnp.int32)
+    others = jax.nn.logsumexp(logits.at[..., pinned].set(-jnp.inf), axis=-1)
     odds = jnp.where(positions + 1 >= self.end, 30.0, self.log_odds)
-    return logits.at[..., self.eos].set(others + odds)
+    logits = logits.at[..., self.eos].set(others + odds)
+    for tok, tok_odds in self.fixed_odds.items():
+      logits = logits.at[..., tok].set(others + tok_odds)
+    return logits
 
   def __call__(self, params, tokens, cache):
     t = tokens.shape[1]

@@ -1,6 +1,8 @@
-"""One table of issue 20's measurements from the JSON of `bench.decode` and `bench.rollouts`.
+"""One table of issue 20's measurements from the JSON of `bench.decode`, `bench.rollouts`
+and `bench.beam`.
 
-  python -m pavjax.bench.summary DIR    # DIR holds decode.json, rollouts.json (gpu.txt optional)
+  python -m pavjax.bench.summary DIR    # DIR holds decode.json, rollouts.json, beam.json
+                                        # (gpu.txt optional)
 
 `gpu_run.sh` prints it last.
 """
@@ -54,6 +56,17 @@ def summary_lines(out: str) -> list[str]:
           f"{r['continuous_ratio']:.2f}x ({r['continuous_tok_s']:.0f} vs "
           f"{r['forked_tok_s']:.0f} tok/s), useful slots {pct(r['useful_continuous'])} vs "
           f"{pct(r['useful_static'])}, {r['lowerings_after_warmup']} lowerings after warm-up |")
+  beam = _load(out, "beam.json")
+  if beam is None:
+    lines.append("| beam | - | did not finish (see beam.log) |")
+  else:
+    for r in beam["results"]:
+      lines.append(
+          f"| beam | {r['size']} {r['problems']} problems, N x C {r['n']} x {r['c']}, "
+          f"{r['slots']} slots ({r['rows']} rows) | continuous / static {r['ratio']:.2f}x "
+          f"({r['continuous_tok_s']:.0f} vs {r['static_tok_s']:.0f} tok/s), useful slots "
+          f"{pct(r['continuous_useful'])} vs {pct(r['static_useful'])}, "
+          f"{r['static_lowerings'] + r['continuous_lowerings']} lowerings after warm-up |")
   return lines + ["", TARGETS]
 
 

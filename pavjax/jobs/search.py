@@ -34,6 +34,7 @@ drawn once); beam wall time is measured per run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any, Sequence
@@ -53,12 +54,16 @@ from pavjax import runtime
 from pavjax import trajectories
 from pavjax import evaluation
 from pavjax.sampling import Sampler, Temperature, cached_lm
+from pavjax.sampling import sampler as sampler_lib
 from pavjax.search import best_of_n, compute
 from pavjax.search.beam import StepBeamSearch, run_dvts
 from pavjax.tasks import base
 
 BEAM_SCORES = {"q_beam": "q", "pav_beam": "pav", "orm_beam": "orm", "dvts": "pav"}
 PROVERS = ("bok", "verifier")
+# Beam search decodes every call's problems in lockstep (static) or through an arena of
+# problem slots where each goes on at its own pace (continuous): the same results.
+BATCHINGS = ("static", "continuous")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -90,6 +95,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                 "score_batch", "bok_k", "num_subsets"):
     config_lib.check(s[field] > 0, f"search.{field}", f"{s[field]} must be > 0")
   config_lib.check(s.num_problems >= 0, "search.num_problems", "must be >= 0 (0 = all)")
+  config_lib.check_choice(s.get("batching", "static"), BATCHINGS, "search.batching")
+  if s.get("batching", "static") == "continuous" and models.arch_of(config.model) == "made":
+    raise config_lib.ConfigError("search.batching", "continuous batching needs a policy with "
+                                 "a KV cache (a transformer), not a MADE policy")
   config_lib.check(s.sweep_n >= 0, "search.sweep_n", "must be >= 0 (0 = no sweep)")
 
 
@@ -221,6 +230,9 @@ class SearchRunner:
     width = n // subtrees
     # Only the pav score has a prover; a verifier prover replaces its closed-form BoK.
     use_prover = score == "pav" and cfg.prover == "verifier"
+    # Problems per call: max_rows candidate rows, N x C per problem.
+    per_call = min(max(cfg.max_rows // (n * cfg.expansions), 1), len(self.prompts))
+    continuous = cfg.get("batching", "static") == "continuous"
     search = StepBeamSearch(
         cached_lm(self.policy.model), value_fn(verifier.model), beam_width=width,
         expansions=cfg.expansions,
@@ -229,25 +241,38 @@ class SearchRunner:
         alpha=cfg.alpha if alpha is None else alpha,
         bok_k=cfg.bok_k if bok_k is None else bok_k,
         method=Temperature(self.config.sample.temperature), pad_id=task.pad_id,
-        prover_fn=value_fn(self.prover.model) if use_prover else None)
+        prover_fn=value_fn(self.prover.model) if use_prover else None,
+        # Continuous: the same rows as a static call, problems (or DVTS subtrees) flowing
+        # through them; every problem in one run.
+        slots=per_call * subtrees if continuous else 0)
     pparams = self.pparams if use_prover else None
     vparams = verifier.params
-    per_call = min(max(cfg.max_rows // (n * cfg.expansions), 1), len(self.prompts))
+    # Problem i draws with fold_in(rng, i), however the problems are split into calls:
+    # results depend neither on max_rows nor on search.batching.
+    keys = sampler_lib.row_keys_for(rng, len(self.prompts))
     t0 = time.time()
-    results, per_problem = [], {}
-    for c, start in enumerate(range(0, len(self.prompts), per_call)):
-      chunk = self.prompts[start:start + per_call]
-      padded = chunk + [chunk[0]] * (per_call - len(chunk))  # fixed rows: one compile
-      key = jax.random.fold_in(rng, c)
+    results, per_problem, row_steps = [], {}, 0
+    calls = ([(self.prompts, keys)] if continuous else
+             [(self.prompts[i:i + per_call], keys[i:i + per_call])
+              for i in range(0, len(self.prompts), per_call)])
+    for chunk, chunk_keys in calls:
+      pad = per_call - len(chunk) if not continuous else 0  # fixed rows: one compile
+      padded = chunk + [chunk[0]] * pad
+      padded_keys = jnp.concatenate([chunk_keys] + [chunk_keys[:1]] * pad)
       if method == "dvts":
-        res = run_dvts(search, self.params, vparams, padded, key, subtrees,
-                       prover_params=pparams)
+        res = run_dvts(search, self.params, vparams, padded, None, subtrees,
+                       prover_params=pparams, problem_keys=padded_keys)
       else:
-        res = search.run(self.params, vparams, padded, key, prover_params=pparams)
+        res = search.run(self.params, vparams, padded, None, prover_params=pparams,
+                         problem_keys=padded_keys)
       results.extend(res.answers[:len(chunk)])
+      row_steps += res.decode.get("row_steps", 0)
       for k, v in res.per_problem.items():
         per_problem.setdefault(k, []).extend(v[:len(chunk)].tolist())
     wall = time.time() - t0
+    logging.info("%s N=%d: %.0f%% of the policy's decode row-steps generated a token (%s "
+                 "batching)", method, n, 100 * sum(per_problem["policy_tokens"]) /
+                 max(row_steps, 1), "continuous" if continuous else "static")
     hits = [task.is_correct(a, p).reward for a, p in zip(results, self.problems)]
     return {"accuracy": float(np.mean(hits)), "per_problem": hits, "wall_s": wall,
             **{k: float(np.mean(v)) for k, v in per_problem.items()}}

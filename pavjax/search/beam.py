@@ -97,6 +97,9 @@ class SearchResult:
   answers: list[list[int]]  # chosen response tokens per problem
   counters: dict[str, int]  # totals over problems
   per_problem: dict[str, np.ndarray]  # the same counters, [P] each
+  # How the policy's decode loops used their rows: row_steps (rows x decode steps run,
+  # useful or idle), and with continuous batching the arena's steps.
+  decode: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _dedupe(hist: jax.Array, valid: jax.Array, group: int) -> jax.Array:
@@ -120,7 +123,7 @@ class StepBeamSearch:
                step_end_ids: Sequence[int] = (), eos_id: int, score: str = "pav",
                alpha: float = 0.5, bok_k: int = 4, method=None, pad_id: int = 0,
                prover_fn: ValueFn | None = None,
-               boundary: StepBoundary | None = None):
+               boundary: StepBoundary | None = None, slots: int = 0, min_ready: int = 0):
     """Beam of `beam_width` rows, `expansions` samples each, ranked by `score`.
 
     A step ends at a token of `step_end_ids`, or, with `boundary` (a task's
@@ -131,6 +134,13 @@ class StepBeamSearch:
     set the `pav` score; `prover_fn`, a ValueFn returning a prover verifier's Q^mu
     (score `pav` only), replaces the Best-of-`bok_k` prover, and `run` then
     takes its params as `prover_params`.
+
+    `slots` > 0 runs the search by continuous batching (`run` calls
+    `pavjax.search.continuous_beam.run_continuous`): `slots` problems at once, each
+    going on to its next step as soon as its own candidates have ended, and a
+    finished problem's rows taking the next prompt. 0 runs every prompt in lockstep.
+    Both draw the same tokens (per-problem keys, `candidate_keys`). `min_ready`: see
+    `continuous_beam.ContinuousBeam` (0: its default).
     """
     if score not in SCORES:
       raise ValueError(f"score={score!r} is not one of {sorted(SCORES)}")
@@ -146,11 +156,16 @@ class StepBeamSearch:
     self.eos_id, self.pad_id = int(eos_id), pad_id
     self.score_fn = functools.partial(SCORES[score], alpha=alpha, k=bok_k)
     self.method = method if method is not None else methods.Temperature(1.0)
+    if slots < 0:
+      raise ValueError(f"slots={slots} must be >= 0 (0: static batching)")
+    self.slots, self.min_ready = int(slots), int(min_ready)
+    self._continuous = None  # the continuous-batching runner, built on first use
     self._init = jax.jit(self._init_impl, static_argnames=("cache_size",))
     self._expand = jax.jit(self._expand_impl)
     self._values = jax.jit(self._values_impl)
     self._prover_values = jax.jit(self._prover_values_impl)
     self._select = jax.jit(self._select_impl)
+    self._judge = jax.jit(self._judge_impl)
 
   # --- jitted pieces -------------------------------------------------------------
 
@@ -167,13 +182,14 @@ class StepBeamSearch:
     return Beam(cache.repeat(self.n), rep(logits), rep(hist), jnp.ones((b * self.n,), bool),
                 rep(q), qmu, states)
 
-  def _expand_impl(self, params, beam: Beam, rng):
-    """C sampled next steps of every live row, re-aligned in the cache layout."""
+  def _expand_impl(self, params, beam: Beam, keys):
+    """C sampled next steps of every live row, re-aligned in the cache layout.
+
+    keys [R * C]: candidate row r's key (`candidate_keys`)."""
     cache = beam.cache.repeat(self.c)
     alive = jnp.repeat(beam.alive, self.c)
     logits = jnp.repeat(beam.next_logits, self.c, axis=0)
     hist = jnp.repeat(beam.hist, self.c, axis=0)
-    keys = sampler_lib.row_keys_for(rng, logits.shape[0])
     state = sampler_lib.init_state(cache, logits, keys, self.step_tokens, self.pad_id)
     state = state.replace(done=~alive)  # dead rows generate nothing
     if beam.boundary_state is not None:  # each row goes on from its prefix's state
@@ -203,6 +219,25 @@ class StepBeamSearch:
     """The prover verifier's Q^mu of each row's prefix (as `_values_impl`)."""
     return _prefix_values(self.prover_fn, pparams, hist, start, index)
 
+  def _judge_impl(self, vparams, pparams, hist, start, index, q_parent, qmu_parent, alive,
+                  step_len, last, stopped) -> dict:
+    """Values, scores and step status of candidate rows (whole problems' groups of N * C).
+
+    Returns q, qmu (None without a prover verifier), the scores s, eos (the step ended
+    the response), ended (it ended at a step boundary, not EOS or the token budget)
+    and valid (a live candidate with a step, not a duplicate of an earlier one)."""
+    q = self._values_impl(vparams, hist, start, index)
+    qmu = None
+    if self.prover_fn is not None:
+      qmu = self._prover_values_impl(pparams, hist, start, index)
+      scores = score_pav_prover(q, qmu, qmu_parent, self.alpha)
+    else:
+      scores = self.score_fn(q, q_parent)
+    eos = last == self.eos_id
+    return {"q": q, "qmu": qmu, "s": scores, "eos": eos,
+            "ended": stopped & ~eos & (step_len > 0),
+            "valid": _dedupe(hist, alive & (step_len > 0), self.n * self.c)}
+
   def _select_impl(self, cand: Beam, scores, keep):
     """Top N of each problem's N * C candidates among `keep` (others get -inf)."""
     group = self.n * self.c
@@ -220,17 +255,28 @@ class StepBeamSearch:
   # --- host loop -----------------------------------------------------------------
 
   def run(self, params, vparams, prompts: Sequence[Sequence[int]], rng: jax.Array,
-          prompt_sharding=None, prover_params=None) -> SearchResult:
+          prompt_sharding=None, prover_params=None,
+          problem_keys: jax.Array | None = None) -> SearchResult:
     """Searches every prompt; returns pools, chosen responses and compute counters.
 
     `prover_params` go to `prover_fn` (required with it, ignored without it).
-    Counters: prefill_tokens, policy_tokens (generated), candidates, and the
-    tokens each verifier read: verifier_tokens (Q^pi) and prover_tokens (Q^mu of
-    a prover verifier; 0 with the closed-form BoK prover).
+    Problem b draws with `problem_keys[b]` (default `fold_in(rng, b)`): its
+    candidates' tokens depend on that key alone, not on the other prompts or on
+    the batching. Counters: prefill_tokens, policy_tokens (generated), candidates,
+    and the tokens each verifier read: verifier_tokens (Q^pi) and prover_tokens
+    (Q^mu of a prover verifier; 0 with the closed-form BoK prover).
     """
     prover = self.prover_fn is not None
     if prover and prover_params is None:
       raise ValueError("this search has a prover_fn: pass its prover_params to run()")
+    if problem_keys is None:
+      problem_keys = sampler_lib.row_keys_for(rng, len(prompts))
+    if self.slots:
+      if self._continuous is None:
+        from pavjax.search import continuous_beam  # pylint: disable=g-import-not-at-top
+        self._continuous = continuous_beam.ContinuousBeam(self, self.slots, self.min_ready)
+      return self._continuous.run(params, vparams, prompts, problem_keys,
+                                  prover_params=prover_params)
     tokens, lengths = sampler_lib.left_pad(prompts, self.pad_id)
     p = tokens.shape[1]
     cache_size = p + self.max_steps * self.step_tokens
@@ -238,58 +284,98 @@ class StepBeamSearch:
       tokens = jax.device_put(tokens, prompt_sharding)
     beam = self._init(params, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
                       prover_params if prover else None, cache_size=cache_size)
-    # A prover verifier reads exactly what the Q^pi verifier reads: the root
-    # prompt, then each live candidate's whole prefix.
-    zeros = lambda: np.zeros(len(prompts), np.int64)
-    per_problem = {"prefill_tokens": lengths.astype(np.int64),
-                   "verifier_tokens": lengths.astype(np.int64),
-                   "prover_tokens": lengths.astype(np.int64) if prover else zeros(),
-                   "policy_tokens": zeros(), "candidates": zeros()}
+    per_problem = new_counters(lengths, prover)
     pools: list[list[dict]] = [[] for _ in prompts]
     group = self.n * self.c
+    row_steps = 0
+    problems = np.arange(len(prompts))
     for step in range(self.max_steps):
-      cand, step_len, last, stopped = self._expand(params, beam,
-                                                   jax.random.fold_in(rng, step))
-      q = self._values(vparams, cand.hist, cand.cache.start, cand.cache.index)
-      qmu = None
-      if prover:
-        qmu = self._prover_values(prover_params, cand.hist, cand.cache.start, cand.cache.index)
-        scores = score_pav_prover(q, qmu, cand.qmu, self.alpha)
-      else:
-        scores = self.score_fn(q, cand.q)
-      is_eos = last == self.eos_id
-      # Stopped by a step end (not EOS, not the token budget): the step is complete.
-      ended_step = stopped & ~is_eos & (step_len > 0)
-      valid = _dedupe(cand.hist, cand.alive & (step_len > 0), group)
-      final = step == self.max_steps - 1
-      cont = valid & ended_step & ~is_eos & (not final)
-      done = valid & ~cont
-      host = shd.to_host({"alive": cand.alive, "len": step_len, "q": q, "s": scores,
-                             "done": done, "eos": is_eos, "start": cand.cache.start,
-                             "index": cand.cache.index, **({"qmu": qmu} if prover else {})})
-      alive = host["alive"].reshape(-1, group)
-      per_problem["policy_tokens"] += np.where(alive, host["len"].reshape(-1, group), 0).sum(1)
-      seq_len = (host["index"] - host["start"]).reshape(-1, group)
-      per_problem["verifier_tokens"] += np.where(alive, seq_len, 0).sum(1)
-      if prover:
-        per_problem["prover_tokens"] += np.where(alive, seq_len, 0).sum(1)
-      per_problem["candidates"] += alive.sum(1)
-      done_rows = np.flatnonzero(host["done"])
-      if done_rows.size:
-        hist = np.asarray(shd.to_host(cand.hist))
-        for r in done_rows:
-          prob = r // group
-          seq = hist[r, host["start"][r]:host["index"]]
-          entry = {"tokens": [int(t) for t in seq[lengths[prob]:]],
-                   "q": float(host["q"][r]), "score": float(host["s"][r]),
-                   "step": step + 1, "finished": bool(host["eos"][r])}
-          if prover:
-            entry["q_mu"] = float(host["qmu"][r])
-          pools[prob].append(entry)
-      beam = self._select(cand.replace(q=q, qmu=qmu), scores, cont)
+      keys = candidate_keys(problem_keys, jnp.full((len(prompts),), step, jnp.int32), group)
+      cand, step_len, last, stopped = self._expand(params, beam, keys)
+      judged = self._judge(vparams, prover_params if prover else None, cand.hist,
+                           cand.cache.start, cand.cache.index, cand.q, cand.qmu, cand.alive,
+                           step_len, last, stopped)
+      host = shd.to_host({**{k: v for k, v in judged.items() if v is not None},
+                          "alive": cand.alive, "len": step_len, "start": cand.cache.start,
+                          "index": cand.cache.index})
+      row_steps += int(host["len"].max(initial=0)) * host["len"].size  # decode ran its longest
+      cont = record_step(host, lambda: shd.to_host(cand.hist), problems,
+                         np.full(len(prompts), step), group=group, prompt_lengths=lengths,
+                         max_steps=self.max_steps, pools=pools, per_problem=per_problem)
+      beam = self._select(cand.replace(q=judged["q"], qmu=judged["qmu"]), judged["s"],
+                          jnp.asarray(cont))
       if not bool(shd.to_host(jnp.any(beam.alive))):
         break
-    return _result(pools, per_problem)
+    return _result(pools, per_problem, {"row_steps": row_steps})
+
+
+def continues(judged, final):
+  """Which judged candidates may be kept for the next step: valid ones that ended a
+  step (not the response, not at the token budget), unless the step was the last
+  (`final`). For numpy (the host's book-keeping) and jax arrays (the arena's) alike."""
+  return judged["valid"] & judged["ended"] & ~judged["eos"] & ~final
+
+
+def new_counters(prompt_lengths: np.ndarray, prover: bool) -> dict[str, np.ndarray]:
+  """Per-problem compute counters after the root: its prefill and verifier reads.
+
+  A prover verifier reads exactly what the Q^pi verifier reads: the root prompt,
+  then each live candidate's whole prefix."""
+  lengths = np.asarray(prompt_lengths, np.int64)
+  zeros = np.zeros_like(lengths)
+  return {"prefill_tokens": lengths.copy(), "verifier_tokens": lengths.copy(),
+          "prover_tokens": lengths.copy() if prover else zeros.copy(),
+          "policy_tokens": zeros.copy(), "candidates": zeros.copy()}
+
+
+def record_step(host: dict[str, np.ndarray], hist: Callable[[], np.ndarray],
+                problems: np.ndarray, steps: np.ndarray, *, group: int,
+                prompt_lengths: np.ndarray, max_steps: int, pools: list[list[dict]],
+                per_problem: dict[str, np.ndarray]) -> np.ndarray:
+  """Books one step of the candidates of `problems` [k] (distinct; at `steps` [k]).
+
+  `host` holds `_judge_impl`'s arrays and the candidates' alive, len (step
+  tokens), start and index, [k * group] each (problem-major); `hist()` fetches
+  their token rows, only when a candidate leaves for the pool. Adds the step's
+  compute to `per_problem` and the candidates that are done (an ended response,
+  a cut step, the step budget) to `pools`. Returns which may continue [k * group].
+  """
+  cont = continues(host, np.repeat(np.asarray(steps) == max_steps - 1, group))
+  done = host["valid"] & ~cont
+  alive = host["alive"].reshape(-1, group)
+  index = np.broadcast_to(host["index"], host["start"].shape)  # static search: one index
+  seq_len = np.where(alive, (index - host["start"]).reshape(-1, group), 0).sum(1)
+  per_problem["policy_tokens"][problems] += np.where(alive, host["len"].reshape(-1, group),
+                                                     0).sum(1)
+  per_problem["verifier_tokens"][problems] += seq_len
+  if "qmu" in host:
+    per_problem["prover_tokens"][problems] += seq_len
+  per_problem["candidates"][problems] += alive.sum(1)
+  done_rows = np.flatnonzero(done)
+  if done_rows.size:
+    rows = np.asarray(hist())
+    for r in done_rows:
+      g = r // group
+      prob = int(problems[g])
+      seq = rows[r, host["start"][r]:index[r]]
+      entry = {"tokens": [int(t) for t in seq[prompt_lengths[prob]:]],
+               "q": float(host["q"][r]), "score": float(host["s"][r]),
+               "step": int(steps[g]) + 1, "finished": bool(host["eos"][r])}
+      if "qmu" in host:
+        entry["q_mu"] = float(host["qmu"][r])
+      pools[prob].append(entry)
+  return cont
+
+
+def candidate_keys(problem_keys: jax.Array, steps: jax.Array, group: int) -> jax.Array:
+  """The keys of problems' candidates at a step: [B] keys, [B] steps -> [B * group].
+
+  Candidate j of problem b at step t draws with fold_in(fold_in(problem_keys[b], t), j),
+  whichever batch, row or slot serves it: the static and continuous searches agree.
+  """
+  at_step = jax.vmap(jax.random.fold_in)(problem_keys, jnp.asarray(steps, jnp.int32))
+  return jax.vmap(lambda k: sampler_lib.row_keys_for(k, group))(at_step).reshape(
+      (-1,) + problem_keys.shape[1:])
 
 
 def _prefix_values(fn: ValueFn, params, hist, start, index) -> jax.Array:
@@ -302,7 +388,8 @@ def _prefix_values(fn: ValueFn, params, hist, start, index) -> jax.Array:
   return fn(params, tokens, lengths).astype(jnp.float32)
 
 
-def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray]) -> SearchResult:
+def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray],
+            decode: dict[str, int] | None = None) -> SearchResult:
   """Chooses each problem's answer: the finished pool member with the highest Q.
 
   Unfinished members (cut by `max_steps` or `max_step_tokens`) are never answers,
@@ -314,25 +401,30 @@ def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray]) -> Sear
   per_problem = {**per_problem, "no_finished": np.array([0 if f else 1 for f in finished],
                                                        np.int64)}
   counters = {k: int(v.sum()) for k, v in per_problem.items()}
-  return SearchResult(pools, answers, counters, per_problem)
+  return SearchResult(pools, answers, counters, per_problem, dict(decode or {}))
 
 
 def run_dvts(search: StepBeamSearch, params, vparams, prompts: Sequence[Sequence[int]],
              rng: jax.Array, subtrees: int, prompt_sharding=None,
-             prover_params=None) -> SearchResult:
+             prover_params=None, problem_keys: jax.Array | None = None) -> SearchResult:
   """Diverse verifier tree search: `subtrees` independent beams per prompt.
 
   A budget of N beam rows becomes `subtrees` beams of `search.n = N / subtrees`
   rows each, run side by side as separate problems (their own prefill, their
   own keys, no merging of identical candidates across them). Their pools are
   joined and the answer is the joined pool's top Q; counters add up.
-  `prover_params` go to `search.run` (a search with a prover verifier).
+  `prover_params` go to `search.run` (a search with a prover verifier). Subtree s of
+  prompt b draws with `fold_in(problem_keys[b], s)` (default keys `fold_in(rng, b)`).
   """
   if subtrees < 1:
     raise ValueError(f"subtrees={subtrees} must be >= 1")
   repeated = [p for p in prompts for _ in range(subtrees)]
-  res = search.run(params, vparams, repeated, rng, prompt_sharding, prover_params)
+  if problem_keys is None:
+    problem_keys = sampler_lib.row_keys_for(rng, len(prompts))
+  subtree_keys = jax.vmap(lambda k: sampler_lib.row_keys_for(k, subtrees))(problem_keys)
+  res = search.run(params, vparams, repeated, rng, prompt_sharding, prover_params,
+                   problem_keys=subtree_keys.reshape((-1,) + problem_keys.shape[1:]))
   pools = [sum(res.pools[i * subtrees:(i + 1) * subtrees], []) for i in range(len(prompts))]
   per_problem = {k: v.reshape(len(prompts), subtrees).sum(1) for k, v in res.per_problem.items()
                  if k != "no_finished"}  # recounted over the joined pools
-  return _result(pools, per_problem)
+  return _result(pools, per_problem, res.decode)

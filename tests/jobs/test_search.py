@@ -200,6 +200,10 @@ def test_bad_lists_and_methods_name_the_field(tmp_path, toy_policy):
   config.search.ns = "2,four"
   with pytest.raises(Exception, match=r"search.ns"):
     run_job(config, str(tmp_path))
+  config = _config(toy_policy)
+  config.search.batching = "dynamic"
+  with pytest.raises(Exception, match=r"search.batching"):
+    run_job(config, str(tmp_path))
 
 
 def test_report_keeps_each_sweep_n_apart(tmp_path):
@@ -252,3 +256,21 @@ def test_no_efficiency_ratio_against_an_orm_curve_at_zero(tmp_path):
   assert out["efficiency_note"] is None
   assert out["efficiency_vs_orm"]["bon:pav"]["speedup"] == pytest.approx(1.0)
   assert out["efficiency_vs_orm"]["bon:pav"]["target_accuracy"] == 0.5
+
+
+def test_beams_do_not_depend_on_the_calls_or_the_batching(tmp_path, toy_policy):
+  """Problem i's beam draws with its own key: calls of 2 problems (max_rows 12 at N=2,
+  C=3), one call of all 6, and continuous batching through 2 problem slots agree."""
+  def curves(batching, max_rows):
+    config = _config(toy_policy)
+    s = config.search
+    s.ns, s.num_subsets, s.beam_ns, s.sweep_n = "1", 1, "2", 0
+    s.max_rows, s.batching = max_rows, batching
+    out = run_job(config, str(tmp_path / f"{batching}_{max_rows}"))["curves"]
+    return {m: [{k: v for k, v in r.items() if k != "wall_s"} for r in out[m]]
+            for m in ("q_beam", "pav_beam", "dvts")}
+
+  static = curves("static", 12)
+  assert static["q_beam"][0]["candidates"] > 0
+  assert curves("static", 64) == static
+  assert curves("continuous", 12) == static

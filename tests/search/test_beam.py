@@ -15,6 +15,7 @@ from pavjax import sharding as shd
 from pavjax.models import Transformer, TransformerConfig
 from pavjax.sampling import TransformerLM
 from pavjax.search import StepBeamSearch, compute, run_dvts
+from pavjax.search.beam import candidate_keys
 from pavjax.testing import BigramLM
 
 PAD, BOS, EOS = 0, 1, 2
@@ -247,7 +248,8 @@ def test_beam_cache_matches_recomputing_each_kept_prefix():
   beam = search._init(params, None, jnp.asarray(tokens), jnp.asarray(lengths), cache_size=17)
   full = jax.jit(lambda p, x: model.apply({"params": p}, x).logits)
   for step in range(2):
-    cand, step_len, _, _ = search._expand(params, beam, jax.random.PRNGKey(step))
+    keys = candidate_keys(jax.random.split(jax.random.PRNGKey(7), 2), jnp.full((2,), step), 6)
+    cand, step_len, _, _ = search._expand(params, beam, keys)
     assert len(set(np.asarray(step_len).tolist())) > 1  # steps of different lengths
     q = search._values(None, cand.hist, cand.cache.start, cand.cache.index)
     beam = search._select(cand.replace(q=q), q, cand.alive & (step_len > 0))
