@@ -241,3 +241,27 @@ def test_load_runs_and_its_check_can_fail():
   assert r["rss_peak"] >= r["rss_before"] and r["pavjax_tok_s"] > 0 and r["hf_tok_s"] > 0
   with pytest.raises(harness.CorrectnessError, match="first greedy token differs"):
     load.main(args + ["--fault=params"])
+
+
+def test_gpu_run_script_passes_flags_each_bench_knows():
+  """gpu_run.sh runs once, on a lent GPU: a flag typo or a JSON name the summary does not
+  read must fail here. Each command's flags go through its bench's own parser (nothing
+  runs), and the benches' time limits fit one 10-minute call."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import shlex  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(harness.__file__), "gpu_run.sh")
+  text = open(path, encoding="utf-8").read().replace("\\\n", " ")
+  commands = re.findall(r"^timeout (\d+) python -m pavjax\.bench\.(\w+) (.*?)(?: 2>&1|$)", text,
+                        re.M)
+  assert [name for _, name, _ in commands] == ["decode", "rollouts", "beam", "prefill"]
+  written = set()
+  for _, name, rest in commands:
+    bench = importlib.import_module(f"pavjax.bench.{name}")
+    argv = shlex.split(rest.replace('"$OUT', '"/tmp/out'))
+    harness.parse_flags(argv, description="", gpu=bench.GPU, cpu=bench.CPU,
+                        add_flags=bench.add_flags)  # SystemExit on an unknown flag
+    written |= {os.path.basename(a.split("=", 1)[1]) for a in argv if a.startswith("--json=")}
+  assert {"decode.json", "rollouts.json", "beam.json"} <= written  # what summary reads
+  assert sum(int(limit) for limit, _, _ in commands) <= 590
