@@ -3,17 +3,19 @@
 `StepBeamSearch.run` with `slots=0` expands every problem in lockstep: each step
 decodes until the longest candidate of any problem has ended, and a problem whose
 beam is done idles its rows until the last problem's is. Here the policy decodes an
-arena of `slots` problem slots of N * C candidate rows each, and the host loop is:
+arena of `slots` problem slots of N * C candidate rows each. Pending prompts are
+prefilled ahead into a ring of `slots` roots (`Staged`: the prompt's cache, its
+logits and values). The host loop runs rounds, one jitted call each:
 
-  1. load: free slots take the next prompts (a prefill, the root's values, and the
-     root copied into all N * C rows, as the static search's first expansion);
-  2. decode (one jitted while loop) until some slots' candidates have all ended
-     (`min_ready` of them, or every slot's);
-  3. for those slots only: verifier values, scores and the pools' book-keeping
-     (`beam.record_step`, the static search's own), then the top N of each slot's
-     candidates are copied C times each into its rows: a gather within the slot,
-     no forward pass, no prefix re-prefilled;
-  4. a slot whose beam has ended (no candidate continues) frees, back to 1.
+  1. the slots the last round's decode completed (every candidate's step ended) are
+     judged: verifier values, scores; the top N of each slot's candidates are copied
+     C times each into its rows (a gather within the slot, nothing re-prefilled);
+  2. a slot whose beam has ended (no candidate continues) takes the ring's next root
+     in all N * C rows, as the static search's first expansion does;
+  3. decode (a `lax.while_loop`) until `min_ready` slots are complete, or every slot.
+
+Then the host books the judged candidates (`beam.record_step`, the static search's
+own book-keeping) and tops up the ring.
 
 So a problem goes on to its next step as soon as its own candidates have ended,
 and a finished problem's rows serve the next prompt. Each row keeps its own cache
@@ -24,9 +26,9 @@ Determinism: candidate j of problem b at step t draws with `beam.candidate_keys`
 as the static search does, so both give the same pools and answers (tested token
 for token), up to float rounding of batch-dependent matmuls.
 
-Compilations: loads, judgements and re-forks take a power-of-two number of slots
-(padded with an out-of-range slot whose reads clip and whose writes drop), so each
-compiles at most log2(slots) + 2 times per prompt width. The arena carries no
+Compilations: rounds, fills and prefills into the ring take a power-of-two number of
+slots (padded with an out-of-range slot whose reads clip and whose writes drop), so
+each compiles at most log2(slots) + 2 times per prompt width. The arena carries no
 sharding constraints: this path is for one device (or whatever layout XLA picks);
 a pod's search keeps `slots=0`, whose rows split by problem over the devices.
 """

@@ -42,12 +42,14 @@ def _prover(vp, tokens, lengths):
   return jax.nn.sigmoid(vp * _value(None, tokens, lengths) - 0.1)
 
 
-def _search(model, slots, *, score="pav", prover=False, boundary=False, width=2, steps=4):
+def _search(model, slots, *, score="pav", prover=False, boundary=False, width=2, steps=4,
+            min_ready=0):
   kw = (dict(boundary=StepBoundary.from_ids((5, 6, 7), 16)) if boundary
         else dict(step_end_ids=(5, 6, 7)))
   return StepBeamSearch(TransformerLM(model), _value, beam_width=width, expansions=3,
                         max_steps=steps, max_step_tokens=4, eos_id=2, score=score,
-                        prover_fn=_prover if prover else None, slots=slots, **kw)
+                        prover_fn=_prover if prover else None, slots=slots,
+                        min_ready=min_ready, **kw)
 
 
 def _assert_same(static, cont):
@@ -79,6 +81,17 @@ def test_continuous_search_equals_the_static_one(model_and_params, slots, score,
   # Busy row-steps are the candidates' tokens; idle ones are counted too.
   assert cont.decode["busy"] == cont.counters["policy_tokens"]
   assert cont.decode["row_steps"] == cont.decode["steps"] * slots * 2 * 3
+
+
+def test_waiting_for_more_complete_slots_changes_nothing_but_the_rounds(model_and_params):
+  model, params = model_and_params
+  rng = jax.random.PRNGKey(3)
+  static = _search(model, 0).run(params, None, PROMPTS, rng)
+  one = _search(model, 4).run(params, None, PROMPTS, rng)
+  three = _search(model, 4, min_ready=3).run(params, None, PROMPTS, rng)
+  _assert_same(static, three)
+  # Fewer rounds, more idle row-steps (slots that wait for others).
+  assert three.decode["row_steps"] >= one.decode["row_steps"]
 
 
 def test_explicit_problem_keys_decide_the_tokens(model_and_params):
