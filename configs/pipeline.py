@@ -62,7 +62,7 @@ SLICES = {
     "v5e-8x8": dict(
         topology="v5e:8x8", mesh=(1, 16, 4), sft_batch=64, verifier_batch=32, rl_prompts=32,
         sample_batch=256, n_mc=20, seq_batch=32, fork_batch=8, prover_fork_batch=32,
-        search_batch=256, search_mesh=(1, 8, 8), max_rows=192, beam_ns="2,4,8,16"),
+        search_batch=256, search_mesh=(1, 8, 8), max_rows=384, beam_ns="2,4,8,16"),
     "v5p-2x2x2": dict(
         topology="v5p:2x2x2", mesh=(1, 8, 1), sft_batch=64, verifier_batch=32, rl_prompts=32,
         sample_batch=256, n_mc=20, seq_batch=32, fork_batch=16, prover_fork_batch=32,
@@ -238,7 +238,8 @@ def _use_slice(s, pod) -> None:
   s.search.search.score_batch = pod["verifier_batch"]
   # Step-wise beam search keeps a KV cache per candidate (N x C per problem), and the
   # problems of a call are split over the data-parallel devices: the search stage
-  # trades them for tensor parallelism, and max_rows holds one problem per such device.
+  # trades them for tensor parallelism, and max_rows holds at least one problem per such
+  # device at the widest beam (v5e: 384 rows = 8 problems x 16 x 3).
   s.search.mesh.data, s.search.mesh.fsdp, s.search.mesh.tensor = pod["search_mesh"]
   s.search.search.max_rows = pod["max_rows"]
   s.search.search.beam_ns = pod["beam_ns"]
