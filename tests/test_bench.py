@@ -112,6 +112,23 @@ def test_beam_runs_and_its_check_can_fail():
     beam.main(TINY + BEAM + ["--fault=keys"])
 
 
+def test_beam_in_bf16_checks_a_float32_copy_and_that_check_can_fail():
+  (r,) = beam.main(TINY + BEAM + ["--dtype=bfloat16"])
+  assert not r["exact_check"] and r["differ_share"] == 0.0  # (a CPU: float32 is exact)
+  assert r["static_tok_s"] > 0 and r["continuous_tok_s"] > 0
+  with pytest.raises(harness.CorrectnessError, match="continuous beam search"):
+    beam.main(TINY + BEAM + ["--dtype=bfloat16", "--fault=keys"])
+
+
+def test_agreement_is_exact_on_a_cpu_in_float32_and_allows_rounding_elsewhere():
+  assert harness.check_agreement("x", 0, 10, "float32") == 0.0
+  with pytest.raises(harness.CorrectnessError, match="1 of 10 differ"):
+    harness.check_agreement("x", 1, 10, "float32")
+  assert harness.check_agreement("x", 2, 10, "bfloat16") == pytest.approx(0.2)
+  with pytest.raises(harness.CorrectnessError, match="at most 25%"):
+    harness.check_agreement("x", 3, 10, "bfloat16")
+
+
 def test_rollouts_continuous_check_can_fail():
   args = ["--trajectories=2", "--prompt_len=3", "--step_len=2", "--n_mc=2", "--seq_batch=2",
           "--fork_batch=4", "--skip_per_prefix", "--skip_independent", "--fault=keys"]

@@ -19,8 +19,12 @@ batchings call the verifier on the same candidates).
     of N x C rows): a problem goes on as soon as its own candidates have ended,
     and a finished problem's rows take the next prompt.
 
-Both draw with the same per-problem keys: the pools must be equal token for token
-(checked before timing). Useful slots = policy tokens / decode row-steps run.
+Both draw with the same per-problem keys: on a CPU in float32 the pools must be equal
+token for token (checked before timing). In bfloat16 or on a GPU, where rounding may flip a
+sampled token and change the rest of a problem's search, the check runs on a float32 copy
+at the highest matmul precision over 2 x slots problems, and at most
+`harness.DIFFER_ALLOWED` of them may differ. Useful slots = policy tokens / decode row-steps
+run.
 """
 
 from __future__ import annotations
@@ -90,52 +94,82 @@ def run_continuous(search: StepBeamSearch, params, prompts, keys):
   return res.pools, res.counters["policy_tokens"], res.decode["row_steps"]
 
 
-def bench_one(args, size: str) -> dict:
+def _setup(args, size: str, dtype: str):
+  """(model config, params, the skewed-stop LM) of the bench's policy in `dtype`."""
   longest = args.prompt_len + args.max_steps * args.max_step_tokens
-  cfg = harness.model_config(size, args.vocab, args.dtype, max_len=bucket_length(longest) +
+  cfg = harness.model_config(size, args.vocab, dtype, max_len=bucket_length(longest) +
                              args.max_steps * args.max_step_tokens)
   model = Transformer(cfg)
-  params = harness.cast_params(harness.init_params(model), args.dtype)
+  params = harness.cast_params(harness.init_params(model), dtype)
   lm = SkewedStopLM(model, eos=EOS, hazard=args.eos_hazard,
                     end=args.prompt_len + args.response_len,
                     fixed={DELIM: args.delim_hazard})
+  return cfg, params, lm
+
+
+def _pools_differ(args, lm, params, prompts, keys, cont_keys, dtype: str) -> float:
+  """Static against continuous batching on `prompts`: the share of problems whose pools
+  differ, checked by `harness.check_agreement` (raises past what rounding explains)."""
+  static = run_static(_search(args, lm, 0), params, prompts, keys, args.slots)
+  cont = run_continuous(_search(args, lm, args.slots), params, prompts, cont_keys)
+  differ = sum(a != b for a, b in zip(static[0], cont[0]))
+  return harness.check_agreement("continuous beam search: problems' pools", differ,
+                                 len(prompts), dtype)
+
+
+def _search(args, lm, slots: int) -> StepBeamSearch:
+  return StepBeamSearch(lm, _value, beam_width=args.beam_width, expansions=args.expansions,
+                        max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
+                        step_end_ids=(DELIM,), eos_id=EOS, score="pav", pad_id=PAD,
+                        slots=slots, min_ready=args.min_ready)
+
+
+def bench_one(args, size: str) -> dict:
+  cfg, params, lm = _setup(args, size, args.dtype)
   prompts = [[int(t) for t in row] for row in
              harness.random_tokens(0, (args.problems, args.prompt_len), args.vocab)]
   prompts = [[3 + t % (args.vocab - 3) for t in p] for p in prompts]  # no pad, EOS or DELIM
   keys = sampler_lib.row_keys_for(jax.random.PRNGKey(1), args.problems)
-
-  def search(slots):
-    return StepBeamSearch(lm, _value, beam_width=args.beam_width, expansions=args.expansions,
-                          max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
-                          step_end_ids=(DELIM,), eos_id=EOS, score="pav", pad_id=PAD,
-                          slots=slots, min_ready=args.min_ready)
-
-  static, cont = search(0), search(args.slots)
+  cont_keys = keys  # (--fault=keys: other draws, which the check must catch)
+  if args.fault == "keys":
+    cont_keys = sampler_lib.row_keys_for(jax.random.PRNGKey(2), args.problems)
+  # Both batchings draw with the same keys. On a CPU in float32 the timed runs' pools must
+  # be equal. Elsewhere one flipped token changes the rest of a problem's search, so the
+  # check runs first on a float32 copy at the highest matmul precision, over 2 x slots
+  # problems, and the timed runs are not compared.
+  exact = harness.on_cpu() and args.dtype == "float32"
+  differ_share = 0.0
+  if not exact:
+    _, params32, lm32 = _setup(args, size, "float32")
+    n = min(2 * args.slots, args.problems)
+    with jax.default_matmul_precision("highest"):
+      differ_share = _pools_differ(args, lm32, params32, prompts[:n], keys[:n], cont_keys[:n],
+                                   "float32")
+  static, cont = _search(args, lm, 0), _search(args, lm, args.slots)
   runs = {"static": lambda: run_static(static, params, prompts, keys, args.slots),
-          "continuous": lambda: run_continuous(cont, params, prompts, keys)}
-  if args.fault == "keys":  # the check below must catch other draws
-    other = sampler_lib.row_keys_for(jax.random.PRNGKey(2), args.problems)
-    runs["continuous"] = lambda: run_continuous(cont, params, prompts, other)
+          "continuous": lambda: run_continuous(cont, params, prompts, cont_keys)}
   out = {name: fn() for name, fn in runs.items()}  # also the warm-up
-  if out["static"][0] != out["continuous"][0]:
-    diff = sum(a != b for a, b in zip(out["static"][0], out["continuous"][0]))
-    raise harness.CorrectnessError(f"continuous beam search: the pools of {diff} of "
-                                   f"{args.problems} problems differ from static batching's")
-  tokens = out["static"][1]
+  if exact:
+    differ = sum(a != b for a, b in zip(out["static"][0], out["continuous"][0]))
+    differ_share = harness.check_agreement("continuous beam search: problems' pools", differ,
+                                           args.problems, args.dtype)
   steps = [max((e["step"] for e in pool), default=0) for pool in out["static"][0]]
   result = {"size": size, "params": cfg.num_params(), "problems": args.problems,
             "slots": args.slots, "rows": args.slots * args.beam_width * args.expansions,
-            "n": args.beam_width, "c": args.expansions, "policy_tokens": tokens,
-            "mean_steps": float(np.mean(steps)), "max_steps": args.max_steps}
+            "n": args.beam_width, "c": args.expansions, "policy_tokens": out["static"][1],
+            "mean_steps": float(np.mean(steps)), "max_steps": args.max_steps,
+            "differ_share": differ_share, "exact_check": exact}
   times = {}
   for name, fn in runs.items():
+    tokens = out[name][1]  # (each batching's own: they may differ where rounding flips one)
     with harness.CompileCounter() as compiles:
       t = harness.time_fn(lambda: fn()[1], warmup=0, runs=args.runs, sync=lambda x: x)
     times[name] = t
     result[f"{name}_tok_s"] = tokens / t.median
     result[f"{name}_useful"] = tokens / out[name][2]
     result[f"{name}_lowerings"] = compiles.lowerings
-  result["ratio"] = times["static"].median / times["continuous"].median
+  result["ratio"] = (times["static"].median / out["static"][1]) / (
+      times["continuous"].median / out["continuous"][1])  # time per token, static / continuous
   result["spread"] = max(t.spread for t in times.values())
   return result
 
@@ -158,8 +192,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       notes=["static = search.batching=static: calls of `slots` problems, each stepping in "
              "lockstep; continuous = search.batching=continuous: `slots` problem slots of the "
              "same rows, each problem at its own pace, a finished one's rows taking the next "
-             "prompt. The same pools (checked). Useful slots = policy tokens / decode "
-             "row-steps run. Wall time includes the (stand-in) verifier and the host loop.",
+             "prompt. Useful slots = policy tokens / decode row-steps run. Wall time includes "
+             "the (stand-in) verifier and the host loop; continuous / static compares time "
+             "per policy token.",
+             *[f"{r['size']}: pools of static and continuous batching "
+               + ("equal (checked)" if r["exact_check"] and not r["differ_share"] else
+                  f"differ for {r['differ_share']:.0%} of the checked problems (float32 copy, "
+                  "highest matmul precision: rounding flips a token now and then)"
+                  if r["differ_share"] else
+                  "equal on a float32 copy at the highest matmul precision (checked), the "
+                  "timed runs not compared")
+               for r in results],
              harness.spread_note(results)])
   harness.write_json(args.json, {"bench": "beam", "ceilings": ceilings and ceilings.to_dict(),
                                 "results": results})

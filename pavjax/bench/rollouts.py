@@ -372,12 +372,15 @@ def bench_one(args, size: str) -> dict:
     # (--fault=keys: the continuous run draws other keys, which the check must catch.)
     key = jax.random.fold_in(rng, 1) if batching == "continuous" and args.fault == "keys" else rng
     results[batching] = forked(runner, table, problems, key, batching)  # also the warm-up
-  # Continuous batching must give the static path's completions (same per-item keys).
-  for name, a, b in zip(("successes", "counts", "q_hat"), results["static"],
-                        results["continuous"]):
-    if not np.array_equal(a, b, equal_nan=True):
-      raise harness.CorrectnessError(f"continuous batching: MC {name} differ from static "
-                                    f"batching's at {int(np.sum(a != b))} prefix columns")
+  # Continuous batching must give the static path's completions (same per-item keys): the
+  # same counts, and the same successes but for rare rounding flips (`check_agreement`).
+  (succ_a, count_a, q_a), (succ_b, count_b, q_b) = results["static"], results["continuous"]
+  if not np.array_equal(count_a, count_b):
+    raise harness.CorrectnessError("continuous batching: MC counts differ from static "
+                                  f"batching's at {int(np.sum(count_a != count_b))} columns")
+  differ = ~np.isclose(succ_a, succ_b, equal_nan=True) | ~np.isclose(q_a, q_b, equal_nan=True)
+  differ_share = harness.check_agreement("continuous batching: MC prefix columns",
+                                         int(differ.sum()), differ.size, args.dtype)
   num_prefixes = len(prefix_list(rows))
   total = num_prefixes * args.n_mc
   count = results["static"][1]
@@ -427,7 +430,7 @@ def bench_one(args, size: str) -> dict:
           "ratio": t_ind.median / t_fork.median if t_ind else None,
           "ratio_per_prefix": t_pp.median / t_fork.median if t_pp else None,
           "spread": max(t.spread for t in (t_fork, t_cont, t_ind, t_pp) if t),
-          **sampling}
+          "continuous_differ_share": differ_share, **sampling}
 
 
 def sampling_compare(runner, task, problems, params, args, rng) -> dict:
@@ -444,9 +447,12 @@ def sampling_compare(runner, task, problems, params, args, rng) -> dict:
 
   out = {}
   tokens = {b: [[r.tokens for r in g] for g in sample(b)] for b in ("static", "continuous")}
-  if tokens["static"] != tokens["continuous"]:  # (also the warm-up of both)
-    raise harness.CorrectnessError("continuous batching: sampled responses differ from "
-                                   "static batching's")
+  # (also the warm-up of both)
+  pairs = [(a, b) for ga, gb in zip(tokens["static"], tokens["continuous"])
+           for a, b in zip(ga, gb)]
+  out["sampling_differ_share"] = harness.check_agreement(
+      "continuous batching: sampled responses", sum(a != b for a, b in pairs), len(pairs),
+      args.dtype)
   count = sum(len(t) for g in tokens["static"] for t in g)
   for batching in ("static", "continuous"):
     runner.sampler.row_steps = 0

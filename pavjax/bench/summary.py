@@ -55,7 +55,8 @@ def summary_lines(out: str) -> list[str]:
           f" x {r['n_mc']}, mean {r['mean_continuation']:.1f} tokens | continuous / static "
           f"{r['continuous_ratio']:.2f}x ({r['continuous_tok_s']:.0f} vs "
           f"{r['forked_tok_s']:.0f} tok/s), useful slots {pct(r['useful_continuous'])} vs "
-          f"{pct(r['useful_static'])}, {r['lowerings_after_warmup']} lowerings after warm-up |")
+          f"{pct(r['useful_static'])}, {r['lowerings_after_warmup']} lowerings after warm-up, "
+          f"{pct(r.get('continuous_differ_share'))} of prefix columns differ |")
   beam = _load(out, "beam.json")
   if beam is None:
     lines.append("| beam | - | did not finish (see beam.log) |")
@@ -66,7 +67,8 @@ def summary_lines(out: str) -> list[str]:
           f"{r['slots']} slots ({r['rows']} rows) | continuous / static {r['ratio']:.2f}x "
           f"({r['continuous_tok_s']:.0f} vs {r['static_tok_s']:.0f} tok/s), useful slots "
           f"{pct(r['continuous_useful'])} vs {pct(r['static_useful'])}, "
-          f"{r['static_lowerings'] + r['continuous_lowerings']} lowerings after warm-up |")
+          f"{r['static_lowerings'] + r['continuous_lowerings']} lowerings after warm-up, "
+          f"{pct(r.get('differ_share'))} of checked pools differ |")
   return lines + ["", TARGETS]
 
 
