@@ -135,8 +135,8 @@ class StepBeamSearch:
     (score `pav` only), replaces the Best-of-`bok_k` prover, and `run` then
     takes its params as `prover_params`.
 
-    `slots` > 0 runs the search by continuous batching (`run` calls
-    `pavjax.search.continuous_beam.run_continuous`): `slots` problems at once, each
+    `slots` > 0 runs the search by continuous batching (`run` goes through
+    `pavjax.search.continuous_beam.ContinuousBeam`): `slots` problems at once, each
     going on to its next step as soon as its own candidates have ended, and a
     finished problem's rows taking the next prompt. 0 runs every prompt in lockstep.
     Both draw the same tokens (per-problem keys, `candidate_keys`). `min_ready`: see
@@ -264,7 +264,8 @@ class StepBeamSearch:
     candidates' tokens depend on that key alone, not on the other prompts or on
     the batching. Counters: prefill_tokens, policy_tokens (generated), candidates,
     and the tokens each verifier read: verifier_tokens (Q^pi) and prover_tokens
-    (Q^mu of a prover verifier; 0 with the closed-form BoK prover).
+    (Q^mu of a prover verifier; 0 with the closed-form BoK prover). `prompt_sharding`
+    lays the prompts out for static batching (the continuous arena ignores it).
     """
     prover = self.prover_fn is not None
     if prover and prover_params is None:
@@ -306,7 +307,7 @@ class StepBeamSearch:
                           jnp.asarray(cont))
       if not bool(shd.to_host(jnp.any(beam.alive))):
         break
-    return _result(pools, per_problem, {"row_steps": row_steps})
+    return search_result(pools, per_problem, {"row_steps": row_steps})
 
 
 def continues(judged, final):
@@ -388,8 +389,8 @@ def _prefix_values(fn: ValueFn, params, hist, start, index) -> jax.Array:
   return fn(params, tokens, lengths).astype(jnp.float32)
 
 
-def _result(pools: list[list[dict]], per_problem: dict[str, np.ndarray],
-            decode: dict[str, int] | None = None) -> SearchResult:
+def search_result(pools: list[list[dict]], per_problem: dict[str, np.ndarray],
+                  decode: dict[str, int] | None = None) -> SearchResult:
   """Chooses each problem's answer: the finished pool member with the highest Q.
 
   Unfinished members (cut by `max_steps` or `max_step_tokens`) are never answers,
@@ -427,4 +428,4 @@ def run_dvts(search: StepBeamSearch, params, vparams, prompts: Sequence[Sequence
   pools = [sum(res.pools[i * subtrees:(i + 1) * subtrees], []) for i in range(len(prompts))]
   per_problem = {k: v.reshape(len(prompts), subtrees).sum(1) for k, v in res.per_problem.items()
                  if k != "no_finished"}  # recounted over the joined pools
-  return _result(pools, per_problem, res.decode)
+  return search_result(pools, per_problem, res.decode)

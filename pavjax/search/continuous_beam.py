@@ -401,6 +401,6 @@ class ContinuousBeam:
         # every slot still held has a live candidate, so the decode ends at one
         raise RuntimeError("continuous beam search: decode stopped with no slot complete")
     counts = shd.to_host({"steps": arena.steps, "busy": arena.busy})
-    return beam_lib._result(pools, per_problem,  # pylint: disable=protected-access
-                            {"row_steps": int(counts["steps"]) * self.rows,
-                             "steps": int(counts["steps"]), "busy": int(counts["busy"])})
+    steps = int(counts["steps"])
+    return beam_lib.search_result(pools, per_problem, {
+        "row_steps": steps * self.rows, "steps": steps, "busy": int(counts["busy"])})
