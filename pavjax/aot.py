@@ -422,21 +422,24 @@ class _Job:
              held=held, key=_key(name, fn, (cfg, self.optim_key()), (spec.abstract, batch)))
 
   def generate(self, name, model, cfg, desc, params_name, *, rows, num_samples, prompt,
-               new, method, responses=True):
+               new, method, responses=True, arena=0):
     """A sampling call of `rows` prompts x `num_samples`. `responses`: the job samples
     through `evaluation.sample_responses`, so `sample.batching=continuous` makes it
-    `Sampler.generate_continuous` over `sample.continuous_blocks` calls' prompts."""
+    `Sampler.generate_continuous` over `sample.continuous_blocks` calls' prompts.
+    `arena` > 0: `generate_continuous` of the `rows` prompts through that many rows (RL)."""
     sampler = Sampler(cached_lm(model))
     sample = self.config.get("sample", {})
-    if responses and sample.get("batching", "static") == "continuous":
-      blocks = max(int(sample.get("continuous_blocks", 1)), 1)
+    continuous = responses and sample.get("batching", "static") == "continuous"
+    if continuous or arena:
+      blocks = max(int(sample.get("continuous_blocks", 1)), 1) if continuous else 1
       items = rows * blocks * num_samples
       args = (self.held[params_name], self.batch((rows * blocks, prompt)),
               self.batch((rows * blocks,)), self.replicated((), "int32"),
               self.replicated((items, 2), "uint32"))
-      static = dict(num_samples=num_samples, max_new_tokens=new, slots=rows * num_samples,
-                    method=method, stop_tokens=(1,))
-      self.add(name, desc, f"B={rows}x{num_samples} blocks={blocks} P={prompt} N={new}",
+      static = dict(num_samples=num_samples, max_new_tokens=new,
+                    slots=arena or rows * num_samples, method=method, stop_tokens=(1,))
+      shape = f"blocks={blocks}" if continuous else f"arena={arena}"
+      self.add(name, desc, f"B={rows}x{num_samples} {shape} P={prompt} N={new}",
                sampler._generate_continuous, args, static, held=(params_name,),
                key=_key("generate_continuous", None, cfg, args, static))
       return
@@ -675,7 +678,8 @@ def _rl_steps(job: _Job, prefixes: int) -> None:
   width = job.prompt_len + job.new_tokens
   job.generate("generate", model, cfg, desc, "params", rows=int(r.num_prompts),
                num_samples=int(r.group_size), prompt=job.prompt_len, new=job.new_tokens,
-               method=methods.Temperature(r.temperature), responses=False)
+               method=methods.Temperature(r.temperature), responses=False,
+               arena=rl_job.continuous_arena(c, job.mesh))
   if scored:
     job.score("score", vmodel, vcfg, vdesc, "prover verifier params", rows=rows, width=width,
               prefixes=(r.max_steps or job.new_tokens) + 1)

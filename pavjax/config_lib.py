@@ -606,6 +606,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
            f"{s.get('batching')!r} is not one of ('static', 'continuous')")
     _check(s.get("continuous_blocks", 1) > 0, "sample.continuous_blocks",
            f"{s.get('continuous_blocks')} must be > 0")
+    _check(not (s.get("batching", "static") == "continuous" and "model" in config
+                and models.arch_of(config.model) == "made"), "sample.batching",
+           "continuous batching needs a policy with a KV cache (a transformer), not a MADE "
+           "policy: set 'static'")
     _check(s.batch_size > 0 and s.batch_size % dp == 0, "sample.batch_size",
            f"{s.batch_size} is not a positive multiple of the data-parallel size {dp}")
     if s.method == "top_k":

@@ -18,7 +18,7 @@ import numpy as np
 from pavjax import metrics
 from pavjax import sharding as shd
 from pavjax.sampling import Sampler, left_pad
-from pavjax.sampling.sampler import call_row_keys
+from pavjax.sampling.sampler import call_row_keys, row_keys_for
 from pavjax.tasks.base import Outcome, Problem, Task
 
 
@@ -38,6 +38,30 @@ def sampling_options(sample_cfg) -> dict:
   """The `sample_responses` keywords a job's `config.sample` section sets (batching)."""
   return {"batching": sample_cfg.get("batching", "static"),
           "blocks": int(sample_cfg.get("continuous_blocks", 4))}
+
+
+def one_call_arena(items: int, sample_cfg, mesh) -> int:
+  """Decode rows for `items` (prompt, sample) items that a job samples in one call (RL's
+  batch, first-pit continuations); 0 = static batching, which decodes all of them until
+  the longest stops. `sample.batching=continuous` gives an arena of items /
+  `sample.continuous_blocks` rows (a multiple of the data-parallel size) that a stopped
+  row leaves for the next item at once."""
+  if sample_cfg.get("batching", "static") != "continuous":
+    return 0
+  blocks = max(1, int(sample_cfg.get("continuous_blocks", 4)))
+  return min(items, shd.round_to_data_parallel(-(-items // blocks), mesh))
+
+
+def generate_in_one_call(sampler: Sampler, params, prompts, lengths, rng: jax.Array, *,
+                         arena: int, num_samples: int, num_prompts: int | None = None, **kw):
+  """`sampler.generate(rng)`, or with `arena` > 0 the same items by continuous batching:
+  item b * num_samples + j keeps the key of generate's row, so both give the same tokens.
+  Only the first `num_prompts` prompts' items run in the arena (the rest are padding)."""
+  if not arena:
+    return sampler.generate(params, prompts, lengths, rng, num_samples=num_samples, **kw)
+  keys = row_keys_for(rng, prompts.shape[0] * num_samples)
+  return sampler.generate_continuous(params, prompts, lengths, keys, slots=arena,
+                                     num_samples=num_samples, num_prompts=num_prompts, **kw)
 
 
 def sample_responses(task: Task, sampler: Sampler, params, problems: Sequence[Problem], *,

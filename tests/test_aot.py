@@ -280,7 +280,8 @@ def test_continuous_refills_read_the_source_rows_locally(topology):
 def test_continuous_sampling_compiles_generate_continuous_over_the_blocks(topology):
   """sample.batching='continuous': the SFT evaluation's sampling call is
   `Sampler.generate_continuous` over continuous_blocks calls' prompts (so that many
-  prompts' caches per chip); RL's own training generation stays static."""
+  prompts' caches per chip); RL's training generation is generate_continuous of its
+  16 x 4 rows through an arena of 64 / continuous_blocks."""
   config = _tiny_pipeline()
   with config.unlocked():
     for name in ("sft", "rl_pav"):
@@ -290,5 +291,5 @@ def test_continuous_sampling_compiles_generate_continuous_over_the_blocks(topolo
       config, topology, vocab=VOCAB, log=lambda m: None,
       steps=["sft/eval_sample", "rl_pav/generate"])}
   ev, gen = rows["sft/eval_sample"], rows["rl_pav/generate"]
-  assert ev.shapes.startswith("B=64x1 blocks=2 ") and "blocks" not in gen.shapes
-  assert ev.fits and gen.fits and not ev.error
+  assert ev.shapes.startswith("B=64x1 blocks=2 ") and gen.shapes.startswith("B=16x4 arena=32 ")
+  assert ev.fits and gen.fits and not ev.error and not gen.error

@@ -3,7 +3,9 @@
 Each iteration:
   1. `rl.num_prompts` training problems (a pure function of seed and step, so a
      resume is exact), `rl.group_size` samples each from the current policy
-     (one prefill per prompt, forked);
+     (one prefill per prompt, forked; `sample.batching=continuous` decodes the rows
+     through an arena of rows / `sample.continuous_blocks`, a stopped row taking the
+     next (prompt, sample) with the key its static row has: the same responses);
   2. on the host, the batch as a trajectory table (`trajectories.from_responses`):
      outcome Rex, steps, prefix ends; token step ids and the loss mask are its views;
   3. the frozen prover scores every prefix -> Q^mu, and step advantages
@@ -295,6 +297,13 @@ class HackingMonitor:
     return False
 
 
+def continuous_arena(config: ml_collections.ConfigDict, mesh) -> int:
+  """Decode rows of the per-iteration sampling (0 = static batching): with
+  `sample.batching=continuous`, rows / `sample.continuous_blocks`."""
+  return evaluation.one_call_arena(config.rl.num_prompts * config.rl.group_size,
+                                   config.sample, mesh)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """RL from `config.init_from` (an SFT / RFT checkpoint) with the configured reward."""
   env = runtime.setup(config, workdir)
@@ -330,6 +339,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            path=os.path.join(env.workdir, "rl_steps.jsonl"))
   monitor.resume(int(jax.device_get(state.step)))
   method = Temperature(cfg.temperature)
+  arena = continuous_arena(config, mesh)
+  useful = []  # (row-steps decoding a live response, row-steps run) per continuous batch
 
   def batch_fn(step, st):
     rng = np.random.default_rng([config.seed, step])
@@ -337,11 +348,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     problems = [train_problems[i] for i in idx]
     prompts = [task.encode_prompt(p) for p in problems]
     tokens, lengths = left_pad(prompts, task.pad_id, buckets=(prompt_width,))
-    out = sampler.generate(
-        policy(st.params), jax.device_put(tokens, shd.batch_sharding(mesh, 2)),
-        jax.device_put(lengths, shd.batch_sharding(mesh, 1)),
-        jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), max_new_tokens=max_new,
-        method=method, stop_tokens=(task.eos_id,), num_samples=cfg.group_size)
+    tokens = jax.device_put(tokens, shd.batch_sharding(mesh, 2))
+    lengths = jax.device_put(lengths, shd.batch_sharding(mesh, 1))
+    out = evaluation.generate_in_one_call(
+        sampler, policy(st.params), tokens, lengths,
+        jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), arena=arena,
+        num_samples=cfg.group_size, max_new_tokens=max_new, method=method,
+        stop_tokens=(task.eos_id,))
+    if arena:
+      useful.append((int(out.busy), int(out.steps) * arena))
     out = shd.to_host(out)
     g = cfg.group_size
     responses = [[int(t) for t in out.tokens[r, :int(out.lengths[r])]] for r in range(rows)]
@@ -444,5 +459,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if prover is not None and prover.kind != "procedural":
     out["models"]["prover_verifier"] = {"checkpoint": prover.verifier.path,
                                         "params": prover.verifier.num_params}
+  if useful:  # this attempt's batches: how much of the arena's decode did useful work
+    busy, ran = map(sum, zip(*useful))
+    out["sampling"] = {"batching": "continuous", "arena_rows": arena,
+                       "useful_slots": busy / max(ran, 1)}
+    logging.info("rl sampling: %.1f%% of an arena of %d rows decoded live responses "
+                 "(sample.batching=continuous)", 100 * busy / max(ran, 1), arena)
   artifacts.write_json(os.path.join(env.workdir, "summary.json"), out)
   return out

@@ -97,11 +97,12 @@ class _Policy:
     rows = shd.round_to_data_parallel(len(seqs), mesh)
     tokens, lengths = left_pad(seqs + [seqs[0]] * (rows - len(seqs)), task.pad_id,
                                buckets=(width,))
-    out = shd.to_host(self.sampler.generate(
-        self.params, jax.device_put(tokens, shd.batch_sharding(mesh, 2)),
+    out = shd.to_host(evaluation.generate_in_one_call(
+        self.sampler, self.params, jax.device_put(tokens, shd.batch_sharding(mesh, 2)),
         jax.device_put(lengths, shd.batch_sharding(mesh, 1)), rng,
-        max_new_tokens=task.max_response_len, method=Temperature(config.rollouts.temperature),
-        stop_tokens=(task.eos_id,), num_samples=n))
+        arena=evaluation.one_call_arena(rows * n, config.sample, mesh),
+        num_samples=n, num_prompts=len(seqs), max_new_tokens=task.max_response_len,
+        method=Temperature(config.rollouts.temperature), stop_tokens=(task.eos_id,)))
     return [[(list(done) + [int(t) for t in out.tokens[b * n + j, :int(out.lengths[b * n + j])]]
               )[:task.max_response_len] for j in range(n)] for b, done in enumerate(partials)]
 

@@ -85,6 +85,33 @@ def test_halt_and_resume_equals_an_uninterrupted_run(tmp_path, toy_policy):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_continuous_batching_samples_the_static_batches(tmp_path, toy_policy):
+  """sample.batching=continuous: each (prompt, sample) keeps its static row's key, so the
+  batches, and with them the updates, are the static run's (float32 on a CPU)."""
+  run_job(_config(toy_policy), str(tmp_path / "static"))
+  config = _config(toy_policy)
+  config.sample.batching, config.sample.continuous_blocks = "continuous", 2
+  out = run_job(config, str(tmp_path / "continuous"))
+  assert out["sampling"]["arena_rows"] == 8  # 16 rows through 8
+  assert 0.0 < out["sampling"]["useful_slots"] <= 1.0
+  static = metrics.read_jsonl(str(tmp_path / "static" / "metrics.jsonl"))
+  cont = metrics.read_jsonl(str(tmp_path / "continuous" / "metrics.jsonl"))
+  for a, b in zip(static, cont, strict=True):
+    assert a["rl/accuracy"] == b["rl/accuracy"] and a["train/loss"] == b["train/loss"]
+  a, b = restore_state(str(tmp_path / "static"), 4), restore_state(str(tmp_path / "continuous"), 4)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_continuous_batching_with_a_made_policy_names_the_field(tmp_path, toy_policy):
+  config = _config(toy_policy)
+  config.sample.batching = "continuous"
+  with config.unlocked():
+    config.model = config_lib.made_model_config("made")
+  with pytest.raises(config_lib.ConfigError, match="sample.batching"):
+    run_job(config, str(tmp_path))
+
+
 MODEL = TransformerConfig(vocab_size=16, embed_dim=32, num_layers=2, num_heads=4,
                           num_kv_heads=2, head_dim=8, mlp_dim=64, max_len=32)
 

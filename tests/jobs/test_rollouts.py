@@ -240,6 +240,25 @@ def test_first_pit_seeding_on_planted_against_the_exact_values(tmp_path):
   assert any(not data["finished"][k] and lengths[k] < prover.length for k in pits)
 
 
+def test_first_pit_continuations_by_continuous_batching_are_the_static_ones(tmp_path,
+                                                                            toy_policy):
+  """sample.batching=continuous samples the seeds and the first-pit continuations
+  through arenas (each item with its static row's key): the same table, pits included."""
+  tables = {}
+  for batching in ("static", "continuous"):
+    config = _toy_rollouts(toy_policy, seeding="first_pit", pit_threshold=0.0, pit_prefixes=2,
+                           pit_samples=4)
+    config.sample.batching, config.sample.continuous_blocks = batching, 3
+    out = run_job(config, str(tmp_path / batching))
+    tables[batching] = trajectories.load(str(tmp_path / batching / "rollouts" / "train"))
+    tables[batching + "/budget"] = out["budget"]
+  a, b = tables["static"], tables["continuous"]
+  assert (a["pit_from"] >= 0).sum() > 0 and tables["static/budget"]["pit_tokens"] > 0
+  assert tables["static/budget"] == tables["continuous/budget"]
+  for key in trajectories.CORE + tuple(sorted(a.columns)):
+    np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+
+
 def test_first_pit_with_a_transformer_policy_and_mc_labels(tmp_path, toy_policy):
   config = _toy_rollouts(toy_policy, seeding="first_pit", pit_threshold=0.0, pit_prefixes=2,
                          pit_samples=4)
