@@ -51,6 +51,7 @@ from pavjax import models
 from pavjax import rewards
 from pavjax import verifiers
 from pavjax import runtime
+from pavjax import stats
 from pavjax import trajectories
 from pavjax import evaluation
 from pavjax.sampling import Sampler, Temperature, cached_lm
@@ -454,6 +455,9 @@ def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_pa
   sweeps: dict[str, list[dict]] = {"alpha": [], "bok_k": []}
   for (method, n, variant), row in sorted(done.items(), key=lambda kv: (kv[0][0], kv[0][1])):
     slim = {k: v for k, v in row.items() if k not in ("per_problem", "config_hash")}
+    if row.get("per_problem"):  # n problems and the accuracy's 95% interval over them
+      ci = stats.mean_interval(row["per_problem"])
+      slim.update(problems=ci.n, low=ci.low, high=ci.high)
     if variant:
       key, _, value = variant.partition("=")
       sweeps[key].append({**slim, key: float(value)})
@@ -468,10 +472,35 @@ def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_pa
       if method not in ("bon:orm", "pass"):
         eff[method] = compute.efficiency(ref, [(r["flops"], r["accuracy"]) for r in rows])
   return {"curves": curves, "efficiency_vs_orm": eff, "efficiency_note": note, "sweeps": sweeps,
+          "vs_orm": paired_with_orm(done),
           "settings": {"alpha": cfg.alpha, "bok_k": cfg.bok_k, "expansions": cfg.expansions,
                        "dvts_width": cfg.dvts_width, "prover": cfg.prover,
                        "prover_checkpoint": prover_checkpoint if cfg.prover == "verifier" else "",
                        "sweep_n": cfg.sweep_n, "flops_per_token": 2 * num_params}}
+
+
+def paired_with_orm(done: dict) -> list[dict]:
+  """Each method at each N against ORM best-of-N at the same N, paired on the same
+  problems: the mean per-problem difference, its 95% interval and the verdict
+  (`pavjax.stats`). Pass@N (an oracle) and rows without per-problem scores are left out."""
+  orm = {n: row.get("per_problem") for (method, n, variant), row in done.items()
+         if method == "bon:orm" and not variant}
+  out = []
+  for (method, n, variant), row in sorted(done.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    ref, per = orm.get(n), row.get("per_problem")
+    if variant or method in ("bon:orm", "pass") or not ref or not per or len(ref) != len(per):
+      continue
+    diff = stats.paired_difference(per, ref)
+    out.append({"method": method, "n": n, "difference": diff.estimate, "low": diff.low,
+                "high": diff.high, "problems": diff.n, "verdict": stats.verdict(diff)})
+  return out
+
+
+def _acc(row: dict) -> str:
+  """A row's accuracy, with its 95% interval where the row has one."""
+  if "low" in row:
+    return f"{row['accuracy']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+  return f"{row['accuracy']:.3f}"
 
 
 def _fmt(x, digits=3):
@@ -497,11 +526,23 @@ def write_report(results: dict, out_dir: str) -> None:
            f"FLOPs = 2 x params x tokens per problem.", "",
            f"PAV prover (pav_beam, dvts, bon:pav; alpha={settings['alpha']:g}): "
            f"{prover_label(settings)}.", "",
+           "Accuracies carry their 95% interval over the problems (Wilson's for a beam's 0/1 "
+           "answers, the score interval of a mean for best-of-N's averages over random "
+           "subsets of the pool; `pavjax.stats`).", "",
            "## Accuracy by N", "", "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
            "|---|" + "---|" * len(ns)]
   for method, rows in curves.items():
-    by_n = {r["n"]: r["accuracy"] for r in rows}
-    lines.append(f"| {method} | " + " | ".join(_fmt(by_n.get(n)) for n in ns) + " |")
+    by_n = {r["n"]: r for r in rows}
+    lines.append(f"| {method} | " + " | ".join(_acc(by_n[n]) if n in by_n else "n/a"
+                                               for n in ns) + " |")
+  if results.get("vs_orm"):
+    lines += ["", "## Against ORM best-of-N at the same N (paired on the problems)", "",
+              "Accuracy minus ORM best-of-N's, with the 95% score interval of the paired "
+              "difference; *ahead* or *behind* only where the interval excludes 0.", "",
+              "| method | N | difference [95%] | problems | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['n']} | {r['difference']:+.3f} [{r['low']:+.3f}, "
+              f"{r['high']:+.3f}] | {r['problems']} | {r['verdict']} |"
+              for r in results["vs_orm"]]
   lines += ["", "## Compute at the largest N (per problem)", "",
             "| method | N | accuracy | policy tokens | verifier tokens | prover tokens | FLOPs "
             "| wall s (all problems) | no finished response |",
@@ -510,7 +551,7 @@ def write_report(results: dict, out_dir: str) -> None:
     r = max(rows, key=lambda r: r["n"])
     # Beams answer from finished responses only; best-of-N rows have no such count.
     none_finished = (f"{r['no_finished']:.1%} of problems" if "no_finished" in r else "-")
-    lines.append(f"| {method} | {r['n']} | {r['accuracy']:.3f} | {r['policy_tokens']:.0f} | "
+    lines.append(f"| {method} | {r['n']} | {_acc(r)} | {r['policy_tokens']:.0f} | "
                  f"{r['verifier_tokens']:.0f} | {r.get('prover_tokens', 0):.0f} | "
                  f"{r['flops']:.3g} | {r['wall_s']:.1f} | {none_finished} |")
   eff = results["efficiency_vs_orm"]
@@ -533,23 +574,32 @@ def write_report(results: dict, out_dir: str) -> None:
     if rows:
       lines += ["", f"## PAV beam sweep over {key} (N={', '.join(map(str, sweep_ns[key]))})",
                 "", f"| N | {key} | accuracy | FLOPs |", "|---|---|---|---|"]
-      lines += [f"| {r['n']} | {r[key]:g} | {r['accuracy']:.3f} | {r['flops']:.3g} |"
+      lines += [f"| {r['n']} | {r[key]:g} | {_acc(r)} | {r['flops']:.3g} |"
                 for r in sorted(rows, key=lambda r: (r["n"], r[key]))]
   series_n = {m: [(r["n"], r["accuracy"]) for r in rows] for m, rows in curves.items()}
   series_f = {m: [(r["flops"], r["accuracy"]) for r in rows] for m, rows in curves.items()
               if m != "pass"}
+  bands_n = {m: [(r["n"], r["low"], r["high"]) for r in rows if "low" in r]
+             for m, rows in curves.items()}
+  bands_f = {m: [(r["flops"], r["low"], r["high"]) for r in rows if "low" in r]
+             for m, rows in curves.items() if m != "pass"}
   metrics.plot_series(series_n, os.path.join(out_dir, "accuracy_vs_n.png"), xlabel="N",
-                      ylabel="accuracy", log_base=2, title="accuracy vs N")
+                      ylabel="accuracy", log_base=2, title="accuracy vs N (95% bands)",
+                      bands=bands_n)
   metrics.plot_series(series_f, os.path.join(out_dir, "accuracy_vs_flops.png"),
                       xlabel="FLOPs per problem", ylabel="accuracy", log_base=10,
-                      title="accuracy vs compute")
+                      title="accuracy vs compute (95% bands)", bands=bands_f)
   for key, rows in results["sweeps"].items():
     if rows:
       metrics.plot_series({f"pav_beam, N={n}": [(r[key], r["accuracy"]) for r in rows
                                                  if r["n"] == n] for n in sweep_ns[key]},
                           os.path.join(out_dir, f"sweep_{key}.png"), xlabel=key,
                           ylabel="accuracy", log_base=2 if key == "bok_k" else None,
-                          title=f"PAV beam sweep over {key}")
+                          title=f"PAV beam sweep over {key}",
+                          bands={f"pav_beam, N={n}": [(r[key], r["low"], r["high"])
+                                                       for r in rows
+                                                       if r["n"] == n and "low" in r]
+                                 for n in sweep_ns[key]})
   lines += ["", "![accuracy vs N](accuracy_vs_n.png)", "",
             "![accuracy vs FLOPs](accuracy_vs_flops.png)", ""]
   with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:

@@ -14,6 +14,7 @@ import pytest
 
 from pavjax import artifacts
 from pavjax import config_lib
+from pavjax import stats
 from pavjax import trajectories
 from pavjax.jobs import search as search_job
 from pavjax.main import run_job
@@ -256,6 +257,44 @@ def test_no_efficiency_ratio_against_an_orm_curve_at_zero(tmp_path):
   assert out["efficiency_note"] is None
   assert out["efficiency_vs_orm"]["bon:pav"]["speedup"] == pytest.approx(1.0)
   assert out["efficiency_vs_orm"]["bon:pav"]["target_accuracy"] == 0.5
+
+
+def test_results_carry_intervals_and_pair_methods_with_orm(tmp_path):
+  """Every accuracy of results.md carries its n and 95% interval; each method is paired
+  with ORM best-of-N at the same N on the same problems."""
+  cfg = types.SimpleNamespace(alpha=0.5, bok_k=4, expansions=2, dvts_width=2, prover="bok",
+                              sweep_n=4)
+  orm = [1.0] * 3 + [0.0] * 17  # 3 of 20
+  beam = [1.0] * 3 + [1.0] * 9 + [0.0] * 8  # right where ORM is, and on 9 more
+  pool = [0.5] * 20  # a best-of-N average over subsets: fractional scores
+  def row(method, n, per, variant=""):
+    return {"method": method, "n": n, "variant": variant, "accuracy": float(np.mean(per)),
+            "flops": 100.0 * n, "policy_tokens": 1.0, "verifier_tokens": 1.0, "wall_s": 0.0,
+            "per_problem": per, "config_hash": "h"}
+  done = {("bon:orm", 4, ""): row("bon:orm", 4, orm), ("pav_beam", 4, ""): row("pav_beam", 4, beam),
+          ("bon:pav", 4, ""): row("bon:pav", 4, pool),
+          ("pav_beam", 4, "alpha=0"): row("pav_beam", 4, orm, "alpha=0")}
+  out = search_job.summarize(done, [4], [4], cfg, num_params=10)
+  (b,) = out["curves"]["pav_beam"]
+  w = stats.wilson(12, 20)
+  assert (b["problems"], b["low"], b["high"]) == (20, w.low, w.high)
+  (o,) = out["curves"]["bon:orm"]
+  assert (o["low"], o["high"]) == (stats.wilson(3, 20).low, stats.wilson(3, 20).high)
+  (p,) = out["curves"]["bon:pav"]
+  assert p["low"] < 0.5 < p["high"] and 0 < p["low"]
+  assert out["sweeps"]["alpha"][0]["high"] == o["high"]
+  vs = {r["method"]: r for r in out["vs_orm"]}
+  assert set(vs) == {"pav_beam", "bon:pav"}
+  d = stats.paired_difference(beam, orm)  # 9 won, none lost
+  assert vs["pav_beam"]["difference"] == pytest.approx(9 / 20)
+  assert (vs["pav_beam"]["low"], vs["pav_beam"]["high"]) == (d.low, d.high)
+  assert vs["pav_beam"]["verdict"] == "ahead" and d.low > 0
+  assert vs["bon:pav"]["verdict"] == stats.verdict(stats.paired_difference(pool, orm))
+  search_job.write_report({**out, "problems": 20, "params": 10}, str(tmp_path))
+  text = (tmp_path / "results.md").read_text()
+  assert f"| pav_beam | 0.600 [{w.low:.3f}, {w.high:.3f}] |" in text
+  assert f"| pav_beam | 4 | +0.450 [{d.low:+.3f}, {d.high:+.3f}] | 20 | ahead |" in text
+  assert (tmp_path / "accuracy_vs_n.png").exists()
 
 
 def test_beams_do_not_depend_on_the_calls_or_the_batching(tmp_path, toy_policy):
