@@ -222,3 +222,29 @@ def test_compare_runs_lines_up_two_reports_verdicts(tmp_path, capsys, plots):
   assert _row(out, "| PAV beam N=4")[3] == "**no**"
   assert _row(out, "| PAV beam search vs ORM best-of-N, N=4")[3] == "**no**"  # at equal N
   assert "3 row(s) where the runs' verdicts differ." in out
+
+
+def test_search_seeds_table_and_seed_paired_comparisons(tmp_path, capsys):
+  """experiments/search_vs_orm/seeds.py on two hand-made search workdirs (seeds 0 and 1)."""
+  module = load_script(_ROOT / "search_vs_orm" / "seeds.py", "search_seeds")
+  runs = {0: {"pav_beam": [1] * 10 + [0] * 10, "q_beam": [1] * 5 + [0] * 15},
+          1: {"pav_beam": [1] * 12 + [0] * 8, "q_beam": [0] * 14 + [1] * 6}}
+  dirs = []
+  for seed, per in runs.items():
+    root = tmp_path / f"seed{seed}"
+    _write(root / "config.json", {"seed": seed})
+    _write(root / "rows.jsonl", [{"method": m, "n": 64, "variant": "", "per_problem": p,
+                                  "accuracy": sum(p) / 20} for m, p in per.items()])
+    dirs.append(str(root))
+  module.main(dirs + ["--ns=64"])
+  out = capsys.readouterr().out
+  row = _row(out, "| pav_beam | 64 |")
+  assert row[2] == stats.wilson(10, 20).text() and row[3] == stats.wilson(12, 20).text()
+  assert row[4].startswith("0.550 (0.071) [")
+  cmp = _row(out, "| pav_beam - q_beam, N=64 | 2 |")
+  assert cmp[1] == "2" and cmp[2] == "0: +0.250, 1: +0.300"
+  assert cmp[3] == _t([0.25, 0.3], -1.0, 1.0, signed=True)
+  pooled = _row(out, "| pav_beam - q_beam, N=64 | 40 |")
+  diff = stats.paired_difference(runs[0]["pav_beam"] + runs[1]["pav_beam"],
+                                 runs[0]["q_beam"] + runs[1]["q_beam"])
+  assert pooled[2] == diff.text(signed=True) and pooled[3] == stats.verdict(diff)

@@ -472,28 +472,43 @@ def summarize(done: dict, ns: Sequence[int], beam_ns: Sequence[int], cfg, num_pa
       if method not in ("bon:orm", "pass"):
         eff[method] = compute.efficiency(ref, [(r["flops"], r["accuracy"]) for r in rows])
   return {"curves": curves, "efficiency_vs_orm": eff, "efficiency_note": note, "sweeps": sweeps,
-          "vs_orm": paired_with_orm(done),
+          "vs_orm": paired_with(done, "bon:orm"),
+          "vs_q_beam": paired_with(done, "q_beam", ("pav_beam", "dvts")),
           "settings": {"alpha": cfg.alpha, "bok_k": cfg.bok_k, "expansions": cfg.expansions,
                        "dvts_width": cfg.dvts_width, "prover": cfg.prover,
                        "prover_checkpoint": prover_checkpoint if cfg.prover == "verifier" else "",
                        "sweep_n": cfg.sweep_n, "flops_per_token": 2 * num_params}}
 
 
-def paired_with_orm(done: dict) -> list[dict]:
-  """Each method at each N against ORM best-of-N at the same N, paired on the same
-  problems: the mean per-problem difference, its 95% interval and the verdict
-  (`pavjax.stats`). Pass@N (an oracle) and rows without per-problem scores are left out."""
-  orm = {n: row.get("per_problem") for (method, n, variant), row in done.items()
-         if method == "bon:orm" and not variant}
+def paired_with(done: dict, reference: str, methods: Sequence[str] | None = None
+                ) -> list[dict]:
+  """Each method (all but `reference` and Pass@N, an oracle, by default) at each N
+  against `reference` at the same N, paired on the same problems: the mean per-problem
+  difference, its 95% interval and the verdict (`pavjax.stats`). Rows without
+  per-problem scores, and sweep variants, are left out."""
+  ref_rows = {n: row.get("per_problem") for (method, n, variant), row in done.items()
+              if method == reference and not variant}
   out = []
   for (method, n, variant), row in sorted(done.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-    ref, per = orm.get(n), row.get("per_problem")
-    if variant or method in ("bon:orm", "pass") or not ref or not per or len(ref) != len(per):
+    ref, per = ref_rows.get(n), row.get("per_problem")
+    chosen = method in methods if methods is not None else method not in (reference, "pass")
+    if variant or not chosen or not ref or not per or len(ref) != len(per):
       continue
     diff = stats.paired_difference(per, ref)
     out.append({"method": method, "n": n, "difference": diff.estimate, "low": diff.low,
                 "high": diff.high, "problems": diff.n, "verdict": stats.verdict(diff)})
   return out
+
+
+def _paired_table(title: str, rows: Sequence[dict], reference: str) -> list[str]:
+  if not rows:
+    return []
+  return (["", f"## {title}", "",
+           f"Accuracy minus {reference}'s, with the 95% score interval of the paired "
+           "difference; *ahead* or *behind* only where the interval excludes 0.", "",
+           "| method | N | difference [95%] | problems | verdict |", "|---|---|---|---|---|"]
+          + [f"| {r['method']} | {r['n']} | {r['difference']:+.3f} [{r['low']:+.3f}, "
+             f"{r['high']:+.3f}] | {r['problems']} | {r['verdict']} |" for r in rows])
 
 
 def _acc(row: dict) -> str:
@@ -535,14 +550,10 @@ def write_report(results: dict, out_dir: str) -> None:
     by_n = {r["n"]: r for r in rows}
     lines.append(f"| {method} | " + " | ".join(_acc(by_n[n]) if n in by_n else "n/a"
                                                for n in ns) + " |")
-  if results.get("vs_orm"):
-    lines += ["", "## Against ORM best-of-N at the same N (paired on the problems)", "",
-              "Accuracy minus ORM best-of-N's, with the 95% score interval of the paired "
-              "difference; *ahead* or *behind* only where the interval excludes 0.", "",
-              "| method | N | difference [95%] | problems | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['n']} | {r['difference']:+.3f} [{r['low']:+.3f}, "
-              f"{r['high']:+.3f}] | {r['problems']} | {r['verdict']} |"
-              for r in results["vs_orm"]]
+  lines += _paired_table("Against ORM best-of-N at the same N (paired on the problems)",
+                         results.get("vs_orm") or [], "ORM best-of-N")
+  lines += _paired_table("PAV beams against the Q^pi-only beam at the same N (paired)",
+                         results.get("vs_q_beam") or [], "the Q^pi beam")
   lines += ["", "## Compute at the largest N (per problem)", "",
             "| method | N | accuracy | policy tokens | verifier tokens | prover tokens | FLOPs "
             "| wall s (all problems) | no finished response |",

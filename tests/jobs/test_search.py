@@ -272,7 +272,7 @@ def test_results_carry_intervals_and_pair_methods_with_orm(tmp_path):
             "flops": 100.0 * n, "policy_tokens": 1.0, "verifier_tokens": 1.0, "wall_s": 0.0,
             "per_problem": per, "config_hash": "h"}
   done = {("bon:orm", 4, ""): row("bon:orm", 4, orm), ("pav_beam", 4, ""): row("pav_beam", 4, beam),
-          ("bon:pav", 4, ""): row("bon:pav", 4, pool),
+          ("bon:pav", 4, ""): row("bon:pav", 4, pool), ("q_beam", 4, ""): row("q_beam", 4, orm),
           ("pav_beam", 4, "alpha=0"): row("pav_beam", 4, orm, "alpha=0")}
   out = search_job.summarize(done, [4], [4], cfg, num_params=10)
   (b,) = out["curves"]["pav_beam"]
@@ -284,7 +284,9 @@ def test_results_carry_intervals_and_pair_methods_with_orm(tmp_path):
   assert p["low"] < 0.5 < p["high"] and 0 < p["low"]
   assert out["sweeps"]["alpha"][0]["high"] == o["high"]
   vs = {r["method"]: r for r in out["vs_orm"]}
-  assert set(vs) == {"pav_beam", "bon:pav"}
+  assert set(vs) == {"pav_beam", "bon:pav", "q_beam"}
+  (vq,) = out["vs_q_beam"]  # the PAV beams only, against the Q^pi beam
+  assert vq["method"] == "pav_beam" and vq["difference"] == pytest.approx(9 / 20)
   d = stats.paired_difference(beam, orm)  # 9 won, none lost
   assert vs["pav_beam"]["difference"] == pytest.approx(9 / 20)
   assert (vs["pav_beam"]["low"], vs["pav_beam"]["high"]) == (d.low, d.high)
@@ -293,7 +295,9 @@ def test_results_carry_intervals_and_pair_methods_with_orm(tmp_path):
   search_job.write_report({**out, "problems": 20, "params": 10}, str(tmp_path))
   text = (tmp_path / "results.md").read_text()
   assert f"| pav_beam | 0.600 [{w.low:.3f}, {w.high:.3f}] |" in text
-  assert f"| pav_beam | 4 | +0.450 [{d.low:+.3f}, {d.high:+.3f}] | 20 | ahead |" in text
+  row_text = f"| pav_beam | 4 | +0.450 [{d.low:+.3f}, {d.high:+.3f}] | 20 | ahead |"
+  assert text.count(row_text) == 2  # against ORM and against the Q^pi beam
+  assert "## PAV beams against the Q^pi-only beam at the same N (paired)" in text
   assert (tmp_path / "accuracy_vs_n.png").exists()
 
 
