@@ -46,9 +46,10 @@ def one_call_arena(items: int, sample_cfg, mesh) -> int:
   the longest stops. `sample.batching=continuous` gives an arena of items /
   `sample.continuous_blocks` rows (a multiple of the data-parallel size) that a stopped
   row leaves for the next item at once."""
-  if sample_cfg.get("batching", "static") != "continuous":
+  options = sampling_options(sample_cfg)
+  if options["batching"] != "continuous":
     return 0
-  blocks = max(1, int(sample_cfg.get("continuous_blocks", 4)))
+  blocks = max(1, options["blocks"])
   return min(items, shd.round_to_data_parallel(-(-items // blocks), mesh))
 
 

@@ -25,7 +25,7 @@ COMPARE = (("pav_beam", "q_beam"), ("dvts", "q_beam"), ("pav_beam", "bon:orm"))
 
 
 def load(workdir: str) -> tuple[int, dict]:
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+  with open(os.path.join(workdir, artifacts.CONFIG), encoding="utf-8") as f:
     seed = int(json.load(f)["seed"])
   rows = metrics.read_jsonl(os.path.join(workdir, artifacts.SEARCH_ROWS))
   return seed, {(r["method"], r["n"]): r["per_problem"] for r in rows
@@ -49,9 +49,9 @@ def main(argv=None) -> None:
       per = {s: runs[s].get((method, n)) for s in seeds}
       if not all(per.values()):
         continue
-      cells = [stats.mean_interval(per[s]).text() for s in seeds]
-      sp = stats.seed_spread({s: stats.mean_interval(per[s]).estimate for s in seeds},
-                             within=(0.0, 1.0))
+      ivs = {s: stats.mean_interval(per[s]) for s in seeds}
+      cells = [ivs[s].text() for s in seeds]
+      sp = stats.seed_spread({s: iv.estimate for s, iv in ivs.items()}, within=(0.0, 1.0))
       print(f"| {method} | {n} | " + " | ".join(cells) +
             f" | {sp.mean:.3f} ({sp.std:.3f}) {sp.interval.bounds()} |")
   print("\n| comparison | seeds | per seed | mean [95% t] | verdict |")
